@@ -1,0 +1,215 @@
+"""Trace-time input checks shared by every public function.
+
+Each check raises with a message that states the rule, shows what arrived and
+suggests the fix. They run once per trace on static shapes and dtypes, so they
+cost nothing inside a compiled function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Axis = int | Sequence[int] | None
+
+
+def canonical_axes(axis: Axis, ndim: int, fn: str) -> tuple[int, ...]:
+  """Returns `axis` as a tuple of distinct non-negative ints, in the given order.
+
+  `None` means every axis, as in `jax.nn.softmax`.
+  """
+  if axis is None:
+    return tuple(range(ndim))
+  if isinstance(axis, (int, np.integer)):
+    given: tuple = (axis,)
+  elif isinstance(axis, Sequence) and not isinstance(axis, str):
+    given = tuple(axis)
+  else:
+    raise TypeError(
+        f"{fn}: axis must be an int, a tuple of ints or None; got"
+        f" {type(axis).__name__} {axis!r}."
+    )
+  out = []
+  for a in given:
+    if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
+      raise TypeError(
+          f"{fn}: every axis must be an int; got {type(a).__name__} {a!r} in"
+          f" axis={axis!r}."
+      )
+    if not -ndim <= a < ndim:
+      raise ValueError(
+          f"{fn}: axis {a} is out of range for an input of rank {ndim}; valid"
+          f" axes are {-ndim}..{ndim - 1}. Check that the class axis exists,"
+          " for example that logits are not missing their batch or class"
+          " dimension."
+      )
+    out.append(int(a) % ndim)
+  if len(set(out)) != len(out):
+    raise ValueError(
+        f"{fn}: axis {axis!r} names the same axis twice (as {tuple(out)} for"
+        f" rank {ndim}). Name each class axis once."
+    )
+  if not out:
+    raise ValueError(f"{fn}: axis must name at least one axis; got {axis!r}.")
+  return tuple(out)
+
+
+def as_floating(x: jax.typing.ArrayLike, name: str, fn: str) -> jax.Array:
+  """Converts to an array and requires a floating dtype."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(
+        f"{fn}: {name} must have a floating dtype; got {x.dtype} with shape"
+        f" {x.shape}. Convert it first, for example {name}.astype(jnp.float32)."
+    )
+  return x
+
+
+def as_float_or_promote(x: jax.typing.ArrayLike) -> jax.Array:
+  """Converts to an array, promoting integers and bools to the default float."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    x = x.astype(jnp.result_type(float))
+  elif jnp.issubdtype(x.dtype, jnp.complexfloating):
+    raise TypeError(
+        f"complex inputs are not supported; got {x.dtype}. Pass the real part"
+        " or the magnitude."
+    )
+  return x
+
+
+def as_integer_labels(
+    labels: jax.typing.ArrayLike, expected_shape: tuple[int, ...], fn: str,
+    logits_shape: tuple[int, ...], axes: tuple[int, ...],
+) -> jax.Array:
+  """Requires integer labels of the logits' shape without the class axes."""
+  labels = jnp.asarray(labels)
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(
+        f"{fn}: labels must have an integer dtype (class indices); got"
+        f" {labels.dtype} with shape {labels.shape}. For probabilities or"
+        " one-hot labels use softmax_cross_entropy; for integer labels stored"
+        " as floats use labels.astype(jnp.int32)."
+    )
+  if labels.shape != expected_shape:
+    hint = ""
+    if labels.shape == logits_shape:
+      hint = (
+          " Did you pass one-hot labels? Use softmax_cross_entropy for those."
+      )
+    raise ValueError(
+        f"{fn}: labels must have the logits' shape without the class axis:"
+        f" logits {logits_shape}, axis {axes if len(axes) > 1 else axes[0]} ->"
+        f" expected {expected_shape}, got {labels.shape}.{hint}"
+    )
+  return labels
+
+
+def same_shape(
+    a: jax.Array, b: jax.Array, a_name: str, b_name: str, fn: str
+) -> None:
+  if a.shape != b.shape:
+    raise ValueError(
+        f"{fn}: {b_name} must have the same shape as {a_name}: {a_name}"
+        f" {a.shape}, {b_name} {b.shape}. For integer class labels use"
+        " softmax_cross_entropy_with_integer_labels; otherwise broadcast"
+        f" explicitly with jnp.broadcast_to({b_name}, {a_name}.shape)."
+        if fn.startswith("softmax_cross_entropy")
+        else f"{fn}: {b_name} must have the same shape as {a_name}: {a_name}"
+        f" {a.shape}, {b_name} {b.shape}. Broadcast explicitly with"
+        f" jnp.broadcast_to({b_name}, {a_name}.shape) if that is what you mean."
+    )
+
+
+def as_mask(
+    where: jax.typing.ArrayLike | None,
+    shape: tuple[int, ...],
+    axes: tuple[int, ...],
+    fn: str,
+    *,
+    per_slice: bool = True,
+) -> jax.Array | None:
+  """Checks a `where` mask and gives it the input's rank.
+
+  A mask may have the input's shape (or broadcast to it). With `per_slice`, as
+  in optax's losses, it may also have the input's shape without the class
+  axes: then it selects whole slices.
+  """
+  if where is None:
+    return None
+  where = jnp.asarray(where)
+  if where.dtype != jnp.bool_:
+    raise TypeError(
+        f"{fn}: where must be a boolean mask; got dtype {where.dtype}. Build it"
+        " with a comparison, for example where=mask > 0."
+    )
+  ndim = len(shape)
+  given = where.shape
+  if per_slice and where.ndim == ndim - len(axes) and where.ndim != ndim:
+    where = jnp.expand_dims(where, axes)
+  try:
+    ok = jnp.broadcast_shapes(where.shape, tuple(shape)) == tuple(shape)
+  except ValueError:
+    ok = False
+  if not ok:
+    batch = tuple(d for i, d in enumerate(shape) if i not in axes)
+    alt = f", or have the shape without the class axes {batch}" if per_slice else ""
+    hint = ""
+    if where.shape != given:
+      hint = (
+          f" A mask of rank {len(given)} is read as one flag per example; to"
+          " mask classes give it the input's rank, for example"
+          f" where[None] of shape {(1,) * (ndim - len(given)) + given}."
+      )
+    raise ValueError(
+        f"{fn}: where must broadcast to the input's shape {tuple(shape)}{alt};"
+        f" got {given}.{hint} Reshape the mask, or add the missing axes with"
+        " jnp.expand_dims."
+    )
+  return where
+
+
+def static_fraction(value: object, name: str, fn: str) -> float:
+  """Requires a Python number in [0, 1] (it selects the computation)."""
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+        f"{fn}: {name} must be a Python float, not a traced array: it is fixed"
+        " at trace time. Pass it as a static argument (for example with"
+        " jax.jit(..., static_argnames=...)) or close over it."
+    )
+  try:
+    v = float(value)  # type: ignore[arg-type]
+  except TypeError as e:
+    raise TypeError(
+        f"{fn}: {name} must be a float in [0, 1]; got {value!r}."
+    ) from e
+  if not (0.0 <= v <= 1.0) or math.isnan(v):
+    raise ValueError(
+        f"{fn}: {name} must lie in [0, 1]; got {value!r}. 0 turns it off, 0.1"
+        " is a common choice."
+    )
+  return v
+
+
+def compute_dtype(dtype) -> np.dtype:
+  """The dtype the arithmetic runs in: float32 for 16-bit floats."""
+  dtype = jnp.dtype(dtype)
+  if jnp.finfo(dtype).bits < 32:
+    return jnp.dtype(jnp.float32)
+  return dtype
+
+
+def static_index(value: object, name: str, fn: str) -> int | None:
+  """Requires None or a Python int (a label value fixed at trace time)."""
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(
+        f"{fn}: {name} must be a Python int or None; got"
+        f" {type(value).__name__} {value!r}. The usual padding value is -100."
+    )
+  return int(value)

@@ -1,0 +1,76 @@
+r"""Numerics shared by every function: the stable log-normaliser and its edges.
+
+A slice of logits :math:`z` is normalised as
+:math:`\log\mathrm{softmax}(z) = (z - m) - \log\sum_k e^{z_k - m}`, with
+:math:`m` the slice maximum. The pair (shift :math:`m`, log-norm) is what the
+reverse-mode rules save, one value each per slice, instead of the N x C
+probabilities. Keeping the two apart, rather than their sum (the logsumexp),
+keeps probabilities exact for logits near the float range: with
+:math:`z = (10^{30}, 10^{30})` the sum rounds to :math:`10^{30}`, but
+:math:`(z - m) - \log 2` does not.
+
+The edge rules, used everywhere:
+
+* masked entries count as :math:`-\infty`;
+* a slice with no finite mass (all :math:`-\infty`, or fully masked) has
+  shift 0 and log-norm :math:`-\infty`: its logsumexp is :math:`-\infty` and
+  its probabilities are 0;
+* a :math:`+\infty` or NaN entry makes the slice's shift, and so everything
+  computed from it, NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsmx import _checks
+
+
+def upcast(x: jax.Array) -> jax.Array:
+  """The input in its compute dtype: float32 for 16-bit floats."""
+  return x.astype(_checks.compute_dtype(x.dtype))
+
+
+def masked(x: jax.Array, where: jax.Array | None) -> jax.Array:
+  """Replaces masked-out entries by -inf, so that they carry no mass."""
+  return x if where is None else jnp.where(where, x, -jnp.inf)
+
+
+def normalizer(
+    z: jax.Array, axes: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array]:
+  """Returns (shift, log_norm), both keepdims, for already masked logits."""
+  m = jnp.max(z, axes, keepdims=True)
+  m = jnp.where(m == -jnp.inf, 0.0, m)
+  log_norm = jnp.log(jnp.sum(jnp.exp(z - m), axes, keepdims=True))
+  return m, log_norm
+
+
+def logsumexp_of(shift: jax.Array, log_norm: jax.Array) -> jax.Array:
+  return shift + log_norm
+
+
+def is_empty(log_norm: jax.Array) -> jax.Array:
+  """True for slices without finite mass (all -inf or fully masked)."""
+  return log_norm == -jnp.inf
+
+
+def log_probs(z: jax.Array, shift: jax.Array, log_norm: jax.Array) -> jax.Array:
+  """log_softmax(z): -inf at masked entries and throughout empty slices."""
+  return (z - shift) - jnp.where(is_empty(log_norm), 0.0, log_norm)
+
+
+def probs(z: jax.Array, shift: jax.Array, log_norm: jax.Array) -> jax.Array:
+  """softmax(z) recomputed from a saved normaliser: 0 in empty slices."""
+  return jnp.exp(log_probs(z, shift, log_norm))
+
+
+def times_cotangent(g: jax.Array, d: jax.Array) -> jax.Array:
+  """g * d, but 0 where g is 0.
+
+  Some derivatives are infinite at the edge of the domain (d/dp of -p log p at
+  p = 0). A slice that does not reach the output has g = 0 there, and its
+  gradient must be 0, not 0 * inf = NaN. A NaN g still propagates.
+  """
+  return jnp.where(g == 0, 0.0, g * d)
