@@ -1,0 +1,111 @@
+"""Shared test helpers: float64 references, dtypes, transformations.
+
+Only light imports here. Tests that need optax, scipy or torch import them
+themselves (torch with ``pytest.importorskip``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+# ---------------------------------------------------------------------------
+# dtypes and float64
+
+
+FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16")
+LOW_DTYPES = ("bfloat16", "float16")
+
+
+@pytest.fixture
+def x64():
+  """Runs the test with float64 enabled, without leaking it to other tests."""
+  with jax.enable_x64(True):
+    yield
+
+
+@pytest.fixture(params=FLOAT_DTYPES)
+def dtype(request):
+  """Each floating dtype; float64 tests run with x64 enabled."""
+  if request.param == "float64":
+    with jax.enable_x64(True):
+      yield jnp.dtype(jnp.float64)
+  else:
+    yield jnp.dtype(request.param)
+
+
+def eps(dtype) -> float:
+  return float(jnp.finfo(dtype).eps)
+
+
+def ulp(ref, dtype) -> np.ndarray:
+  """The spacing of `dtype` at each value of the float64 array `ref`."""
+  fi = jnp.finfo(dtype)
+  mag = np.abs(np.asarray(ref, np.float64))
+  with np.errstate(divide="ignore"):
+    e = np.floor(np.log2(np.where(mag > 0, mag, 1.0)))
+  e = np.maximum(e, int(fi.minexp))
+  return np.ldexp(1.0, (e - int(fi.nmant)).astype(int))
+
+
+def f64(x) -> np.ndarray:
+  """Any array (bfloat16 included) as a float64 NumPy array."""
+  return np.asarray(np.asarray(x).astype(np.float64))
+
+
+# ---------------------------------------------------------------------------
+# transformations
+
+
+TRANSFORMS = {
+    "eager": lambda f: f,
+    "jit": jax.jit,
+    "vmap": jax.vmap,
+}
+
+
+@pytest.fixture(params=list(TRANSFORMS))
+def transform(request):
+  """eager, jax.jit or jax.vmap (over the leading axis of every argument).
+
+  Apply it to a function of arrays that works on one slice along its last
+  axis; the result, called on a batch, must equal the untransformed function.
+  """
+  return TRANSFORMS[request.param]
+
+
+# ---------------------------------------------------------------------------
+# float64 NumPy references
+
+
+def np_log_softmax(x, axis=-1) -> np.ndarray:
+  x = f64(x)
+  m = np.max(x, axis=axis, keepdims=True)
+  return (x - m) - np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+
+
+def np_softmax(x, axis=-1) -> np.ndarray:
+  return np.exp(np_log_softmax(x, axis))
+
+
+# ---------------------------------------------------------------------------
+# the bwd-against-autodiff check
+
+
+def assert_vjp_matches(f, ref, args, *, rtol, atol=0.0, seed=0):
+  """Checks that jax.vjp of `f` equals jax.vjp of the autodiff reference `ref`.
+
+  Both get the same random cotangent; every input cotangent is compared.
+  Raises AssertionError naming the argument that differs.
+  """
+  out, f_vjp = jax.vjp(f, *args)
+  ref_out, ref_vjp = jax.vjp(ref, *args)
+  np.testing.assert_allclose(f64(out), f64(ref_out), rtol=rtol, atol=atol)
+  g = jax.random.normal(jax.random.key(seed), jnp.shape(out), jnp.result_type(out))
+  got, want = f_vjp(g), ref_vjp(g)
+  for i, (a, b) in enumerate(zip(got, want, strict=True)):
+    np.testing.assert_allclose(
+        f64(a), f64(b), rtol=rtol, atol=atol, err_msg=f"cotangent of argument {i}"
+    )
