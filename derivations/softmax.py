@@ -1,0 +1,321 @@
+r"""Softmax, log-softmax and logsumexp: Jacobians, Hessian and VJPs."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from derivations._core import (
+    D,
+    D2,
+    Chain,
+    Concrete,
+    Context,
+    Derivation,
+    Diag,
+    Dot,
+    Example,
+    Explicit,
+    General,
+    Prod,
+    Step,
+    Terms,
+    Transpose,
+    a,
+    concrete_zero,
+    eq,
+    explicit_softmax,
+    g,
+    gradient,
+    i,
+    j,
+    k,
+    keep,
+    label,
+    n,
+    named,
+    softmax_of,
+    summation,
+    vec,
+    z,
+)
+
+delta = sp.KroneckerDelta
+NE = ((delta(i, j), 0),)  # the case i != j
+S = summation(sp.exp(z[k]))  # the normaliser, as displayed
+LSE = r"\operatorname{lse}"
+
+SOFTMAX_CTX = Context(
+    {a: softmax_of(z), LSE: lambda base: sp.log(summation(sp.exp(base[k])))},
+    "a = softmax(z)",
+)
+
+
+def softmax_jacobian_ref(size: int) -> sp.Matrix:
+  return explicit_softmax(size).jacobian(vec(z, size))
+
+
+def _matrix_form_holds() -> bool:
+  for size in range(1, 9):
+    av = explicit_softmax(size)
+    form = sp.diag(*av) - av * av.T
+    diff = softmax_jacobian_ref(size) - form
+    if not all(concrete_zero(e) for e in diff):
+      return False
+  return True
+
+
+def _softmax_vjp_ref(size: int) -> sp.Matrix:
+  return softmax_jacobian_ref(size).T * sp.Matrix(vec(g, size))
+
+
+def softmax_derivation() -> Derivation:
+  bar_z = label(r"\bar{z}_{i}")
+  e_i, e_j = sp.exp(z[i]), sp.exp(z[j])
+  quotient_ii = keep((Prod(e_i, S) - Prod(e_i, e_i)) / S**2)
+  quotient_ij = keep((Prod(0, S) - Prod(e_j, e_i)) / S**2)
+  steps = (
+      Step(
+          "Softmax maps logits $z$ to probabilities $a$.",
+          eq(a[i], sp.exp(z[i]) / S),
+          role="definition",
+      ),
+      Step(
+          "They sum to one.",
+          eq(summation(a[k]), 1),
+          (General(),),
+      ),
+      Step(
+          "Case $i = j$. The quotient rule; $z_i$ appears in the numerator "
+          "and in the sum.",
+          Chain(
+              D(a[i], z[i]),
+              quotient_ii,
+              Terms(a[i], -a[i] ** 2),
+              Dot(a[i], 1 - a[i]),
+          ),
+          (General(),),
+      ),
+      Step(
+          r"Case $i \neq j$. The numerator $e^{z_j}$ does not depend on "
+          "$z_i$; only the sum does.",
+          Chain(D(a[j], z[i]), quotient_ij, -a[i] * a[j]),
+          (General(NE, "i ≠ j, so δ_ij = 0"),),
+      ),
+      Step(
+          r"Both cases in one formula, with the Kronecker delta "
+          r"$\delta_{ij}$. This is the Jacobian $J_{ij} = "
+          r"\partial a_i / \partial z_j$.",
+          eq(D(a[i], z[j]), Dot(a[i], delta(i, j) - a[j])),
+          (General(), Concrete(softmax_jacobian_ref, (i, j))),
+          name="jacobian",
+          role="result",
+      ),
+      Step(
+          "In matrix form. $J$ is symmetric, so it is also its own "
+          "transpose.",
+          eq(sp.Symbol("J"), Terms(Diag(sp.Symbol("a")), -Dot(
+              sp.Symbol("a"), Transpose(sp.Symbol("a"))))),
+          (Explicit(_matrix_form_holds, "n = 1..8 vs Matrix.jacobian"),),
+      ),
+      Step(
+          r"Reverse mode needs $J^{\mathsf T} g$ for a cotangent $g$, "
+          r"never $J$ itself: $O(n)$ work instead of $O(n^2)$.",
+          Chain(
+              bar_z,
+              summation(Dot(g[j], D(a[j], z[i])), j),
+              summation(Prod(g[j], a[j], delta(i, j) - a[i]), j),
+              Dot(a[i], g[i] - summation(g[k] * a[k])),
+          ),
+          (
+              General(),
+              Concrete(
+                  _softmax_vjp_ref,
+                  (i,),
+                  sizes=tuple(range(1, 7)),
+                  what="Matrix.jacobian(...).T g",
+              ),
+          ),
+          name="vjp",
+          role="vjp",
+      ),
+  )
+  examples = (
+      Example(
+          "The seed's example: the outputs $(3, 1, -3)$.",
+          tuple(
+              sp.exp(v) / sum(sp.exp(w) for w in (3, 1, -3)) for v in (3, 1, -3)
+          ),
+          (0.8789, 0.1190, 0.0022),
+          lambda m: m.softmax(_f64([3.0, 1.0, -3.0])),
+          "jaxsmx.softmax(jnp.array([3.0, 1.0, -3.0]))",
+      ),
+  )
+  return Derivation(
+      key="softmax",
+      title="Softmax",
+      functions=("softmax",),
+      intro=(
+          "The seed's first object. Its Jacobian has two cases, which the "
+          "seed derives separately and which combine into "
+          r"$\operatorname{diag}(a) - a a^{\mathsf T}$."
+      ),
+      ctx=SOFTMAX_CTX,
+      steps=steps,
+      headline=eq(D(a[i], z[j]), Dot(a[i], delta(i, j) - a[j])),
+      examples=examples,
+  )
+
+
+def _log_softmax_ref(size: int) -> sp.Matrix:
+  zs = vec(z, size)
+  lse = sp.log(sum(sp.exp(x) for x in zs))
+  return sp.Matrix([x - lse for x in zs]).jacobian(zs)
+
+
+def _log_softmax_matrix_form() -> bool:
+  for size in range(1, 9):
+    av = explicit_softmax(size)
+    form = sp.eye(size) - sp.ones(size, 1) * av.T
+    if not all(concrete_zero(e) for e in _log_softmax_ref(size) - form):
+      return False
+  return True
+
+
+def log_softmax_derivation() -> Derivation:
+  bar_z = label(r"\bar{z}_{j}")
+  lse_z = named(LSE, z)
+  steps = (
+      Step(
+          "Log-softmax is the log of softmax, computed as a difference so "
+          "that no probability is ever rounded to zero.",
+          Chain(sp.log(a[i]), Terms(z[i], -sp.log(S)), Terms(z[i], -lse_z)),
+          (General(),),
+      ),
+      Step(
+          "The first term gives the identity, the second the gradient of "
+          "logsumexp, which is softmax.",
+          Chain(
+              D(sp.log(a[i]), z[j]),
+              Terms(delta(i, j), -sp.exp(z[j]) / S),
+              delta(i, j) - a[j],
+          ),
+          (
+              General(),
+              Concrete(_log_softmax_ref, (i, j)),
+          ),
+          name="jacobian",
+          role="result",
+      ),
+      Step(
+          "In matrix form.",
+          eq(
+              sp.Symbol("J"),
+              Terms(sp.Symbol("I"), -Dot(sp.Symbol(r"\mathbf{1}"),
+                                         Transpose(sp.Symbol("a")))),
+          ),
+          (Explicit(_log_softmax_matrix_form, "n = 1..8 vs Matrix.jacobian"),),
+      ),
+      Step(
+          "The VJP contracts over the output index $i$.",
+          Chain(
+              bar_z,
+              summation(Dot(g[i], D(sp.log(a[i]), z[j])), i),
+              Terms(g[j], -a[j] * summation(g[i], i)),
+          ),
+          (
+              General(),
+              Concrete(
+                  lambda size: _log_softmax_ref(size).T
+                  * sp.Matrix(vec(g, size)),
+                  (j,),
+                  sizes=tuple(range(1, 7)),
+                  what="Matrix.jacobian(...).T g",
+              ),
+          ),
+          name="vjp",
+          role="vjp",
+      ),
+  )
+  return Derivation(
+      key="log_softmax",
+      title="Log-softmax",
+      functions=("log_softmax",),
+      intro=(
+          "The seed recommends log-softmax for numerical stability. Its "
+          "Jacobian is simpler than softmax's: no product of probabilities."
+      ),
+      ctx=SOFTMAX_CTX,
+      steps=steps,
+      headline=eq(D(sp.log(a[i]), z[j]), delta(i, j) - a[j]),
+  )
+
+
+def _lse_explicit(size: int) -> sp.Expr:
+  return sp.log(sum(sp.exp(x) for x in vec(z, size)))
+
+
+def logsumexp_derivation() -> Derivation:
+  lse_z = named(LSE, z)
+  gs = sp.Symbol("g", real=True)
+  steps = (
+      Step(
+          "The log-normaliser of softmax.",
+          eq(lse_z, sp.log(S)),
+          role="definition",
+      ),
+      Step(
+          "Its gradient is softmax.",
+          Chain(D(lse_z, z[i]), sp.exp(z[i]) / S, a[i]),
+          (
+              General(),
+              Concrete(
+                  lambda size: gradient(_lse_explicit(size), vec(z, size)),
+                  (i,),
+              ),
+          ),
+          name="gradient",
+          role="result",
+      ),
+      Step(
+          "So its Hessian is the softmax Jacobian. It is positive "
+          "semi-definite: logsumexp is convex.",
+          eq(D2(lse_z, z[i], z[j]), Dot(a[i], delta(i, j) - a[j])),
+          (
+              General(),
+              Concrete(
+                  lambda size: sp.hessian(_lse_explicit(size), vec(z, size)),
+                  (i, j),
+                  what="sympy.hessian",
+              ),
+          ),
+          name="hessian",
+          role="result",
+      ),
+      Step(
+          "The output is a scalar per slice, so the cotangent $g$ is a "
+          "scalar and the VJP scales the gradient.",
+          Chain(label(r"\bar{z}_{i}"), gs * D(lse_z, z[i]), gs * a[i]),
+          (General(),),
+          name="vjp",
+          role="vjp",
+      ),
+  )
+  return Derivation(
+      key="logsumexp",
+      title="Logsumexp",
+      functions=("logsumexp",),
+      intro="The normaliser shared by every function in jaxsmx.",
+      ctx=SOFTMAX_CTX,
+      steps=steps,
+      headline=eq(D(lse_z, z[i]), a[i]),
+  )
+
+
+def _f64(values):
+  import jax.numpy as jnp
+
+  return jnp.asarray(values, dtype=jnp.float64)
+
+
+def derivations() -> tuple[Derivation, ...]:
+  return (softmax_derivation(), log_softmax_derivation(), logsumexp_derivation())
