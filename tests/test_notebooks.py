@@ -1,0 +1,97 @@
+"""Executes every notebook in notebooks/, so that none of them can rot.
+
+Each notebook is run top to bottom in a fresh kernel on a temporary copy; the
+committed file is never rewritten by the test. A cell that raises (an
+``assert`` included) fails the test.
+
+To re-execute the notebooks and save their outputs in place, for committing:
+
+    .venv/bin/python tests/test_notebooks.py                 # every notebook
+    .venv/bin/python tests/test_notebooks.py notebooks/01_*.ipynb
+
+The kernel is always the Python running this file (the venv's), whatever
+``python3`` kernelspec Jupyter would otherwise find on the machine, so the
+notebooks see the same jaxsmx, jax and optax as the rest of the test suite.
+Dependencies: the ``notebooks`` extra in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import sys
+import time
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
+TIMEOUT_S = 600  # per cell
+
+
+class _ThisPython(KernelSpecManager):
+  """Resolves every kernel name to an ipykernel on ``sys.executable``."""
+
+  def get_kernel_spec(self, kernel_name, *args, **kwargs):
+    return KernelSpec(
+        argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        display_name="Python 3 (ipykernel)",
+        language="python",
+        name="python3",
+    )
+
+
+def execute(path: pathlib.Path, workdir: pathlib.Path) -> nbformat.NotebookNode:
+  """Runs the notebook at `path` with `workdir` as its working directory."""
+  nb = nbformat.read(path, as_version=4)
+  km = KernelManager(kernel_name="python3", kernel_spec_manager=_ThisPython())
+  client = NotebookClient(
+      nb,
+      km=km,
+      timeout=TIMEOUT_S,
+      kernel_name="python3",
+      resources={"metadata": {"path": str(workdir)}},
+  )
+  client.execute()
+  return nb
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_notebook_executes(path, tmp_path):
+  # A temporary copy next to the repository layout the notebooks expect:
+  # they run from notebooks/ and may import derivations/ from the root.
+  copy = tmp_path / path.name
+  shutil.copy(path, copy)
+  nb = execute(copy, workdir=NOTEBOOKS)
+  errors = [
+      out
+      for cell in nb.cells
+      if cell.cell_type == "code"
+      for out in cell.get("outputs", [])
+      if out.get("output_type") == "error"
+  ]
+  assert not errors, errors
+
+
+def test_there_are_notebooks():
+  assert PATHS, f"no notebooks found in {NOTEBOOKS}"
+
+
+def _main(argv: list[str]) -> None:
+  paths = [pathlib.Path(a).resolve() for a in argv] or PATHS
+  for path in paths:
+    start = time.perf_counter()
+    nb = execute(path, workdir=path.parent)
+    nbformat.write(nb, path)
+    size_kb = path.stat().st_size / 1024
+    seconds = time.perf_counter() - start
+    print(f"{path.name}: executed in {seconds:.1f} s, {size_kb:.0f} KB")
+
+
+if __name__ == "__main__":
+  _main(sys.argv[1:])
