@@ -1,0 +1,260 @@
+"""The benchmark cases: each pits jaxsmx against its peers at one size."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxsmx
+
+from ._timing import Contender, interleaved_medians, temp_bytes
+
+
+@dataclasses.dataclass
+class Row:
+  """One measured comparison: ours against one peer."""
+
+  case: str
+  size: str
+  peer: str
+  t_ours: float
+  t_peer: float
+  target: float | None
+  mem_ours: int | None = None
+  mem_peer: int | None = None
+  mem_target: float | None = None
+  t_limit: float | None = None
+  limit_name: str = ""
+
+  @property
+  def ratio(self) -> float:
+    return self.t_ours / self.t_peer
+
+  @property
+  def mem_ratio(self) -> float | None:
+    if self.mem_ours is None or not self.mem_peer:
+      return None
+    return self.mem_ours / self.mem_peer
+
+  @property
+  def met(self) -> bool:
+    ok = self.target is None or self.ratio <= self.target
+    if self.mem_target is not None and self.mem_ratio is not None:
+      ok = ok and self.mem_ratio <= self.mem_target
+    return ok
+
+
+def _torch():
+  try:
+    import torch
+  except ImportError:
+    return None
+  return torch
+
+
+def _logits(n: int, c: int, seed: int = 0) -> jax.Array:
+  return jax.random.normal(jax.random.key(seed), (n, c), jnp.float32) * 3.0
+
+
+def _labels(n: int, c: int, seed: int = 1) -> jax.Array:
+  return jax.random.randint(jax.random.key(seed), (n,), 0, c)
+
+
+def _vag(loss: Callable, argnums=0) -> Callable:
+  return jax.value_and_grad(loss, argnums=argnums)
+
+
+def _exp_limit(x: jax.Array, runs: int) -> float:
+  exp = Contender("exp", jax.jit(jnp.exp), (x,))
+  return interleaved_medians([exp], runs)["exp"]
+
+
+def _measure(
+    case: str,
+    size: str,
+    ours: Contender,
+    peers: list[Contender],
+    runs: int,
+    target: float | None,
+    *,
+    memory: bool,
+    mem_target: float | None = None,
+    t_limit: float | None = None,
+    limit_name: str = "",
+) -> list[Row]:
+  times = interleaved_medians([ours, *peers], runs)
+  mem_ours = temp_bytes(ours.jax_fn, *ours.args) if memory else None
+  rows = []
+  for p in peers:
+    mem_peer = None
+    if memory and p.jax_fn is not None:
+      mem_peer = temp_bytes(p.jax_fn, *p.args)
+    rows.append(
+        Row(
+            case, size, p.name, times[ours.name], times[p.name], target,
+            mem_ours, mem_peer, mem_target, t_limit, limit_name,
+        )
+    )
+  return rows
+
+
+def _jax(name: str, fn: Callable, *args) -> Contender:
+  return Contender(name, jax.jit(fn), args, jax_fn=fn)
+
+
+def softmax_forward(n: int, c: int, runs: int) -> list[Row]:
+  x = _logits(n, c)
+  ours = _jax("jaxsmx", jaxsmx.softmax, x)
+  peers = [_jax("jax.nn", jax.nn.softmax, x)]
+  torch = _torch()
+  if torch is not None:
+    xt = torch.from_numpy(np.asarray(x))
+
+    def torch_softmax(t):
+      with torch.no_grad():
+        return torch.softmax(t, -1)
+
+    peers.append(Contender("torch", torch_softmax, (xt,)))
+  return _measure(
+      "softmax forward", f"{n}x{c}", ours, peers, runs, 1.05, memory=False,
+      t_limit=_exp_limit(x, runs), limit_name="exp pass",
+  )
+
+
+def log_softmax_vag(n: int, c: int, runs: int) -> list[Row]:
+  x, t = _logits(n, c), _logits(n, c, seed=2)
+
+  def loss(f):
+    return lambda x, t: jnp.sum(f(x) * t)
+
+  ours = _jax("jaxsmx", _vag(loss(jaxsmx.log_softmax)), x, t)
+  peers = [_jax("jax.nn", _vag(loss(jax.nn.log_softmax)), x, t)]
+  return _measure(
+      "log_softmax value_and_grad", f"{n}x{c}", ours, peers, runs, 1.00,
+      memory=True, t_limit=_exp_limit(x, runs), limit_name="exp pass",
+  )
+
+
+def integer_ce_vag(n: int, c: int, runs: int) -> list[Row]:
+  x, y = _logits(n, c), _labels(n, c)
+  ours = _jax(
+      "jaxsmx",
+      _vag(lambda x, y: jaxsmx.softmax_cross_entropy_with_integer_labels(x, y).mean()),
+      x, y,
+  )
+  peers = [
+      _jax(
+          "optax",
+          _vag(lambda x, y: optax.softmax_cross_entropy_with_integer_labels(x, y).mean()),
+          x, y,
+      )
+  ]
+  torch = _torch()
+  if torch is not None:
+    import torch.nn.functional as F
+
+    xt = torch.from_numpy(np.asarray(x))
+    yt = torch.from_numpy(np.asarray(y)).long()
+
+    def torch_ce(x, y):
+      x = x.detach().requires_grad_()
+      loss = F.cross_entropy(x, y)
+      loss.backward()
+      return loss, x.grad
+
+    peers.append(Contender("torch", torch_ce, (xt, yt)))
+  return _measure(
+      "integer-label CE value_and_grad", f"{n}x{c}", ours, peers, runs, 1.00,
+      memory=True, t_limit=_exp_limit(x, runs), limit_name="exp pass",
+  )
+
+
+def soft_ce_vag(n: int, c: int, runs: int) -> list[Row]:
+  x = _logits(n, c)
+  y = jax.nn.softmax(_logits(n, c, seed=3))
+  ours = _jax(
+      "jaxsmx", _vag(lambda x, y: jaxsmx.softmax_cross_entropy(x, y).mean()), x, y
+  )
+  peers = [
+      _jax("optax", _vag(lambda x, y: optax.softmax_cross_entropy(x, y).mean()), x, y)
+  ]
+  return _measure(
+      "soft-label CE value_and_grad", f"{n}x{c}", ours, peers, runs, 0.55,
+      memory=True, t_limit=_exp_limit(x, runs), limit_name="exp pass",
+  )
+
+
+def _autodiff_entropy(z):
+  return -jnp.sum(jax.nn.softmax(z) * jax.nn.log_softmax(z), -1)
+
+
+def softmax_entropy_vag(n: int, c: int, runs: int) -> list[Row]:
+  x = _logits(n, c)
+  ours = _jax("jaxsmx", _vag(lambda z: jaxsmx.softmax_entropy(z).mean()), x)
+  peers = [
+      _jax("autodiff -sum(softmax*log_softmax)",
+           _vag(lambda z: _autodiff_entropy(z).mean()), x)
+  ]
+  return _measure(
+      "softmax_entropy value_and_grad", f"{n}x{c}", ours, peers, runs, 0.60,
+      memory=True, t_limit=_exp_limit(x, runs), limit_name="exp pass",
+  )
+
+
+def linear_ce_vag(n: int, h: int, v: int, runs: int) -> list[Row]:
+  k1, k2 = jax.random.split(jax.random.key(4))
+  x = jax.random.normal(k1, (n, h), jnp.float32)
+  w = jax.random.normal(k2, (h, v), jnp.float32) / np.sqrt(h)
+  y = _labels(n, v)
+  both = (0, 1)
+  ours = _jax(
+      "jaxsmx",
+      _vag(lambda x, w, y: jaxsmx.linear_softmax_cross_entropy(x, w, y).mean(), both),
+      x, w, y,
+  )
+  peers = [
+      _jax(
+          "dense optax on x @ w",
+          _vag(
+              lambda x, w, y: optax.softmax_cross_entropy_with_integer_labels(
+                  x @ w, y
+              ).mean(),
+              both,
+          ),
+          x, w, y,
+      )
+  ]
+  try:
+    import jax_cce
+  except ImportError:
+    jax_cce = None
+  if jax_cce is not None:
+    wt = jnp.asarray(w.T)
+    peers.append(
+        _jax(
+            "jax-cce",
+            _vag(lambda x, wt, y: jax_cce.linear_cross_entropy(x, wt, y), both),
+            x, wt, y,
+        )
+    )
+  a = jax.random.normal(k1, (n, h), jnp.float32)
+  matmul = Contender("matmul", jax.jit(lambda a, w: a @ w), (a, w))
+  t_matmul = interleaved_medians([matmul], runs)["matmul"]
+  return _measure(
+      "fused linear CE value_and_grad", f"N={n} H={h} V={v}", ours, peers, runs,
+      1.05, memory=True, mem_target=1 / 16, t_limit=3 * t_matmul,
+      limit_name="3 matmuls",
+  )
+
+
+def matmul_gflops(n: int, h: int, v: int, runs: int) -> float:
+  a = jnp.ones((n, h), jnp.float32)
+  b = jnp.ones((h, v), jnp.float32)
+  matmul = Contender("matmul", jax.jit(lambda a, b: a @ b), (a, b))
+  t = interleaved_medians([matmul], runs)["matmul"]
+  return 2 * n * h * v / t / 1e9
