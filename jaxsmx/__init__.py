@@ -11,6 +11,7 @@ from jaxsmx._entropy import cross_entropy as cross_entropy
 from jaxsmx._entropy import entropy as entropy
 from jaxsmx._entropy import kl_divergence as kl_divergence
 from jaxsmx._entropy import softmax_entropy as softmax_entropy
+from jaxsmx._linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from jaxsmx._losses import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
 from jaxsmx._losses import softmax_cross_entropy as softmax_cross_entropy
 from jaxsmx._losses import (
@@ -29,6 +30,7 @@ __all__ = [
     "cross_entropy",
     "entropy",
     "kl_divergence",
+    "linear_softmax_cross_entropy",
     "log_softmax",
     "logsumexp",
     "sigmoid_binary_cross_entropy",

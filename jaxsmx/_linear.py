@@ -1,0 +1,482 @@
+r"""Fused linear softmax cross-entropy: the loss of ``x @ w`` without its logits.
+
+Language models end in a projection onto the vocabulary followed by a
+cross-entropy. The logits ``x @ w`` are ``N x V``, often gigabytes, and dense
+autodiff keeps them and their gradient alive. Here the vocabulary is streamed
+in chunks of ``w``'s columns: the forward pass keeps a running log-normaliser
+per example (an online logsumexp), and the backward pass recomputes each
+chunk's logits from ``x`` and ``w`` and accumulates ``dx``, ``dw`` and
+``dbias``. No array of shape ``N x V`` exists in either pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import checkify
+
+from jaxsmx import _checks
+from jaxsmx._numerics import is_empty
+
+_FN = "linear_softmax_cross_entropy"
+
+# The automatic chunk keeps one N x chunk float32 block within this budget, so
+# that the few such blocks alive inside a chunk (logits, their gradient) stay
+# small next to w; the block size is then independent of V.
+_BLOCK_BYTES = 8 * 2**20
+_LANE = 128
+
+
+def linear_softmax_cross_entropy(
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    bias: jax.typing.ArrayLike | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    precision: lax.PrecisionLike = None,
+) -> jax.Array:
+  r"""Softmax cross-entropy of the logits ``x @ w + bias``, never materialised.
+
+  With :math:`z = \mathrm{cap}(x W + b)`, the optional soft cap
+  :math:`\mathrm{cap}(u) = c \tanh(u / c)`, the log-normaliser
+  :math:`\ell = \log\sum_{k\,:\,m_k} e^{z_k}` over the unmasked classes, and
+  :math:`C` the number of unmasked classes, the loss of an example with label
+  :math:`t` is
+
+  .. math::
+    L = (1-\alpha)(\ell - z_t) + \alpha\Big(\ell - \frac{1}{C}\sum_{k\,:\,m_k}
+      z_k\Big) + \lambda\,\ell^2 .
+
+  That is exactly ``softmax_cross_entropy_with_integer_labels(cap(x @ w + b),
+  labels, where=where[None], label_smoothing=alpha, ignore_index=...)`` plus
+  the z-loss :math:`\lambda \ell^2` (PaLM), with every rule of that function,
+  but computed chunk by chunk over the vocabulary.
+
+  Args:
+    x: ``[..., H]`` features, floating.
+    w: ``[H, V]`` projection onto the vocabulary, floating: the logits are
+      ``x @ w``.
+    labels: ``[...]`` integer classes in ``[0, V)``, ``x.shape[:-1]``.
+    bias: keyword-only ``[V]`` bias added to the logits, or None.
+    where: keyword-only ``[V]`` boolean mask over the vocabulary. Masking
+      means slicing the classes: masked classes get probability 0, and an
+      example whose label is masked is dropped (loss 0, gradient 0).
+    ignore_index: keyword-only label value (for example -100) whose examples
+      get loss 0 and gradient 0.
+    label_smoothing: keyword-only :math:`\alpha \in [0, 1]`, spread over the
+      unmasked classes.
+    z_loss: keyword-only :math:`\lambda \ge 0`, the weight of
+      :math:`\ell^2`; 0 for dropped and ignored examples.
+    softcap: keyword-only :math:`c > 0` of the logit cap
+      :math:`c\tanh(u/c)` (Gemma 2), applied to ``x @ w + bias`` before
+      masking; None turns it off.
+    chunk_size: keyword-only number of vocabulary columns per step, or None
+      to choose one: the largest multiple of 128 whose ``N x chunk`` float32
+      block fits in 8 MiB (at least 128, at most V), moved down to a multiple
+      of 128 that divides V when one lies within a factor 2. A V that the
+      chunk does not divide is handled by a last, shorter chunk; ``w`` is
+      never padded or copied.
+    precision: keyword-only precision of the matmuls, as for
+      :func:`jax.lax.dot_general`.
+
+  Returns:
+    ``[...]``: per-example losses, ``labels``' shape, in the promoted dtype
+    of ``x``, ``w`` and ``bias``. 16-bit inputs are computed in float32:
+    the matmuls accumulate in float32 and only the loss is rounded back.
+
+  Edge cases, as in :func:`softmax_cross_entropy_with_integer_labels`: a
+  label outside ``[0, V)`` that is not ``ignore_index`` gives NaN in its loss
+  and in its row of ``dx`` (and so in all of ``dw`` and ``dbias``, as dense
+  autodiff does); under ``checkify.checkify(f, errors=checkify.user_checks)``
+  it is reported, and so is a label whose class ``where`` masks out. A fully
+  masked vocabulary gives 0 with gradient 0. A :math:`+\infty` or NaN logit
+  makes its example NaN.
+
+  Gradient: with :math:`a = \mathrm{softmax}(z)` and :math:`u = xW + b`,
+  :math:`\partial L/\partial z = a(1 + 2\lambda\ell) - (1-\alpha)\,
+  \mathrm{onehot}(t) - \frac{\alpha}{C} m` and :math:`\partial L/\partial u =
+  \partial L/\partial z \cdot (1 - \tanh^2(u/c))`, then
+  :math:`dx = \delta W^\top`, :math:`dW = x^\top \delta`,
+  :math:`db = \sum_n \delta_n`. Residuals: ``x``, ``w``, ``bias``, ``labels``,
+  ``where`` and two float32 normaliser scalars per example (shift and
+  log-norm); the logits are recomputed chunk by chunk. Memory (XLA temp):
+  :math:`O(N \cdot \mathrm{chunk} + N H)` beyond the :math:`H V` gradient of
+  ``w``; time: four matmuls of :math:`2NHV` flops against dense autodiff's
+  three, as the backward pass recomputes the logits.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxsmx
+    >>> x = jnp.array([[1.0, 0.5], [-0.3, 2.0]])
+    >>> w = jnp.array([[0.2, -0.4, 1.0], [0.7, 0.1, -0.5]])
+    >>> print(jnp.round(
+    ...     jaxsmx.linear_softmax_cross_entropy(x, w, jnp.array([0, 1])), 4))
+    [0.9662 1.379 ]
+
+  References:
+    Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models",
+    arXiv:2411.09009 (2024). Chowdhery et al., "PaLM", arXiv:2204.02311 (z-loss).
+    Gemma Team, "Gemma 2", arXiv:2408.00118 (logit soft-capping).
+  """
+  x = _checks.as_floating(x, "x", _FN)
+  w = _checks.as_floating(w, "w", _FN)
+  if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
+    raise ValueError(
+        f"{_FN}: x must be [..., H] and w [H, V], so that the logits are"
+        f" x @ w; got x {x.shape} and w {w.shape}. If w is stored as"
+        " [V, H] (an embedding table), pass w.T."
+    )
+  hidden, vocab = w.shape
+  batch_shape = x.shape[:-1]
+  labels = jnp.asarray(labels)
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(
+        f"{_FN}: labels must have an integer dtype (class indices); got"
+        f" {labels.dtype} with shape {labels.shape}. For integer labels stored"
+        " as floats use labels.astype(jnp.int32)."
+    )
+  if labels.shape != batch_shape:
+    raise ValueError(
+        f"{_FN}: labels must have x's shape without its last (feature) axis:"
+        f" x {x.shape} -> expected {batch_shape}, got {labels.shape}."
+    )
+  if bias is not None:
+    bias = _checks.as_floating(bias, "bias", _FN)
+    if bias.shape != (vocab,):
+      raise ValueError(
+          f"{_FN}: bias must have shape [V] = ({vocab},), one per column of w"
+          f" {w.shape}; got {bias.shape}."
+      )
+  mask = None
+  if where is not None:
+    mask = jnp.asarray(where)
+    if mask.dtype != jnp.bool_:
+      raise TypeError(
+          f"{_FN}: where must be a boolean mask over the vocabulary; got dtype"
+          f" {mask.dtype}. Build it with a comparison, for example"
+          " where=allowed > 0."
+      )
+    if mask.shape != (vocab,):
+      raise ValueError(
+          f"{_FN}: where must have shape [V] = ({vocab},), one flag per class"
+          f" (per column of w {w.shape}); got {mask.shape}. To drop examples,"
+          " use ignore_index on their labels instead."
+      )
+  opts = _Options(
+      alpha=_checks.static_fraction(label_smoothing, "label_smoothing", _FN),
+      z_loss=_static_float(z_loss, "z_loss", positive=False),
+      softcap=None if softcap is None else _static_float(softcap, "softcap"),
+      ignore_index=_checks.static_index(ignore_index, "ignore_index", _FN),
+      chunk=_chunk(chunk_size, math.prod(batch_shape), hidden, vocab),
+      precision=tuple(precision) if isinstance(precision, list) else precision,
+  )
+  x2 = x.reshape(-1, hidden)
+  lab = labels.reshape(-1)
+  _report_bad_labels(lab, mask, vocab, opts.ignore_index)
+  out = _linear_ce(x2, w, bias, lab, mask, opts)
+  return out.reshape(batch_shape)
+
+
+class _Options(NamedTuple):
+  """The static configuration (hashable, passed as one nondiff argument)."""
+
+  alpha: float
+  z_loss: float
+  softcap: float | None
+  ignore_index: int | None
+  chunk: int
+  precision: lax.PrecisionLike
+
+
+def _static_float(value: object, name: str, *, positive: bool = True) -> float:
+  """A Python number > 0 (or >= 0 without `positive`), fixed at trace time."""
+  rule = "> 0" if positive else ">= 0"
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+        f"{_FN}: {name} must be a Python float, not a traced array: it is fixed"
+        " at trace time. Close over it or mark it static in jax.jit."
+    )
+  try:
+    v = float(value)  # type: ignore[arg-type]
+  except TypeError as e:
+    raise TypeError(f"{_FN}: {name} must be a float {rule}; got {value!r}.") from e
+  if math.isnan(v) or math.isinf(v) or v < 0 or (positive and v == 0):
+    hint = " 1e-4 is a common choice; 0 turns it off." if name == "z_loss" else (
+        " 30.0 is a common choice; None turns it off."
+    )
+    raise ValueError(f"{_FN}: {name} must be finite and {rule}; got {value!r}.{hint}")
+  return v
+
+
+def _chunk(chunk_size: object, n: int, hidden: int, vocab: int) -> int:
+  """The vocabulary chunk: checked if given, else chosen from N, H and V."""
+  del hidden  # the N x H and H x chunk operands are small next to N x chunk
+  if chunk_size is not None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+      raise TypeError(
+          f"{_FN}: chunk_size must be a Python int or None; got"
+          f" {type(chunk_size).__name__} {chunk_size!r}."
+      )
+    if chunk_size <= 0:
+      raise ValueError(
+          f"{_FN}: chunk_size must be positive; got {chunk_size}. Pass None to"
+          " choose one from the shapes, or a multiple of 128 such as 1024."
+      )
+    return min(chunk_size, vocab)
+  lanes = max(1, _BLOCK_BYTES // (4 * max(n, 1) * _LANE))
+  chunk = lanes * _LANE
+  if chunk >= vocab:
+    return vocab
+  for c in range(chunk, chunk // 2, -_LANE):
+    if vocab % c == 0:
+      return c
+  return chunk
+
+
+def _report_bad_labels(labels, where, vocab, ignore_index) -> None:
+  """checkify.debug_check for out-of-range and masked-out labels; O(N)."""
+  dropped, invalid = _row_flags(labels, where, vocab, ignore_index)
+  ignore = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
+  checkify.debug_check(
+      ~jnp.any(invalid),
+      f"{_FN}: labels must lie in [0, {vocab}){ignore}; got labels {{}}."
+      " Fix the labels, or pass ignore_index for padding.",
+      labels,
+  )
+  if where is not None:
+    if ignore_index is not None:
+      dropped = dropped & (labels != ignore_index)
+    checkify.debug_check(
+        ~jnp.any(dropped),
+        f"{_FN}: some labels name a class that `where` masks out, so those"
+        " examples are dropped (loss 0); labels {}. Unmask the target classes"
+        " or set those labels to ignore_index.",
+        labels,
+    )
+
+
+def _row_flags(labels, where, vocab, ignore_index):
+  """Returns (dropped, invalid), both [N] bool.
+
+  dropped: ignore_index, or a target class masked out by `where`.
+  invalid: outside [0, V) and not ignore_index; such rows become NaN.
+  """
+  in_range = (labels >= 0) & (labels < vocab)
+  ignored = jnp.zeros_like(in_range) if ignore_index is None else labels == ignore_index
+  dropped = ignored
+  if where is not None:
+    kept = where[jnp.clip(labels, 0, vocab - 1)]
+    dropped = ignored | (in_range & ~kept)
+  return dropped, ~in_range & ~ignored
+
+
+def _compute_dtype(x, w, bias):
+  dtype = jnp.result_type(x, w) if bias is None else jnp.result_type(x, w, bias)
+  return dtype, _checks.compute_dtype(dtype)
+
+
+def _num_classes(where, vocab):
+  return vocab if where is None else jnp.maximum(jnp.sum(where), 1)
+
+
+def _chunk_logits(x, w, bias, where, start, size, opts):
+  """One chunk's capped, masked logits [N, size], with tanh(u/c) and the mask.
+
+  `start` may be traced (inside the loop) or static (the last, short chunk).
+  """
+  ct = x.dtype
+  wc = _take(w, start, size).astype(ct)
+  z = lax.dot_general(
+      x, wc, (((1,), (0,)), ((), ())), precision=opts.precision,
+      preferred_element_type=ct,
+  )
+  if bias is not None:
+    z = z + _take(bias, start, size).astype(ct)
+  t = None
+  if opts.softcap is not None:
+    t = jnp.tanh(z / opts.softcap)
+    z = opts.softcap * t
+  m = None
+  if where is not None:
+    m = _take(where, start, size)
+    z = jnp.where(m, z, -jnp.inf)
+  return wc, z, t, m
+
+
+def _take(a, start, size):
+  """a[..., start:start + size], the chunk of a loop-invariant array."""
+  if jnp.dtype(a.dtype).itemsize == 2:
+    return _take_16(a, start, size)
+  return lax.dynamic_slice_in_dim(a, start, size, a.ndim - 1)
+
+
+def _put(a, chunk, start):
+  """a with a[..., start:start + size] = chunk, in place in a loop carry."""
+  if jnp.dtype(a.dtype).itemsize == 2:
+    return _put_16(a, chunk, start)
+  return lax.dynamic_update_slice_in_dim(a, chunk, start, a.ndim - 1)
+
+
+# 16-bit floats are sliced and updated as their uint16 bits: on float data
+# XLA:CPU widens the whole loop-invariant w (and the dw carry, at every step)
+# to float32. The bit casts have no derivative, so the two get their (linear)
+# JVPs explicitly and higher derivatives stay right.
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _take_16(a, start, size):
+  bits = lax.bitcast_convert_type(a, jnp.uint16)
+  chunk = lax.dynamic_slice_in_dim(bits, start, size, a.ndim - 1)
+  return lax.bitcast_convert_type(chunk, a.dtype)
+
+
+@_take_16.defjvp
+def _take_16_jvp(size, primals, tangents):
+  a, start = primals
+  return _take_16(a, start, size), _take(tangents[0], start, size)
+
+
+@jax.custom_jvp
+def _put_16(a, chunk, start):
+  bits = lax.bitcast_convert_type(a, jnp.uint16)
+  update = lax.bitcast_convert_type(chunk.astype(a.dtype), jnp.uint16)
+  bits = lax.dynamic_update_slice_in_dim(bits, update, start, a.ndim - 1)
+  return lax.bitcast_convert_type(bits, a.dtype)
+
+
+@_put_16.defjvp
+def _put_16_jvp(primals, tangents):
+  a, chunk, start = primals
+  ta, tc, _ = tangents
+  return _put_16(a, chunk, start), _put(ta, tc.astype(ta.dtype), start)
+
+
+def _over_chunks(body, carry, vocab, chunk):
+  """Runs body(carry, start, size) over [0, V) in chunks; the last may be short."""
+  full, tail = divmod(vocab, chunk)
+  if full == 1:
+    carry = body(carry, 0, chunk)
+  elif full > 1:
+    carry = lax.fori_loop(
+        0, full, lambda j, c: body(c, j * chunk, chunk), carry
+    )
+  if tail:
+    carry = body(carry, full * chunk, tail)
+  return carry
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _linear_ce(x, w, bias, labels, where, opts):
+  return _linear_ce_fwd(x, w, bias, labels, where, opts)[0]
+
+
+def _linear_ce_fwd(x, w, bias, labels, where, opts):
+  out_dtype, ct = _compute_dtype(x, w, bias)
+  n, vocab = x.shape[0], w.shape[1]
+  xc = x.astype(ct)
+  lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
+
+  def body(carry, start, size):
+    # online logsumexp: running max m and sum s of exp(z - m)
+    m, s, z_t, z_sum = carry
+    _, z, _, mask = _chunk_logits(xc, w, bias, where, start, size, opts)
+    m_new = jnp.maximum(m, jnp.max(z, axis=1))
+    shift = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+    s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(z - shift[:, None]), axis=1)
+    cols = start + lax.broadcasted_iota(lab.dtype, (1, size), 1)
+    z_t = z_t + jnp.sum(jnp.where(cols == lab[:, None], z, 0.0), axis=1)
+    if opts.alpha:
+      z_sum = z_sum + jnp.sum(z if mask is None else jnp.where(mask, z, 0.0), axis=1)
+    return m_new, s, z_t, z_sum
+
+  init = (
+      jnp.full((n,), -jnp.inf, ct),
+      jnp.zeros((n,), ct),
+      jnp.zeros((n,), ct),
+      jnp.zeros((n,), ct),
+  )
+  m, s, z_t, z_sum = _over_chunks(body, init, vocab, opts.chunk)
+  shift = jnp.where(m == -jnp.inf, 0.0, m)
+  log_norm = jnp.log(s)
+  lse = shift + log_norm
+  loss = lse - z_t
+  if opts.alpha:
+    loss = (1.0 - opts.alpha) * loss + opts.alpha * (
+        lse - z_sum / _num_classes(where, vocab)
+    )
+  if opts.z_loss:
+    loss = loss + opts.z_loss * lse * lse
+  dropped, invalid = _row_flags(lab, where, vocab, opts.ignore_index)
+  loss = jnp.where(dropped | is_empty(log_norm), 0.0, loss)
+  loss = jnp.where(invalid, jnp.nan, loss)
+  # saves x, w, bias, labels, where and shift, log_norm [N]; recomputes z
+  return loss.astype(out_dtype), (x, w, bias, labels, where, shift, log_norm)
+
+
+def _linear_ce_bwd(opts, res, g):
+  # d/dz: a (1 + 2 z_loss lse) - (1 - alpha) onehot - alpha / C * mask;
+  # d/du = d/dz * (1 - tanh^2(u / c)); dx = d @ w.T, dw = x.T @ d, db = sum d
+  x, w, bias, labels, where, shift, log_norm = res
+  _, ct = _compute_dtype(x, w, bias)
+  vocab = w.shape[1]
+  xc = x.astype(ct)
+  lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
+  dropped, invalid = _row_flags(lab, where, vocab, opts.ignore_index)
+  empty = is_empty(log_norm)
+  live_norm = jnp.where(empty, 0.0, log_norm)
+  g = g.astype(ct)
+
+  def per_row(coef):
+    """A per-row coefficient [N, 1]: 0 when dropped or empty, NaN if invalid."""
+    coef = jnp.where(dropped | empty, 0.0, coef)
+    return jnp.where(invalid, jnp.nan, coef)[:, None]
+
+  lse = shift + log_norm
+  g_a = per_row(g * (1.0 + 2.0 * opts.z_loss * lse) if opts.z_loss else g)
+  g_t = per_row(g * (1.0 - opts.alpha))
+  g_s = per_row(g * (opts.alpha / _num_classes(where, vocab))) if opts.alpha else None
+  shift, live_norm = shift[:, None], live_norm[:, None]
+
+  def body(carry, start, size):
+    dx, dw, db = carry
+    wc, z, t, mask = _chunk_logits(xc, w, bias, where, start, size, opts)
+    d = jnp.exp((z - shift) - live_norm) * g_a
+    cols = start + lax.broadcasted_iota(lab.dtype, (1, size), 1)
+    d = d - jnp.where(cols == lab[:, None], g_t, 0.0)
+    if g_s is not None:
+      d = d - (g_s if mask is None else jnp.where(mask, g_s, 0.0))
+    if t is not None:
+      d = d * (1.0 - t * t)
+    dx = dx + lax.dot_general(
+        d, wc, (((1,), (1,)), ((), ())), precision=opts.precision,
+        preferred_element_type=ct,
+    )
+    dwc = lax.dot_general(
+        xc, d, (((0,), (0,)), ((), ())), precision=opts.precision,
+        preferred_element_type=ct,
+    )
+    dw = _put(dw, dwc.astype(dw.dtype), start)
+    if db is not None:
+      db = _put(db, jnp.sum(d, axis=0).astype(db.dtype), start)
+    return dx, dw, db
+
+  init = (
+      jnp.zeros(xc.shape, ct),
+      jnp.zeros(w.shape, w.dtype),
+      None if bias is None else jnp.zeros(bias.shape, bias.dtype),
+  )
+  dx, dw, db = _over_chunks(body, init, vocab, opts.chunk)
+  return dx.astype(x.dtype), dw, db, None, None
+
+
+_linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
