@@ -1,0 +1,124 @@
+"""jaxsmx under XLA SPMD sharding, on 8 simulated CPU devices.
+
+The device count is fixed when jax is first imported, so the sharded checks
+run in a subprocess (``tests/sharding_cases.py``, which sets
+``XLA_FLAGS=--xla_force_host_platform_device_count=8``). It runs every case
+once; this module turns its JSON report into assertions. One test runs it,
+so that pytest-xdist starts it once.
+
+What the subprocess checks, on a 2 x 4 ("data", "model") mesh, in JAX's
+``auto`` and ``explicit`` sharding modes:
+
+* every public function under ``jax.jit`` with sharded inputs: values and
+  VJPs equal one device's (rtol 1e-5), and the output and gradient shardings
+  follow the inputs' (no silent replication);
+* in the compiled HLO of value_and_grad of the integer-label and the linear
+  cross-entropy, vocabulary-parallel, no collective has a result as large as
+  a per-device logits block (N/dp x V/mp elements);
+* that check flags a careless implementation that gathers the logits;
+* the README's "Scaling out" example runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import sharding_cases
+
+SCRIPT = pathlib.Path(sharding_cases.__file__)
+
+
+def _run_cases() -> dict:
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # the script sets the device count itself
+  proc = subprocess.run(
+      [sys.executable, str(SCRIPT)],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=SCRIPT.parents[1],
+      timeout=600,
+      check=False,
+  )
+  try:
+    report = json.loads(proc.stdout)
+  except json.JSONDecodeError:
+    raise AssertionError(
+        f"{SCRIPT.name} exited with {proc.returncode} without a report:\n"
+        f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    ) from None
+  assert proc.returncode in (0, 1), proc.stderr[-6000:]
+  return report
+
+
+def test_every_function_sharded_on_8_simulated_devices():
+  report = _run_cases()
+  assert len(report["devices"]) == 8, report["devices"]
+  names = [c["name"] for c in report["checks"]]
+  # the cases that matter are there, in both modes
+  for mode in ("auto", "explicit"):
+    for key in (
+        "softmax_cross_entropy_with_integer_labels",
+        "linear_softmax_cross_entropy",
+        "checker flags a careless all-gather",
+    ):
+      assert any(n.startswith(f"{mode}: ") and key in n for n in names), (mode, key)
+  failed = [c for c in report["checks"] if not c["ok"]]
+  message = "\n".join(
+      f"- {c['name']}: {json.dumps(c['detail'])[:1500]}" for c in failed
+  )
+  assert not failed, f"{len(failed)} of {len(names)} sharded checks failed:\n{message}"
+
+
+# ---------------------------------------------------------------------------
+# the HLO checker itself, on text (no devices needed)
+
+HLO = """
+HloModule jit_f, entry_computation_layout={(f32[32,256]{1,0})->f32[]}
+
+ENTRY %main.1 (p: f32[32,256]) -> f32[] {
+  %p = f32[32,256]{1,0} parameter(0)
+  %all-reduce = f32[32]{0} all-reduce(%x), channel_id=1, replica_groups=[2,4]<=[8], to_apply=%add
+  %all-reduce.1 = (f32[32]{0}, f32[32]{0}) all-reduce(%a, %b), channel_id=2, replica_groups={{0,1,2,3},{4,5,6,7}}, to_apply=%add
+  %all-gather = f32[32,1024]{0,1} all-gather(%p), channel_id=3, replica_groups=[2,4]<=[8], dimensions={1}
+  %ags = (bf16[4,8]{1,0}, bf16[16,8]{1,0}) all-gather-start(%q), channel_id=4, dimensions={0}
+  %agd = bf16[16,8]{1,0} all-gather-done(%ags)
+  %cp = f32[2,2]{1,0} collective-permute(%r), channel_id=5, source_target_pairs={{0,1},{1,0}}
+  ROOT %a2a = s32[64]{0} all-to-all(%s), channel_id=6, dimensions={0}
+}
+"""
+
+
+def test_collectives_are_parsed_with_their_sizes():
+  found = sharding_cases.collectives(HLO)
+  assert [c["op"] for c in found] == [
+      "all-reduce",
+      "all-reduce",
+      "all-gather",
+      "all-gather",
+      "collective-permute",
+      "all-to-all",
+  ]
+  assert found[1]["arrays"] == [["f32", [32]], ["f32", [32]]]
+  assert found[1]["bytes"] == 256
+  assert found[2]["max_elements"] == 32 * 1024
+  assert found[3]["arrays"] == [["bf16", [16, 8]]]  # the start's result
+  assert found[3]["bytes"] == 16 * 8 * 2
+  assert found[5]["bytes"] == 64 * 4
+
+
+def test_checker_flags_a_gather_as_large_as_a_logits_block():
+  found = sharding_cases.collectives(HLO)
+  block = 32 * 256  # N/dp x V/mp
+  bad = sharding_cases.too_large(found, block)
+  assert [c["op"] for c in bad] == ["all-gather"]
+  # one element smaller: the per-row statistics and the small moves pass
+  assert sharding_cases.too_large(found, 32 * 1024 + 1) == []
+  # all-reduces count only when asked
+  small = sharding_cases.too_large(found, 32)
+  assert [c["op"] for c in small] == ["all-gather", "all-gather", "all-to-all"]
+  assert len(sharding_cases.too_large(found, 32, moving_only=False)) == 5
