@@ -68,14 +68,16 @@ def softmax_cross_entropy(
 
   Gradient: :math:`\partial L/\partial z_i = a_i \sum_j y_j - y_i` (the
   seed's result, before one-hot) and :math:`\partial L/\partial y_i =
-  -\log a_i`, with :math:`a = \mathrm{softmax}(z)`. Residuals: the inputs and
-  two per-example normaliser scalars; :math:`a` is recomputed.
+  -\log a_i`, with :math:`a = \mathrm{softmax}(z)`; with label smoothing,
+  :math:`y` is the smoothed label in the first and the second is scaled by
+  :math:`1 - \alpha`. Residuals: the inputs and two per-example normaliser
+  scalars; :math:`a` is recomputed.
 
   Example:
-    >>> import jax.numpy as jnp, jaxsmx
+    >>> import jax.numpy as jnp, numpy as np, jaxsmx
     >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
     >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    >>> print(jnp.round(jaxsmx.softmax_cross_entropy(logits, labels), 4))
+    >>> print(np.round(np.asarray(jaxsmx.softmax_cross_entropy(logits, labels)), 4))
     [0.2761 2.9518]
   """
   fn = "softmax_cross_entropy"
@@ -85,9 +87,7 @@ def softmax_cross_entropy(
   axes = _checks.canonical_axes(axis, logits.ndim, fn)
   mask = _checks.as_mask(where, logits.shape, axes, fn)
   alpha = _checks.static_fraction(label_smoothing, "label_smoothing", fn)
-  if alpha:
-    labels = (1.0 - alpha) * labels + alpha / _num_classes(logits.shape, axes, mask)
-  return _softmax_ce(logits, labels, mask, axes)
+  return _softmax_ce_jit(logits, labels, mask, axes, alpha)
 
 
 def _num_classes(shape, axes, where) -> jax.Array | int:
@@ -98,14 +98,21 @@ def _num_classes(shape, axes, where) -> jax.Array | int:
   return jnp.maximum(count, 1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _softmax_ce(logits, labels, where, axes):
-  return _softmax_ce_fwd(logits, labels, where, axes)[0]
+def _smoothed(y, where, axes, alpha):
+  """(1 - alpha) y + alpha / C over the unmasked classes, in the compute dtype."""
+  if alpha:
+    y = (1.0 - alpha) * y + alpha / _num_classes(y.shape, axes, where)
+  return masked_labels(y, where)
 
 
-def _softmax_ce_fwd(logits, labels, where, axes):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _softmax_ce(logits, labels, where, axes, alpha):
+  return _softmax_ce_fwd(logits, labels, where, axes, alpha)[0]
+
+
+def _softmax_ce_fwd(logits, labels, where, axes, alpha):
   z = masked(upcast(logits), where)
-  y = masked_labels(upcast(labels), where)
+  y = _smoothed(upcast(labels), where, axes, alpha)
   shift, log_norm = normalizer(z, axes)
   lp = log_probs(z, shift, log_norm)
   loss = -jnp.sum(jnp.where(y == 0, 0.0, y * lp), axes, keepdims=True)
@@ -120,23 +127,28 @@ def masked_labels(y: jax.Array, where: jax.Array | None) -> jax.Array:
   return y if where is None else jnp.where(where, y, 0.0)
 
 
-def _softmax_ce_bwd(axes, res, g):
-  # d/dz: a * sum(y) - y;  d/dy: -log a
+def _softmax_ce_bwd(axes, alpha, res, g):
+  # d/dz: a * sum(y) - y, y smoothed;  d/dy: -(1 - alpha) log a
   logits, labels, where, shift, log_norm = res
   z = masked(upcast(logits), where)
-  y = masked_labels(upcast(labels), where)
+  y = _smoothed(upcast(labels), where, axes, alpha)
   lp = log_probs(z, shift, log_norm)
   g = jnp.expand_dims(upcast(g), axes)
   live = ~is_empty(log_norm)
   dz = jnp.exp(lp) * jnp.sum(y, axes, keepdims=True) - y
   dz = jnp.where(live, g * dz, 0.0)
-  dy = jnp.where(live, times_cotangent(g, -lp), 0.0)
-  if where is not None:
-    dy = jnp.where(where, dy, 0.0)
+  # log a is -inf at masked entries and in empty slices: select it away before
+  # the product too, or the second derivative is 0 * inf = NaN there
+  keep = live if where is None else live & where
+  dy = times_cotangent(g, jnp.where(keep, -(1.0 - alpha) * lp, 0.0))
+  dy = jnp.where(keep, dy, 0.0)
   return dz.astype(logits.dtype), dy.astype(labels.dtype), None
 
 
 _softmax_ce.defvjp(_softmax_ce_fwd, _softmax_ce_bwd)
+# Checked arguments go through one compiled call, as in jax.nn: eager calls
+# then cost one dispatch instead of one per primitive.
+_softmax_ce_jit = jax.jit(_softmax_ce, static_argnums=(3, 4))
 
 
 # ---------------------------------------------------------------------------
@@ -176,6 +188,8 @@ def softmax_cross_entropy_with_integer_labels(
       shape (masks examples). Masking means slicing, and agrees with the
       one-hot labels under the same mask: an example whose target class is
       masked out is dropped (loss 0, gradient 0) and reported under checkify.
+      An example masked out entirely gives 0 whatever its label, which is
+      never read (as in optax): padding rows may hold any label.
     label_smoothing: keyword-only :math:`\alpha \in [0, 1]`, over the unmasked
       classes.
     ignore_index: keyword-only label value (for example -100) whose examples
@@ -185,8 +199,9 @@ def softmax_cross_entropy_with_integer_labels(
     ``[...]``: per-example losses in the logits' dtype.
 
   Edge cases: a label outside ``[0, num_classes)`` that is not
-  ``ignore_index`` gives NaN in its loss and in its row of the gradient; it
-  never wraps around (optax reads -1 as the last class). Under
+  ``ignore_index``, in an example that ``where`` keeps, gives NaN in its loss
+  and in its row of the gradient; it never wraps around (optax reads -1 as
+  the last class). Under
   ``checkify.checkify(f, errors=checkify.user_checks)`` such labels, and
   labels whose class is masked out, are reported as errors; without checkify
   the check costs nothing. A target logit of :math:`-\infty` costs
@@ -198,10 +213,11 @@ def softmax_cross_entropy_with_integer_labels(
   the labels and two per-example normaliser scalars; no N x C softmax is kept.
 
   Example:
-    >>> import jax.numpy as jnp, jaxsmx
+    >>> import jax.numpy as jnp, numpy as np, jaxsmx
     >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
-    >>> print(jnp.round(
-    ...     jaxsmx.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1])), 4))
+    >>> loss = jaxsmx.softmax_cross_entropy_with_integer_labels(
+    ...     logits, jnp.array([0, 1]))
+    >>> print(np.round(np.asarray(loss), 4))
     [0.2761 2.9518]
   """
   fn = "softmax_cross_entropy_with_integer_labels"
@@ -212,8 +228,16 @@ def softmax_cross_entropy_with_integer_labels(
   mask = _checks.as_mask(where, logits.shape, axes, fn)
   alpha = _checks.static_fraction(label_smoothing, "label_smoothing", fn)
   ignore_index = _checks.static_index(ignore_index, "ignore_index", fn)
-  report_bad_labels(fn, logits.shape, labels, mask, axes, ignore_index)
-  return _integer_ce(logits, labels, mask, axes, alpha, ignore_index)
+  return _integer_ce_checked(logits, labels, mask, axes, alpha, ignore_index)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _integer_ce_checked(logits, labels, where, axes, alpha, ignore_index):
+  report_bad_labels(
+      "softmax_cross_entropy_with_integer_labels",
+      logits.shape, labels, where, axes, ignore_index,
+  )
+  return _integer_ce(logits, labels, where, axes, alpha, ignore_index)
 
 
 def class_index(shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array:
@@ -230,10 +254,15 @@ def class_index(shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array:
 
 
 def targets(shape, labels, where, axes, ignore_index):
-  """Returns (onehot, dropped, invalid): a class mask and two per-row flags.
+  """Returns (onehot, dropped, invalid, masked_out): a class mask, three flags.
 
-  dropped: ignore_index, or a target class masked out by `where`.
-  invalid: outside [0, C) and not ignore_index; such rows become NaN.
+  dropped: ignore_index, a row that `where` masks out entirely, or a target
+    class masked out by `where`; such rows give 0.
+  invalid: outside [0, C), not ignore_index, in a row that `where` keeps;
+    such rows become NaN. A row masked out entirely does not exist (masking
+    means slicing, as in optax), so its label is never read.
+  masked_out: an in-range target whose class `where` masks out in a row that
+    has other classes left (reported under checkify).
   """
   num_classes = math.prod(shape[a] for a in axes)
   lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
@@ -243,17 +272,20 @@ def targets(shape, labels, where, axes, ignore_index):
       jnp.zeros_like(in_range) if ignore_index is None else lab == ignore_index
   )
   onehot = class_index(shape, axes) == lab
-  dropped = ignored
-  if where is not None:
-    kept = jnp.any(onehot & where, axes, keepdims=True)
-    dropped = ignored | (in_range & ~kept)
-  return onehot, dropped, ~in_range & ~ignored
+  invalid = ~in_range & ~ignored
+  if where is None:
+    return onehot, ignored, invalid, jnp.zeros_like(in_range)
+  present = jnp.any(where, axes, keepdims=True)
+  kept = jnp.any(onehot & where, axes, keepdims=True)
+  masked_out = present & in_range & ~ignored & ~kept
+  dropped = ignored | ~present | masked_out
+  return onehot, dropped, invalid & present, masked_out
 
 
 def report_bad_labels(fn, shape, labels, where, axes, ignore_index) -> None:
   """checkify.debug_check for out-of-range and masked-out labels (free without
   checkify)."""
-  _, dropped, invalid = targets(shape, labels, where, axes, ignore_index)
+  _, _, invalid, masked_out = targets(shape, labels, where, axes, ignore_index)
   num_classes = math.prod(shape[a] for a in axes)
   ignore = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
   checkify.debug_check(
@@ -263,11 +295,8 @@ def report_bad_labels(fn, shape, labels, where, axes, ignore_index) -> None:
       labels,
   )
   if where is not None:
-    lab = jnp.expand_dims(labels, tuple(sorted(axes)))
-    if ignore_index is not None:
-      dropped = dropped & (lab != ignore_index)
     checkify.debug_check(
-        ~jnp.any(dropped),
+        ~jnp.any(masked_out),
         f"{fn}: some labels name a class that `where` masks out, so those"
         " examples are dropped (loss 0); labels {}. Unmask the target classes"
         " or mask the examples instead.",
@@ -289,15 +318,16 @@ def _finish(values, empty, dropped, invalid):
 def _integer_ce_fwd(logits, labels, where, axes, alpha, ignore_index):
   z = masked(upcast(logits), where)
   shift, log_norm = normalizer(z, axes)
-  onehot, dropped, invalid = targets(z.shape, labels, where, axes, ignore_index)
-  lse = shift + log_norm
-  loss = lse - jnp.sum(jnp.where(onehot, z, 0.0), axes, keepdims=True)
+  onehot, dropped, invalid, _ = targets(z.shape, labels, where, axes, ignore_index)
+  # -log a_c as (shift - z_c) + log_norm, not lse - z_c: exact for |z| ~ 1e30
+  lp = log_probs(z, shift, log_norm)
+  loss = -jnp.sum(jnp.where(onehot, lp, 0.0), axes, keepdims=True)
   if alpha:
-    unmasked = z if where is None else jnp.where(where, z, 0.0)
-    mean_z = jnp.sum(unmasked, axes, keepdims=True) / _num_classes(
+    kept_lp = lp if where is None else jnp.where(where, lp, 0.0)
+    mean_nll = -jnp.sum(kept_lp, axes, keepdims=True) / _num_classes(
         z.shape, axes, where
     )
-    loss = (1.0 - alpha) * loss + alpha * (lse - mean_z)
+    loss = (1.0 - alpha) * loss + alpha * mean_nll
   loss = _finish(loss, is_empty(log_norm), dropped, invalid)
   out = jnp.squeeze(loss, axes).astype(logits.dtype)
   # saves logits, labels, mask and the normaliser [..., 1] x 2; recomputes a
@@ -308,7 +338,7 @@ def _integer_ce_bwd(axes, alpha, ignore_index, res, g):
   # d/dz: a - (1 - alpha) * onehot - alpha / C
   logits, labels, where, shift, log_norm = res
   z = masked(upcast(logits), where)
-  onehot, dropped, invalid = targets(z.shape, labels, where, axes, ignore_index)
+  onehot, dropped, invalid, _ = targets(z.shape, labels, where, axes, ignore_index)
   dz = probs(z, shift, log_norm) - (1.0 - alpha) * onehot
   if alpha:
     spread = alpha / _num_classes(z.shape, axes, where)
@@ -356,9 +386,10 @@ def sigmoid_binary_cross_entropy(
   :math:`\partial L/\partial y = -z`. Residuals: the inputs.
 
   Example:
-    >>> import jax.numpy as jnp, jaxsmx
-    >>> print(jnp.round(jaxsmx.sigmoid_binary_cross_entropy(
-    ...     jnp.array([0.0, jnp.inf]), jnp.array([1.0, 1.0])), 4))
+    >>> import jax.numpy as jnp, numpy as np, jaxsmx
+    >>> loss = jaxsmx.sigmoid_binary_cross_entropy(
+    ...     jnp.array([0.0, jnp.inf]), jnp.array([1.0, 1.0]))
+    >>> print(np.round(np.asarray(loss), 4))
     [0.6931 0.    ]
   """
   fn = "sigmoid_binary_cross_entropy"
@@ -367,7 +398,7 @@ def sigmoid_binary_cross_entropy(
   if not jnp.issubdtype(labels.dtype, jnp.floating):
     labels = labels.astype(logits.dtype)
   _checks.same_shape(logits, labels, "logits", "labels", fn)
-  return _sigmoid_bce(logits, labels)
+  return _sigmoid_bce_jit(logits, labels)
 
 
 @jax.custom_vjp
@@ -394,3 +425,4 @@ def _sigmoid_bce_bwd(res, g):
 
 
 _sigmoid_bce.defvjp(_sigmoid_bce_fwd, _sigmoid_bce_bwd)
+_sigmoid_bce_jit = jax.jit(_sigmoid_bce)

@@ -1,0 +1,1030 @@
+"""Tests for jaxsmx._losses: the three cross-entropy losses on logits.
+
+Each loss is checked against optax, torch and a float64 NumPy formula; each
+closed-form bwd against jax.vjp of a plain autodiff reference; and each edge
+of issue 2 (infinities, masks, bad labels, 16-bit inputs) has its own test.
+"""
+
+import contextlib
+import doctest
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.special
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import lax
+from jax.experimental import checkify
+from jax.test_util import check_grads
+
+import jaxsmx
+from jaxsmx import _losses
+
+sce = jaxsmx.softmax_cross_entropy
+ice = jaxsmx.softmax_cross_entropy_with_integer_labels
+bce = jaxsmx.sigmoid_binary_cross_entropy
+
+INF = np.inf
+TOL = {np.float32: 1e-6, np.float64: 1e-12}
+HYPOTHESIS = settings(max_examples=30, deadline=None)
+
+
+# ---------------------------------------------------------------------------
+# helpers: plain autodiff references, float64 NumPy references, comparisons
+
+
+def x64(dtype=np.float64):
+  """A context with jax_enable_x64 on for float64, left alone otherwise."""
+  if np.dtype(dtype) == np.float64:
+    return jax.enable_x64(True)
+  return contextlib.nullcontext()
+
+
+def rng(seed=0):
+  return np.random.default_rng(seed)
+
+
+def ref_sce(z, y, axis=-1):
+  """Plain autodiff soft-label CE (no mask, finite logits)."""
+  return -jnp.sum(y * jax.nn.log_softmax(z, axis), axis)
+
+
+def ref_ice(z, c, axis=-1):
+  """Plain autodiff integer-label CE over one axis."""
+  lp = jax.nn.log_softmax(z, axis)
+  return -jnp.take_along_axis(lp, jnp.expand_dims(c, axis), axis).squeeze(axis)
+
+
+def ref_ice_smooth(z, c, alpha):
+  """torch's label smoothing, as plain autodiff."""
+  lp = jax.nn.log_softmax(z, -1)
+  nll = -jnp.take_along_axis(lp, c[..., None], -1)[..., 0]
+  return (1 - alpha) * nll - alpha * jnp.mean(lp, -1)
+
+
+def ref_bce(z, y):
+  """Plain autodiff sigmoid BCE (finite logits)."""
+  return -y * jax.nn.log_sigmoid(z) - (1 - y) * jax.nn.log_sigmoid(-z)
+
+
+def np_log_softmax(z, axis=-1):
+  return scipy.special.log_softmax(np.asarray(z, np.float64), axis=axis)
+
+
+def np_sce(z, y, axis=-1):
+  """float64 NumPy reference for the soft-label loss."""
+  y = np.asarray(y, np.float64)
+  return -np.sum(y * np_log_softmax(z, axis), axis)
+
+
+def np_ice(z, c):
+  lp = np_log_softmax(z)
+  return -np.take_along_axis(lp, np.asarray(c)[..., None], -1)[..., 0]
+
+
+def np_bce(z, y):
+  z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
+  return np.logaddexp(0, z) - y * z
+
+
+def assert_vjp_matches(f, ref, args, tol, seed=0):
+  """The closed-form vjp of f equals jax.vjp of the autodiff reference."""
+  out, f_vjp = jax.vjp(f, *args)
+  ref_out, ref_vjp = jax.vjp(ref, *args)
+  np.testing.assert_allclose(out, ref_out, rtol=tol, atol=tol)
+  ct = jnp.asarray(rng(seed).normal(size=out.shape), out.dtype)
+  for got, want in zip(f_vjp(ct), ref_vjp(ct), strict=True):
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def logits(shape, dtype=np.float32, seed=0, scale=2.0):
+  return jnp.asarray(rng(seed).normal(size=shape) * scale, dtype)
+
+
+def soft_labels(shape, dtype=np.float32, seed=1):
+  p = rng(seed).dirichlet(np.ones(shape[-1]), size=shape[:-1])
+  return jnp.asarray(p, dtype)
+
+
+def int_labels(shape, num_classes, seed=2):
+  return jnp.asarray(rng(seed).integers(0, num_classes, size=shape), jnp.int32)
+
+
+def all_finite(x):
+  return bool(np.all(np.isfinite(np.asarray(x, np.float64))))
+
+
+# ---------------------------------------------------------------------------
+# references: optax and torch
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 1.0])
+def test_softmax_cross_entropy_matches_optax_and_smooth_labels(alpha):
+  z, y = logits((4, 6)), soft_labels((4, 6))
+  want = optax.losses.softmax_cross_entropy(z, optax.smooth_labels(y, alpha))
+  np.testing.assert_allclose(sce(z, y, label_smoothing=alpha), want, rtol=1e-6)
+
+
+def test_softmax_cross_entropy_matches_optax_axis_and_row_where():
+  z, y = logits((3, 5, 4)), soft_labels((3, 4, 5)).transpose(0, 2, 1)
+  where = jnp.array([[True, False, True, True]] * 3)
+  want = optax.losses.softmax_cross_entropy(z, y, axis=1, where=where)
+  got = sce(z, y, axis=1, where=where)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  assert np.all(np.asarray(got)[:, 1] == 0)
+
+
+@pytest.mark.parametrize("axis", [(2, 3), (3, 2), (1, 3), -1, 1])
+def test_integer_labels_match_optax_axes(axis):
+  z = logits((2, 3, 4, 5))
+  axes = (axis,) if isinstance(axis, int) else axis
+  axes = tuple(a % 4 for a in axes)
+  batch = tuple(d for i, d in enumerate(z.shape) if i not in axes)
+  c = int_labels(batch, math.prod(z.shape[a] for a in axes))
+  want = optax.losses.softmax_cross_entropy_with_integer_labels(z, c, axis=axis)
+  # optax's lse - z_c has absolute error ~eps * lse; ours is nearer float64
+  got = ice(z, c, axis=axis)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  moved = jnp.moveaxis(z, axes, range(z.ndim - len(axes), z.ndim))
+  flat = moved.reshape(batch + (-1,))
+  np.testing.assert_allclose(got, np_ice(flat, c), rtol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [(2, 3), (3, 2), -1])
+def test_integer_labels_match_optax_per_row_where(axis):
+  z = logits((2, 3, 4, 5))
+  axes = (axis,) if isinstance(axis, int) else axis
+  axes = tuple(a % 4 for a in axes)
+  batch = tuple(d for i, d in enumerate(z.shape) if i not in axes)
+  c = int_labels(batch, math.prod(z.shape[a] for a in axes))
+  where = jnp.asarray(rng(5).random(batch) > 0.4)
+  assert where.ndim == z.ndim - len(axes)
+  want = optax.losses.softmax_cross_entropy_with_integer_labels(
+      z, c, axis=axis, where=where
+  )
+  got = ice(z, c, axis=axis, where=where)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  assert np.all(np.asarray(got)[~np.asarray(where)] == 0)
+
+
+def test_integer_labels_tuple_axes_flat_index_is_c_order_in_given_order():
+  z = logits((2, 3, 4))
+  c = jnp.array([5, 11])  # flat index into logits[b] moved to the given order
+  moved = jnp.moveaxis(z, (2, 1), (1, 2)).reshape(2, 12)
+  np.testing.assert_allclose(ice(z, c, axis=(2, 1)), ref_ice(moved, c), rtol=1e-6)
+  flat = z.reshape(2, 12)
+  np.testing.assert_allclose(ice(z, c, axis=(1, 2)), ref_ice(flat, c), rtol=1e-6)
+
+
+def test_sigmoid_binary_cross_entropy_matches_optax():
+  z = logits((3, 7), scale=4.0)
+  y = jnp.asarray(rng(3).random((3, 7)), jnp.float32)
+  want = optax.losses.sigmoid_binary_cross_entropy(z, y)
+  np.testing.assert_allclose(bce(z, y), want, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(bce(z, y), np_bce(z, y), rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.2])
+@pytest.mark.parametrize("ignore_index", [None, -100, 1])
+def test_integer_labels_match_torch(alpha, ignore_index):
+  torch = pytest.importorskip("torch")
+  z = logits((6, 5))
+  c = np.array(int_labels((6,), 5))
+  if ignore_index is not None:
+    c[[0, 3]] = ignore_index
+  kw = {} if ignore_index is None else {"ignore_index": ignore_index}
+  want = torch.nn.functional.cross_entropy(
+      torch.tensor(np.asarray(z)),
+      torch.tensor(c, dtype=torch.long),
+      reduction="none",
+      label_smoothing=alpha,
+      **kw,
+  )
+  got = ice(z, jnp.asarray(c), label_smoothing=alpha, ignore_index=ignore_index)
+  np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_soft_labels_match_torch(alpha):
+  torch = pytest.importorskip("torch")
+  z, y = logits((4, 5)), soft_labels((4, 5))
+  want = torch.nn.functional.cross_entropy(
+      torch.tensor(np.asarray(z)),
+      torch.tensor(np.asarray(y)),
+      reduction="none",
+      label_smoothing=alpha,
+  )
+  got = sce(z, y, label_smoothing=alpha)
+  np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+
+
+def test_integer_labels_torch_gradients_with_ignore_index():
+  torch = pytest.importorskip("torch")
+  z = logits((5, 4))
+  c = np.array([0, -100, 3, 2, -100])
+  zt = torch.tensor(np.asarray(z), requires_grad=True)
+  loss = torch.nn.functional.cross_entropy(
+      zt, torch.tensor(c), reduction="none", label_smoothing=0.1
+  )
+  loss.sum().backward()
+  got = jax.grad(
+      lambda z: ice(z, jnp.asarray(c), label_smoothing=0.1, ignore_index=-100).sum()
+  )(z)
+  np.testing.assert_allclose(got, zt.grad.numpy(), rtol=1e-6, atol=1e-7)
+  assert np.all(np.asarray(got)[[1, 4]] == 0)
+
+
+# ---------------------------------------------------------------------------
+# closed-form bwd against jax.vjp of the autodiff reference
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_soft_ce_vjp_matches_autodiff(dtype):
+  with x64(dtype):
+    z, y = logits((4, 6), dtype), soft_labels((4, 6), dtype)
+    assert_vjp_matches(sce, ref_sce, (z, y), TOL[dtype])
+    # unnormalised labels: the general a * sum(y) - y
+    y2 = jnp.asarray(rng(7).random((4, 6)) * 3, dtype)
+    assert_vjp_matches(sce, ref_sce, (z, y2), TOL[dtype])
+    smooth = lambda z, y: sce(z, y, label_smoothing=0.25)
+    ref = lambda z, y: ref_sce(z, optax.smooth_labels(y, 0.25))
+    assert_vjp_matches(smooth, ref, (z, y), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_soft_ce_vjp_matches_autodiff_masked_and_axis(dtype):
+  with x64(dtype):
+    z, y = logits((3, 5, 2), dtype), soft_labels((3, 2, 5), dtype)
+    y = y.transpose(0, 2, 1)
+    assert_vjp_matches(
+        lambda z, y: sce(z, y, axis=1), lambda z, y: ref_sce(z, y, 1), (z, y),
+        TOL[dtype],
+    )
+    mask = jnp.asarray(rng(4).random((3, 5, 2)) > 0.3).at[:, 0].set(True)
+
+    def ref(z, y):
+      lp = jnp.where(mask, jax.nn.log_softmax(z, 1, where=mask), 0.0)
+      return -jnp.sum(jnp.where(mask, y * lp, 0.0), 1)
+
+    assert_vjp_matches(
+        lambda z, y: sce(z, y, axis=1, where=mask), ref, (z, y), TOL[dtype]
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_integer_ce_vjp_matches_autodiff(dtype, alpha):
+  with x64(dtype):
+    z, c = logits((5, 7), dtype), int_labels((5,), 7)
+    assert_vjp_matches(
+        lambda z: ice(z, c, label_smoothing=alpha),
+        lambda z: ref_ice_smooth(z, c, alpha),
+        (z,),
+        TOL[dtype],
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_integer_ce_vjp_matches_autodiff_tuple_axes_and_class_mask(dtype):
+  with x64(dtype):
+    z = logits((2, 3, 4), dtype)
+    c = jnp.array([[1, 7, 10], [11, 0, 4]])[:, 0]  # flat labels over (1, 2)
+    flat = lambda z: ref_ice(z.reshape(2, 12), c)
+    assert_vjp_matches(lambda z: ice(z, c, axis=(1, 2)), flat, (z,), TOL[dtype])
+    z2, c2 = logits((4, 6), dtype), jnp.array([0, 2, 3, 5])
+    mask = jnp.array([[True, False, True, True, False, True]] * 4)
+
+    def ref(z):
+      lp = jnp.where(mask, jax.nn.log_softmax(z, -1, where=mask), 0.0)
+      return -jnp.take_along_axis(lp, c2[:, None], -1)[:, 0]
+
+    assert_vjp_matches(lambda z: ice(z, c2, where=mask), ref, (z2,), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_vjp_matches_autodiff(dtype):
+  with x64(dtype):
+    z = logits((3, 4), dtype, scale=3.0)
+    y = jnp.asarray(rng(3).random((3, 4)), dtype)
+    assert_vjp_matches(bce, ref_bce, (z, y), TOL[dtype])
+
+
+def test_gradients_with_respect_to_labels():
+  with x64():
+    z, y = logits((3, 5), np.float64), soft_labels((3, 5), np.float64)
+    dy = jax.grad(lambda y: sce(z, y).sum())(y)
+    np.testing.assert_allclose(dy, -jax.nn.log_softmax(z), rtol=1e-12)
+    dz = jax.grad(lambda z: sce(z, y).sum())(z)
+    np.testing.assert_allclose(dz, jax.nn.softmax(z) * y.sum(-1, keepdims=True) - y,
+                               atol=1e-12)
+    yb = jnp.asarray(rng(3).random((3, 5)), np.float64)
+    dz, dyb = jax.grad(lambda z, y: bce(z, y).sum(), argnums=(0, 1))(z, yb)
+    np.testing.assert_allclose(dz, jax.nn.sigmoid(z) - yb, atol=1e-12)
+    np.testing.assert_allclose(dyb, -z, atol=1e-12)
+
+
+def _wrong_ce(bwd):
+  """An integer-label CE whose custom_vjp uses the given (wrong) bwd."""
+
+  @jax.custom_vjp
+  def f(z, onehot):
+    return -jnp.sum(onehot * jax.nn.log_softmax(z), -1)
+
+  def fwd(z, onehot):
+    return f(z, onehot), (z, onehot)
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+@pytest.mark.parametrize(
+    "bwd",
+    [
+        # a - onehot without the a term
+        lambda res, g: (-g[..., None] * res[1], None),
+        # sign flipped: onehot - a
+        lambda res, g: (g[..., None] * (res[1] - jax.nn.softmax(res[0])), None),
+    ],
+    ids=["missing-a", "sign-flipped"],
+)
+def test_vjp_comparison_catches_a_wrong_formula(bwd):
+  z = logits((4, 5))
+  onehot = jax.nn.one_hot(int_labels((4,), 5), 5)
+  wrong = _wrong_ce(bwd)
+  ref = lambda z: -jnp.sum(onehot * jax.nn.log_softmax(z), -1)
+  with pytest.raises(AssertionError):
+    assert_vjp_matches(lambda z: wrong(z, onehot), ref, (z,), 1e-6)
+  # and the helper passes the right formula, so it is the formula it caught
+  right = _wrong_ce(
+      lambda res, g: (g[..., None] * (jax.nn.softmax(res[0]) - res[1]), None)
+  )
+  assert_vjp_matches(lambda z: right(z, onehot), ref, (z,), 1e-6)
+
+
+# ---------------------------------------------------------------------------
+# check_grads, order 2, reverse mode, float64
+
+
+def test_check_grads_order_2():
+  with x64():
+    z, y = logits((3, 5), np.float64, scale=1.0), soft_labels((3, 5), np.float64)
+    c = int_labels((3,), 5)
+    mask = jnp.array([[True, True, False, True, True]] * 3)
+    yb = jnp.asarray(rng(3).random((3, 5)), np.float64)
+    kw = dict(order=2, modes=("rev",))
+    check_grads(sce, (z, y), **kw)
+    check_grads(lambda z, y: sce(z, y, where=mask, label_smoothing=0.1), (z, y), **kw)
+    check_grads(lambda z: ice(z, c), (z,), **kw)
+    check_grads(lambda z: ice(z, c, where=mask, label_smoothing=0.2), (z,), **kw)
+    check_grads(lambda z: ice(z.reshape(3, 5, 1), c, axis=(2, 1)), (z,), **kw)
+    check_grads(bce, (z, yb), **kw)
+
+
+# ---------------------------------------------------------------------------
+# transformations
+
+
+def _losses_f64():
+  z, y = logits((3, 4), np.float64, scale=1.0), soft_labels((3, 4), np.float64)
+  c = int_labels((3,), 4)
+  yb = jnp.asarray(rng(3).random((3, 4)), np.float64)
+  return [
+      (lambda z: sce(z, y).sum(), lambda z: ref_sce(z, y).sum(), z),
+      (lambda z: ice(z, c).sum(), lambda z: ref_ice(z, c).sum(), z),
+      (
+          lambda z: ice(z, c, label_smoothing=0.1).sum(),
+          lambda z: ref_ice_smooth(z, c, 0.1).sum(),
+          z,
+      ),
+      (lambda z: bce(z, yb).sum(), lambda z: ref_bce(z, yb).sum(), z),
+  ]
+
+
+def test_grad_jacrev_hessian_and_jacrev_jacrev():
+  with x64():
+    for f, ref, z in _losses_f64():
+      np.testing.assert_allclose(jax.grad(f)(z), jax.grad(ref)(z), atol=1e-12)
+      out, vjp = jax.vjp(f, z)
+      np.testing.assert_allclose(vjp(1.0)[0], jax.grad(ref)(z), atol=1e-12)
+      np.testing.assert_allclose(jax.jacrev(f)(z), jax.jacrev(ref)(z), atol=1e-12)
+      h = jax.hessian(f)(z)
+      np.testing.assert_allclose(h, jax.hessian(ref)(z), atol=1e-12)
+      np.testing.assert_allclose(
+          jax.jacrev(jax.jacrev(f))(z), jax.hessian(ref)(z), atol=1e-12
+      )
+
+
+def test_hessian_of_soft_ce_in_both_arguments():
+  with x64():
+    z, y = logits((2, 3), np.float64), soft_labels((2, 3), np.float64)
+    f = lambda z, y: sce(z, y).sum()
+    r = lambda z, y: ref_sce(z, y).sum()
+    got = jax.hessian(f, argnums=(0, 1))(z, y)
+    want = jax.hessian(r, argnums=(0, 1))(z, y)
+    for g_row, w_row in zip(got, want, strict=True):
+      for g, w in zip(g_row, w_row, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-12)
+
+
+def test_jit_vmap_nested_checkpoint_scan():
+  with x64():
+    z = logits((2, 3, 5), np.float64)
+    c = int_labels((2, 3), 5)
+    y = soft_labels((2, 3, 5), np.float64)
+    g_ref = jax.grad(lambda z: ref_ice(z, c).sum())(z)
+    per_row = lambda z, c: ice(z, c)
+    nested = jax.vmap(jax.vmap(per_row))
+    np.testing.assert_allclose(nested(z, c), ref_ice(z, c), atol=1e-12)
+    g = jax.jit(jax.grad(lambda z: nested(z, c).sum()))(z)
+    np.testing.assert_allclose(g, g_ref, atol=1e-12)
+    g = jax.grad(lambda z: jax.checkpoint(lambda z: ice(z, c))(z).sum())(z)
+    np.testing.assert_allclose(g, g_ref, atol=1e-12)
+
+    def scanned(z):
+      def step(carry, zyc):
+        zi, yi, ci = zyc
+        return carry + sce(zi, yi).sum() + ice(zi, ci).sum(), None
+
+      return lax.scan(step, 0.0, (z, y, c))[0]
+
+    def scanned_ref(z):
+      return ref_sce(z, y).sum() + ref_ice(z, c).sum()
+
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(scanned))(z), jax.grad(scanned_ref)(z), atol=1e-12
+    )
+    yb = jnp.asarray(rng(3).random(z.shape), np.float64)
+    vb = jax.vmap(jax.vmap(jax.grad(lambda z, y: bce(z, y).sum())))
+    np.testing.assert_allclose(vb(z, yb), jax.nn.sigmoid(z) - yb, atol=1e-12)
+
+
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
+def test_forward_mode_is_refused(transform):
+  z, y, c = logits((2, 3)), soft_labels((2, 3)), int_labels((2,), 3)
+  for f in [lambda z: sce(z, y), lambda z: ice(z, c), lambda z: bce(z, y)]:
+    with pytest.raises(TypeError, match="custom_vjp"):
+      if transform == "jvp":
+        jax.jvp(f, (z,), (jnp.ones_like(z),))
+      else:
+        jax.jacfwd(f)(z)
+
+
+# ---------------------------------------------------------------------------
+# eager / jit / vmap x dtype
+
+
+MODES = ["eager", "jit", "vmap"]
+DTYPES = [np.float32, np.float64, jnp.bfloat16, np.float16]
+
+
+def _run(mode, f, *args):
+  if mode == "jit":
+    return jax.jit(f)(*args)
+  if mode == "vmap":
+    return jax.vmap(f)(*args)
+  return f(*args)
+
+
+def _rel_tol(dtype):
+  if np.dtype(dtype).itemsize < 4:
+    return 2 * float(jnp.finfo(dtype).eps)
+  return TOL[np.dtype(dtype).type]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_modes_and_dtypes(mode, dtype):
+  with x64(dtype):
+    z = logits((8, 6), dtype)
+    y = soft_labels((8, 6), dtype)
+    c = int_labels((8,), 6)
+    yb = jnp.asarray(rng(3).random((8, 6)), dtype)
+    tol = _rel_tol(dtype)
+    cases = [
+        (lambda z, y: sce(z, y), (z, y), np_sce(z, y)),
+        (
+            lambda z, y: sce(z, y, label_smoothing=0.1),
+            (z, y),
+            np_sce(z, 0.9 * np.asarray(y, np.float64) + 0.1 / 6),
+        ),
+        (lambda z, c: ice(z, c), (z, c), np_ice(z, c)),
+        (lambda z, y: bce(z, y), (z, yb), np_bce(z, yb)),
+    ]
+    for f, args, want in cases:
+      got = _run(mode, f, *args)
+      assert got.dtype == jnp.dtype(dtype)
+      err = np.abs(np.asarray(got, np.float64) - want) / np.abs(want)
+      assert np.max(err) <= tol, (np.max(err), tol)
+      g = _run(mode, jax.grad(lambda *a: f(*a).sum()), *args)
+      assert g.dtype == jnp.dtype(dtype) and all_finite(g)
+
+
+def test_16_bit_is_computed_in_float32():
+  # logits that bfloat16 arithmetic would round away: 256 + log 2 is not a
+  # bfloat16 number, but a float32 computation returns a rounded log 2.
+  z = jnp.array([[256.0, 256.0]], jnp.bfloat16)
+  np.testing.assert_allclose(
+      np.asarray(ice(z, jnp.array([0])), np.float32), math.log(2), rtol=8e-3
+  )
+  jaxpr = str(jax.make_jaxpr(lambda z: ice(z, jnp.array([0])))(z))
+  assert "f32" in jaxpr
+
+
+# ---------------------------------------------------------------------------
+# the seed's worked examples
+
+
+def test_seed_five_class_example():
+  cases = {
+      (0.1, 0.15, 0.05, 0.6, 0.1): 0.6,
+      (0.15, 0.2, 0.4, 0.1, 0.15): 0.1,
+      (0.05, 0.15, 0.4, 0.3, 0.1): 0.3,
+  }
+  with x64():
+    z = jnp.log(jnp.array(list(cases), np.float64))
+    label = jnp.array([3, 3, 3])
+    want = -np.log(list(cases.values()))
+    np.testing.assert_allclose(ice(z, label), want, rtol=1e-12)
+    np.testing.assert_allclose(sce(z, jax.nn.one_hot(label, 5)), want, rtol=1e-12)
+    losses = np.asarray(ice(z, label))
+    assert losses[0] < losses[2] < losses[1]  # -log 0.6 < -log 0.3 < -log 0.1
+    # the seed's gradient for one-hot labels: a - y
+    a = jnp.exp(z)
+    y = jax.nn.one_hot(label, 5)
+    np.testing.assert_allclose(jax.grad(lambda z: ice(z, label).sum())(z), a - y,
+                               atol=1e-12)
+    np.testing.assert_allclose(jax.grad(lambda z: sce(z, y).sum())(z), a - y,
+                               atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# numerics
+
+
+def test_huge_logits_float32():
+  z = jnp.array([[1e30, 1e30, -1e30]], jnp.float32)
+  onehot = jnp.array([[1.0, 0.0, 0.0]])
+  for loss in [ice(z, jnp.array([0])), sce(z, onehot)]:
+    np.testing.assert_allclose(loss, [math.log(2)], rtol=1e-6)
+  want_grad = [[-0.5, 0.5, 0.0]]
+  np.testing.assert_allclose(
+      jax.grad(lambda z: ice(z, jnp.array([0])).sum())(z), want_grad, atol=1e-7
+  )
+  np.testing.assert_allclose(
+      jax.grad(lambda z: sce(z, onehot).sum())(z), want_grad, atol=1e-7
+  )
+  # the target at -1e30: loss 2e30, gradient a - onehot
+  np.testing.assert_allclose(ice(z, jnp.array([2])), [2e30], rtol=1e-6)
+  np.testing.assert_allclose(
+      jax.grad(lambda z: ice(z, jnp.array([2])).sum())(z), [[0.5, 0.5, -1.0]]
+  )
+  smooth = ice(z, jnp.array([0]), label_smoothing=0.3)
+  np.testing.assert_allclose(smooth, [0.7 * math.log(2) + 0.1 * (2e30 + 3 * math.log(2))],
+                             rtol=1e-6)
+  zb = jnp.array([1e30, -1e30, 1e30, -1e30], jnp.float32)
+  yb = jnp.array([0.5, 0.5, 1.0, 0.0], jnp.float32)
+  np.testing.assert_allclose(bce(zb, yb), [0.5e30, 0.5e30, 0.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(
+      jax.grad(lambda z: bce(z, yb).sum())(zb), [0.5, -0.5, 0.0, 0.0]
+  )
+
+
+def test_minus_inf_logits_are_probability_zero():
+  z = jnp.array([[0.0, -INF, 1.0, -INF]], jnp.float32)
+  y = jnp.array([[0.3, 0.0, 0.7, 0.0]], jnp.float32)
+  kept = np.array([0, 2])
+  loss = sce(z, y)
+  np.testing.assert_allclose(loss, np_sce(z[:, kept], y[:, kept]), rtol=1e-6)
+  dz, dy = jax.grad(lambda z, y: sce(z, y).sum(), argnums=(0, 1))(z, y)
+  assert all_finite(dz) and np.all(np.asarray(dz)[:, [1, 3]] == 0)
+  dz_ref = jax.grad(lambda z: ref_sce(z, y[:, kept]).sum())(z[:, kept])
+  np.testing.assert_allclose(np.asarray(dz)[:, kept], dz_ref, atol=1e-7)
+  # dL/dy_i = -log a_i: finite where a_i > 0, the true +inf where a_i = 0
+  np.testing.assert_allclose(np.asarray(dy)[:, kept], -jax.nn.log_softmax(z[:, kept]))
+  assert np.all(np.asarray(dy)[:, [1, 3]] == INF)
+  c = jnp.array([2])
+  np.testing.assert_allclose(ice(z, c), np_ice(z[:, kept], jnp.array([1])), rtol=1e-6)
+  g = jax.grad(lambda z: ice(z, c).sum())(z)
+  assert all_finite(g) and np.all(np.asarray(g)[:, [1, 3]] == 0)
+  g = jax.grad(lambda z: ice(z, c, label_smoothing=0.1).sum())(z)
+  assert all_finite(g)
+  # the smoothing puts mass on the -inf classes: loss +inf, gradient -alpha/C
+  assert ice(z, c, label_smoothing=0.1)[0] == INF
+  np.testing.assert_allclose(np.asarray(g)[0, [1, 3]], -0.1 / 4)
+
+
+def test_label_on_a_minus_inf_logit_costs_inf():
+  z = jnp.array([[0.0, -INF, 1.0]], jnp.float32)
+  assert ice(z, jnp.array([1]))[0] == INF
+  assert sce(z, jnp.array([[0.5, 0.5, 0.0]]))[0] == INF
+  g = jax.grad(lambda z: ice(z, jnp.array([1])).sum())(z)
+  assert all_finite(g)
+  np.testing.assert_allclose(g, jax.nn.softmax(z) - jnp.array([0.0, 1.0, 0.0]))
+  g = jax.grad(lambda z: sce(z, jnp.array([[0.5, 0.5, 0.0]])).sum())(z)
+  np.testing.assert_allclose(g, jax.nn.softmax(z) - jnp.array([0.5, 0.5, 0.0]))
+
+
+def test_empty_slices_give_zero_loss_and_zero_gradient():
+  inf_row = jnp.array([[-INF, -INF, -INF], [0.5, 1.0, -1.0]], jnp.float32)
+  finite = inf_row.at[0].set(1.0)
+  y = jnp.array([[0.2, 0.3, 0.5], [0.2, 0.3, 0.5]], jnp.float32)
+  c = jnp.array([1, 1])
+  rowmask = jnp.array([False, True])
+  classmask = jnp.array([[False, False, False], [True, True, True]])
+  cases = [
+      (lambda z, y: sce(z, y), inf_row),
+      (lambda z, y: sce(z, y, label_smoothing=0.1), inf_row),
+      (lambda z, y: sce(z, y, where=rowmask), finite),
+      (lambda z, y: sce(z, y, where=classmask, label_smoothing=0.1), finite),
+      (lambda z, y: ice(z, c) + 0 * y.sum(), inf_row),
+      (lambda z, y: ice(z, c, label_smoothing=0.1) + 0 * y.sum(), inf_row),
+      (lambda z, y: ice(z, c, where=rowmask) + 0 * y.sum(), finite),
+      (lambda z, y: ice(z, c, where=classmask, ignore_index=-1) + 0 * y.sum(), finite),
+  ]
+  for loss_fn, z in cases:
+    loss = loss_fn(z, y)
+    assert loss[0] == 0 and np.isfinite(loss[1])
+    gz, gy = jax.grad(lambda z, y: loss_fn(z, y).sum(), argnums=(0, 1))(z, y)
+    assert np.all(np.asarray(gz)[0] == 0) and np.all(np.asarray(gy)[0] == 0)
+    assert all_finite(gz) and all_finite(gy)
+
+
+@pytest.mark.parametrize("bad", [np.nan, INF])
+def test_nan_and_plus_inf_poison_their_example_only(bad):
+  z = logits((3, 4)).at[1, 2].set(bad)
+  y, c = soft_labels((3, 4)), jnp.array([0, 0, 3])
+  for f in [lambda z: sce(z, y), lambda z: ice(z, c),
+            lambda z: ice(z, c, label_smoothing=0.1)]:
+    loss = np.asarray(f(z))
+    assert np.isnan(loss[1]) and all_finite(loss[[0, 2]])
+    g = np.asarray(jax.grad(lambda z: f(z).sum())(z))
+    assert np.all(np.isnan(g[1])) and all_finite(g[[0, 2]])
+  # a NaN label poisons its example too
+  y_nan = y.at[2, 1].set(np.nan)
+  loss = np.asarray(sce(logits((3, 4)), y_nan))
+  assert np.isnan(loss[2]) and all_finite(loss[:2])
+  zb = jnp.array([0.5, bad, 1.0]) if bad != INF else jnp.array([0.5, np.nan, 1.0])
+  lb = np.asarray(bce(zb, jnp.array([0.3, 0.3, 0.3])))
+  assert np.isnan(lb[1]) and all_finite(lb[[0, 2]])
+
+
+# ---------------------------------------------------------------------------
+# where means slicing
+
+
+def test_soft_where_means_slicing():
+  z, y = logits((4, 6)), soft_labels((4, 6))
+  mask = np.asarray(rng(8).random((4, 6)) > 0.4)
+  mask[:, 0] = True
+  got = sce(z, y, where=jnp.asarray(mask))
+  g = jax.grad(lambda z, y: sce(z, y, where=jnp.asarray(mask)).sum(), argnums=(0, 1))
+  gz, gy = g(z, y)
+  for i in range(4):
+    m = mask[i]
+    np.testing.assert_allclose(got[i], sce(z[i][m], y[i][m]), rtol=1e-6)
+    wz, wy = jax.grad(lambda z, y: sce(z, y), argnums=(0, 1))(z[i][m], y[i][m])
+    np.testing.assert_allclose(np.asarray(gz[i])[m], wz, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(gy[i])[m], wy, atol=1e-6)
+    assert np.all(np.asarray(gz[i])[~m] == 0) and np.all(np.asarray(gy[i])[~m] == 0)
+  # label mass on masked classes is dropped, so the loss is never negative
+  y1 = jnp.array([[0.0, 1.0, 0.0]])
+  m1 = jnp.array([[True, False, True]])
+  z1 = jnp.array([[1.0, 5.0, 2.0]])
+  assert sce(z1, y1, where=m1)[0] == 0
+  assert ice(z1, jnp.array([1]), where=m1)[0] == 0
+  # optax: the issue's measured case, a negative loss
+  optax_ice = optax.losses.softmax_cross_entropy_with_integer_labels
+  assert optax_ice(z1, jnp.array([1]), where=m1)[0] < 0
+
+
+def test_soft_smoothing_counts_unmasked_classes():
+  z, y = logits((1, 5)), soft_labels((1, 5))
+  m = np.array([True, True, False, True, False])
+  got = sce(z, y, where=jnp.asarray(m[None]), label_smoothing=0.2)
+  want = sce(z[:, m], y[:, m], label_smoothing=0.2)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_integer_where_means_slicing_and_agrees_with_one_hot():
+  z = logits((5, 6))
+  mask = np.asarray(rng(9).random((5, 6)) > 0.4)
+  c = np.array([0, 2, 5, 1, 3])
+  mask[np.arange(5), c] = True
+  mask[4, 3] = False  # example 4's target class is masked out
+  onehot = jax.nn.one_hot(c, 6)
+  m = jnp.asarray(mask)
+  got = ice(z, jnp.asarray(c), where=m)
+  np.testing.assert_allclose(got, sce(z, onehot, where=m), rtol=1e-6)
+  g = jax.grad(lambda z: ice(z, jnp.asarray(c), where=m).sum())(z)
+  np.testing.assert_allclose(
+      g, jax.grad(lambda z: sce(z, onehot, where=m).sum())(z), atol=1e-7
+  )
+  for i in range(4):
+    sliced_c = int(np.sum(mask[i][: c[i]]))
+    np.testing.assert_allclose(
+        got[i], ice(z[i][mask[i]], jnp.asarray(sliced_c)), rtol=1e-6
+    )
+  assert got[4] == 0 and np.all(np.asarray(g)[4] == 0)
+  for alpha in [0.1, 0.5]:
+    np.testing.assert_allclose(
+        ice(z, jnp.asarray(c), where=m, label_smoothing=alpha)[:4],
+        sce(z, onehot, where=m, label_smoothing=alpha)[:4],
+        rtol=1e-6,
+    )
+
+
+def test_masked_target_class_is_reported_under_checkify():
+  z = logits((3, 4))
+  c = jnp.array([0, 1, 2])
+  m = jnp.array([[True] * 4, [True, False, True, True], [True] * 4])
+  f = lambda z, c, m: ice(z, c, where=m)
+  for g in [f, jax.jit(f)]:
+    err, out = checkify.checkify(g, errors=checkify.user_checks)(z, c, m)
+    assert err.get() is not None and "masks out" in err.get()
+    assert out[1] == 0
+  assert f(z, c, m)[1] == 0  # no error raised without checkify
+  # masking whole examples is not an error, and their labels are never read
+  rows = jnp.array([True, False, True])
+  for labels in [c, jnp.array([0, -1, 2]), jnp.array([0, 10**6, 2])]:
+    err, out = checkify.checkify(f, errors=checkify.user_checks)(z, labels, rows)
+    assert err.get() is None
+    assert out[1] == 0 and all_finite(out)
+    g = jax.grad(lambda z: ice(z, labels, where=rows).sum())(z)
+    assert all_finite(g) and np.all(np.asarray(g)[1] == 0)
+
+
+# ---------------------------------------------------------------------------
+# bad labels, ignore_index, checkify
+
+
+@pytest.mark.parametrize("bad", [-1, 4, 10**6, -100])
+def test_out_of_range_labels_give_nan_row(bad):
+  z = logits((3, 4))
+  c = jnp.array([0, bad, 3])
+  for alpha in [0.0, 0.1]:
+    loss = np.asarray(ice(z, c, label_smoothing=alpha))
+    assert np.isnan(loss[1]) and all_finite(loss[[0, 2]])
+    rows = np.array([0, 2])
+    np.testing.assert_allclose(
+        loss[rows], ice(z[rows], c[rows], label_smoothing=alpha), rtol=1e-6
+    )
+    g = np.asarray(jax.grad(lambda z: ice(z, c, label_smoothing=alpha).sum())(z))
+    assert np.all(np.isnan(g[1])) and all_finite(g[[0, 2]])
+
+
+def test_optax_wraps_minus_one_and_jaxsmx_does_not():
+  z = logits((1, 4))
+  wrapped = optax.losses.softmax_cross_entropy_with_integer_labels(z, jnp.array([-1]))
+  last = optax.losses.softmax_cross_entropy_with_integer_labels(z, jnp.array([3]))
+  np.testing.assert_allclose(wrapped, last)  # optax reads -1 as class 3
+  assert np.isnan(ice(z, jnp.array([-1]))[0])
+  # optax: NaN loss but a finite, wrong gradient for label C; jaxsmx: NaN
+  g_optax = jax.grad(
+      lambda z: optax.losses.softmax_cross_entropy_with_integer_labels(
+          z, jnp.array([4])
+      ).sum()
+  )(z)
+  assert all_finite(g_optax)
+  assert np.all(np.isnan(jax.grad(lambda z: ice(z, jnp.array([4])).sum())(z)))
+
+
+def test_ignore_index_gives_zero_and_zero_gradient():
+  z = logits((4, 5))
+  c = jnp.array([1, -100, 4, -100])
+  for alpha in [0.0, 0.2]:
+    f = lambda z: ice(z, c, ignore_index=-100, label_smoothing=alpha)
+    loss = np.asarray(f(z))
+    assert np.all(loss[[1, 3]] == 0) and np.all(loss[[0, 2]] > 0)
+    g = np.asarray(jax.grad(lambda z: f(z).sum())(z))
+    assert np.all(g[[1, 3]] == 0) and all_finite(g)
+  # an in-range ignore_index, as torch allows
+  loss = ice(z, jnp.array([0, 1, 2, 0]), ignore_index=0)
+  assert loss[0] == 0 and loss[3] == 0 and loss[1] > 0
+  # with ignore_index set, other out-of-range labels are still NaN
+  assert np.isnan(ice(z, jnp.array([0, -1, 2, -100]), ignore_index=-100)[1])
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_checkify_reports_out_of_range_labels(jit):
+  z = logits((3, 4))
+  c = jnp.array([0, 7, -2])
+  f = lambda z, c: ice(z, c, ignore_index=-100)
+  f = jax.jit(f) if jit else f
+  err, out = checkify.checkify(f, errors=checkify.user_checks)(z, c)
+  msg = err.get()
+  assert msg is not None
+  assert "[0, 4)" in msg and "ignore_index=-100" in msg and "[ 0  7 -2]" in msg
+  with pytest.raises(checkify.JaxRuntimeError, match=r"\[0, 4\)"):
+    err.throw()
+  assert np.isnan(out[1]) and np.isnan(out[2])
+  # valid labels and ignore_index are not reported
+  err, _ = checkify.checkify(f, errors=checkify.user_checks)(z, jnp.array([0, 3, -100]))
+  assert err.get() is None
+  # without checkify nothing is raised, eager or jitted
+  out = f(z, c)
+  assert np.isnan(out[1]) and np.isfinite(out[0])
+
+
+# ---------------------------------------------------------------------------
+# sigmoid BCE edges
+
+
+def test_bce_infinite_and_large_logits():
+  z = jnp.array([INF, -INF, INF, -INF], jnp.float32)
+  y = jnp.array([1.0, 0.0, 0.0, 1.0], jnp.float32)
+  loss = np.asarray(bce(z, y))
+  np.testing.assert_array_equal(loss, [0.0, 0.0, INF, INF])
+  optax_loss = np.asarray(optax.losses.sigmoid_binary_cross_entropy(z, y))
+  assert np.isnan(optax_loss[0]) or np.isnan(optax_loss[1])
+  g = jax.grad(lambda z: bce(z, y).sum())(z)
+  np.testing.assert_array_equal(g, [0.0, 0.0, 1.0, -1.0])
+  # large |z|: exact, in float32 as in float64
+  zl = jnp.array([80.0, -80.0, 200.0, -200.0, 1e20], jnp.float32)
+  yl = jnp.array([0.0, 1.0, 0.25, 0.75, 1.0], jnp.float32)
+  np.testing.assert_allclose(bce(zl, yl), np_bce(zl, yl), rtol=1e-7)
+  # a small loss keeps its relative accuracy
+  np.testing.assert_allclose(bce(jnp.array([30.0]), jnp.array([1.0])),
+                             [math.exp(-30)], rtol=1e-6)
+
+
+def test_bce_integer_and_bool_labels():
+  z = logits((2, 3))
+  yi = jnp.array([[0, 1, 1], [1, 0, 0]])
+  np.testing.assert_allclose(bce(z, yi), bce(z, yi.astype(jnp.float32)))
+  np.testing.assert_allclose(bce(z, yi.astype(bool)), bce(z, yi.astype(jnp.float32)))
+
+
+# ---------------------------------------------------------------------------
+# structural: axis=k equals moveaxis
+
+
+@pytest.mark.parametrize("k", [0, 1, -2])
+def test_axis_equals_moveaxis(k):
+  z, y = logits((4, 5, 6)), soft_labels((4, 5, 6))
+  zk, yk = jnp.moveaxis(z, -1, k), jnp.moveaxis(y, -1, k)
+  np.testing.assert_allclose(sce(zk, yk, axis=k), sce(z, y), rtol=1e-6)
+  c = int_labels((4, 5), 6)
+  np.testing.assert_allclose(ice(zk, c, axis=k), ice(z, c), rtol=1e-6)
+  gk = jax.grad(lambda z: ice(z, c, axis=k).sum())(zk)
+  g = jax.grad(lambda z: ice(z, c).sum())(z)
+  np.testing.assert_allclose(gk, jnp.moveaxis(g, -1, k), atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# hypothesis properties
+
+
+@st.composite
+def _problem(draw):
+  n = draw(st.integers(1, 3))
+  k = draw(st.integers(2, 6))
+  seed = draw(st.integers(0, 2**16))
+  scale = draw(st.sampled_from([0.1, 1.0, 10.0, 100.0]))
+  r = rng(seed)
+  z = r.normal(size=(n, k)) * scale
+  z[r.random((n, k)) < 0.15] = -INF
+  y = r.dirichlet(np.ones(k) * 0.5, size=n)
+  mask = r.random((n, k)) > 0.3
+  c = r.integers(0, k, size=n)
+  return z, y, mask, c
+
+
+@HYPOTHESIS
+@given(_problem(), st.sampled_from([0.0, 0.1]))
+def test_property_loss_is_never_negative(problem, alpha):
+  z, y, mask, c = problem
+  with x64():
+    z, y, m = jnp.asarray(z), jnp.asarray(y), jnp.asarray(mask)
+    for loss in [
+        sce(z, y, label_smoothing=alpha),
+        sce(z, y, where=m, label_smoothing=alpha),
+        ice(z, jnp.asarray(c), label_smoothing=alpha),
+        ice(z, jnp.asarray(c), where=m, label_smoothing=alpha),
+    ]:
+      assert np.all(np.asarray(loss) >= 0)
+
+
+@HYPOTHESIS
+@given(_problem(), st.sampled_from([0.0, 0.3]))
+def test_property_gradient_rows_sum_to_zero(problem, alpha):
+  z, y, mask, c = problem
+  with x64():
+    z = jnp.asarray(np.where(np.isinf(z), -30.0, z))  # finite gradients
+    y, m, c = jnp.asarray(y), jnp.asarray(mask), jnp.asarray(c)
+    for f in [
+        lambda z: sce(z, y, label_smoothing=alpha),
+        lambda z: sce(z, y, where=m, label_smoothing=alpha),
+        lambda z: ice(z, c, label_smoothing=alpha),
+    ]:
+      g = jax.grad(lambda z: f(z).sum())(z)
+      np.testing.assert_allclose(np.sum(g, -1), 0.0, atol=1e-12)
+
+
+@HYPOTHESIS
+@given(_problem())
+def test_property_gibbs_inequality(problem):
+  z, y, _, _ = problem
+  z = z[~np.all(np.isinf(z), -1)]  # an empty slice costs 0 by convention
+  y = y[: len(z)]
+  with x64():
+    h = scipy.special.entr(y).sum(-1)
+    loss = np.asarray(sce(jnp.asarray(z), jnp.asarray(y)))
+    assert np.all(loss >= h - 1e-12)
+    # equality at z = log y
+    at_y = np.asarray(sce(jnp.log(jnp.asarray(y)), jnp.asarray(y)))
+    np.testing.assert_allclose(at_y, h, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# bad input errors
+
+
+def test_error_int_logits():
+  for f in [
+      lambda: sce(jnp.ones((2, 3), jnp.int32), jnp.ones((2, 3))),
+      lambda: ice(jnp.ones((2, 3), jnp.int32), jnp.array([0, 1])),
+      lambda: bce(jnp.ones((2, 3), jnp.int32), jnp.ones((2, 3))),
+  ]:
+    with pytest.raises(TypeError, match=r"logits must have a floating dtype.*int32"):
+      f()
+
+
+def test_error_float_labels_to_integer_function():
+  with pytest.raises(TypeError, match=r"integer dtype.*float32.*softmax_cross_entropy"):
+    ice(logits((2, 3)), jnp.array([0.0, 1.0]))
+
+
+def test_error_non_bool_where():
+  with pytest.raises(TypeError, match=r"boolean mask.*int32"):
+    sce(logits((2, 3)), soft_labels((2, 3)), where=jnp.ones((2, 3), jnp.int32))
+  with pytest.raises(TypeError, match=r"boolean mask.*float32"):
+    ice(logits((2, 3)), jnp.array([0, 1]), where=jnp.ones((2,)))
+
+
+def test_error_traced_label_smoothing():
+  z, y = logits((2, 3)), soft_labels((2, 3))
+  with pytest.raises(TypeError, match=r"label_smoothing must be a Python float.*static"):
+    jax.jit(lambda a: sce(z, y, label_smoothing=a))(0.1)
+  with pytest.raises(TypeError, match=r"label_smoothing must be a Python float"):
+    jax.jit(lambda a: ice(z, jnp.array([0, 1]), label_smoothing=a))(0.1)
+
+
+def test_error_soft_label_shape_shows_both_shapes():
+  with pytest.raises(ValueError, match=r"same shape.*\(2, 3\).*\(2, 4\)"):
+    sce(logits((2, 3)), soft_labels((2, 4)))
+  with pytest.raises(ValueError, match=r"same shape.*\(2, 3\).*\(3,\)"):
+    bce(logits((2, 3)), jnp.ones((3,)))
+
+
+def test_error_integer_label_shape():
+  z = logits((4, 3))
+  with pytest.raises(ValueError, match=r"expected \(4,\), got \(3,\)"):
+    ice(z, jnp.array([0, 1, 2]))
+  with pytest.raises(ValueError, match=r"one-hot.*softmax_cross_entropy"):
+    ice(z, jnp.zeros((4, 3), jnp.int32))
+  with pytest.raises(ValueError, match=r"expected \(2,\), got \(2, 3\)"):
+    ice(logits((2, 3, 4)), jnp.zeros((2, 3), jnp.int32), axis=(1, 2))
+
+
+def test_error_axis_out_of_range():
+  for f in [
+      lambda: sce(logits((2, 3)), soft_labels((2, 3)), axis=2),
+      lambda: ice(logits((2, 3)), jnp.array([0, 1]), axis=-3),
+  ]:
+    with pytest.raises(ValueError, match=r"axis -?\d+ is out of range.*rank 2"):
+      f()
+
+
+def test_error_where_not_broadcastable():
+  with pytest.raises(ValueError, match=r"where must broadcast.*\(2, 3\).*\(3, 2\)"):
+    sce(logits((2, 3)), soft_labels((2, 3)), where=jnp.ones((3, 2), bool))
+  with pytest.raises(ValueError, match=r"where must broadcast.*\(5,\)"):
+    ice(logits((2, 3)), jnp.array([0, 1]), where=jnp.ones((5,), bool))
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
+def test_error_label_smoothing_outside_unit_interval(alpha):
+  with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\]"):
+    sce(logits((2, 3)), soft_labels((2, 3)), label_smoothing=alpha)
+  with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\]"):
+    ice(logits((2, 3)), jnp.array([0, 1]), label_smoothing=alpha)
+
+
+def test_error_ignore_index_type():
+  with pytest.raises(TypeError, match=r"ignore_index must be a Python int"):
+    ice(logits((2, 3)), jnp.array([0, 1]), ignore_index=-100.0)
+
+
+# ---------------------------------------------------------------------------
+# doctests
+
+
+def test_doctests():
+  result = doctest.testmod(_losses, optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0
+  assert result.failed == 0
+
