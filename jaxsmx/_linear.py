@@ -28,7 +28,7 @@ _FN = "linear_softmax_cross_entropy"
 # The automatic chunk keeps one N x chunk float32 block within this budget, so
 # that the few such blocks alive inside a chunk (logits, their gradient) stay
 # small next to w; the block size is then independent of V.
-_BLOCK_BYTES = 8 * 2**20
+_BLOCK_BYTES = 4 * 2**20
 _LANE = 128
 
 
@@ -233,8 +233,10 @@ def _chunk(chunk_size: object, n: int, hidden: int, vocab: int) -> int:
           " choose one from the shapes, or a multiple of 128 such as 1024."
       )
     return min(chunk_size, vocab)
-  lanes = max(1, _BLOCK_BYTES // (4 * max(n, 1) * _LANE))
-  chunk = lanes * _LANE
+  # an N x chunk float32 block within _BLOCK_BYTES (L2-sized), and at most
+  # V / 32 so that the few blocks alive at once stay well below N x V
+  lanes = min(_BLOCK_BYTES // (4 * max(n, 1)), vocab // 32) // _LANE
+  chunk = max(1, lanes) * _LANE
   if chunk >= vocab:
     return vocab
   for c in range(chunk, chunk // 2, -_LANE):
@@ -409,11 +411,11 @@ def _linear_ce_fwd(x, w, bias, labels, where, opts):
   shift = jnp.where(m == -jnp.inf, 0.0, m)
   log_norm = jnp.log(s)
   lse = shift + log_norm
-  loss = lse - z_t
+  # (shift - z_t) + log_norm, not lse - z_t: exact for logits near 1e30
+  loss = (shift - z_t) + log_norm
   if opts.alpha:
-    loss = (1.0 - opts.alpha) * loss + opts.alpha * (
-        lse - z_sum / _num_classes(where, vocab)
-    )
+    mean_z = z_sum / _num_classes(where, vocab)
+    loss = (1.0 - opts.alpha) * loss + opts.alpha * ((shift - mean_z) + log_norm)
   if opts.z_loss:
     loss = loss + opts.z_loss * lse * lse
   dropped, invalid = _row_flags(lab, where, vocab, opts.ignore_index)

@@ -1,0 +1,461 @@
+"""Tests for linear_softmax_cross_entropy (jaxsmx/_linear.py).
+
+Every option is checked, in value and in the closed-form gradients with
+respect to x, w and bias, against two references: the dense composition the
+function is defined as (jaxsmx's integer-label cross-entropy on the capped
+logits, plus the z-loss), and plain autodiff of a jnp formula.
+"""
+
+from __future__ import annotations
+
+import doctest
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.experimental import checkify
+from jax.test_util import check_grads
+
+import jaxsmx
+from jaxsmx import _linear
+
+lce = jaxsmx.linear_softmax_cross_entropy
+
+N, H, V = 12, 8, 50
+CHUNK = 16  # 3 full chunks and a tail of 2 columns
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+# ---------------------------------------------------------------------------
+# references and the comparison helper
+
+
+def cap(u, softcap):
+  return u if softcap is None else softcap * jnp.tanh(u / softcap)
+
+
+def kept_rows(labels, where, ignore_index, vocab):
+  """Rows whose label is in range, not ignored and not masked out."""
+  kept = (labels >= 0) & (labels < vocab)
+  if ignore_index is not None:
+    kept &= labels != ignore_index
+  if where is not None:
+    kept &= where[jnp.clip(labels, 0, vocab - 1)]
+  return kept
+
+
+def composition(
+    x, w, labels, *, bias=None, where=None, ignore_index=None,
+    label_smoothing=0.0, z_loss=0.0, softcap=None,
+):
+  """The definition: integer-label CE on cap(x @ w + b), plus z_loss * lse^2."""
+  u = jnp.matmul(x, w, precision=HIGHEST)
+  z = cap(u if bias is None else u + bias, softcap)
+  mask = None if where is None else jnp.broadcast_to(where, z.shape)
+  loss = jaxsmx.softmax_cross_entropy_with_integer_labels(
+      z, labels, where=mask, ignore_index=ignore_index,
+      label_smoothing=label_smoothing,
+  )
+  if z_loss:
+    lse = jaxsmx.logsumexp(z, axis=-1, where=mask)
+    kept = kept_rows(labels, where, ignore_index, w.shape[1])
+    loss = loss + jnp.where(kept, z_loss * lse**2, 0.0)
+  return loss
+
+
+def autodiff(
+    x, w, labels, *, bias=None, where=None, ignore_index=None,
+    label_smoothing=0.0, z_loss=0.0, softcap=None,
+):
+  """A plain jnp formula, differentiated by JAX (finite logits, some kept class)."""
+  vocab = w.shape[1]
+  u = jnp.matmul(x, w, precision=HIGHEST)
+  z = cap(u if bias is None else u + bias, softcap)
+  if where is not None:
+    z = jnp.where(where, z, -jnp.inf)
+  lse = jax.nn.logsumexp(z, axis=-1)
+  z_t = jnp.take_along_axis(z, jnp.clip(labels, 0, vocab - 1)[..., None], -1)[..., 0]
+  loss = (1.0 - label_smoothing) * (lse - z_t)
+  if label_smoothing:
+    count = vocab if where is None else jnp.sum(where)
+    unmasked = z if where is None else jnp.where(where, z, 0.0)
+    loss = loss + label_smoothing * (lse - jnp.sum(unmasked, -1) / count)
+  loss = loss + z_loss * lse**2
+  return jnp.where(kept_rows(labels, where, ignore_index, vocab), loss, 0.0)
+
+
+def f64(a):
+  return np.asarray(np.asarray(a).astype(np.float64))
+
+
+def assert_close(got, want, rtol, what):
+  """Elementwise |got - want| <= rtol * max|want| (NaNs must coincide)."""
+  got, want = f64(got), f64(want)
+  scale = np.nanmax(np.abs(want), initial=0.0) if np.any(np.isfinite(want)) else 1.0
+  np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+def assert_matches(f, ref, args, rtol, seed=0):
+  """f and ref agree in value and in jax.vjp for a random cotangent."""
+  out, f_vjp = jax.vjp(f, *args)
+  ref_out, ref_vjp = jax.vjp(ref, *args)
+  assert out.dtype == ref_out.dtype
+  assert_close(out, ref_out, rtol, "value")
+  ct = jax.random.normal(jax.random.key(seed), out.shape, out.dtype)
+  for i, (a, b) in enumerate(zip(f_vjp(ct), ref_vjp(ct), strict=True)):
+    assert_close(a, b, rtol, f"cotangent of argument {i}")
+
+
+def data(n=N, hidden=H, vocab=V, dtype=np.float32, seed=0, batch=None):
+  """x, w, bias, labels and a vocabulary mask (about 1/5 masked)."""
+  r = np.random.default_rng(seed)
+  shape = (n,) if batch is None else batch
+  x = jnp.asarray(r.normal(size=(*shape, hidden)), dtype)
+  w = jnp.asarray(r.normal(size=(hidden, vocab)) * 0.7, dtype)
+  b = jnp.asarray(r.normal(size=(vocab,)), dtype)
+  labels = jnp.asarray(r.integers(0, vocab, size=shape), jnp.int32)
+  where = jnp.asarray(r.random(vocab) > 0.2)
+  return x, w, b, labels, where
+
+
+OPTIONS = {
+    "plain": {},
+    "bias": {"bias": True},
+    "where": {"where": True},
+    "ignore_index": {"ignore_index": -100},
+    "label_smoothing": {"label_smoothing": 0.1},
+    "z_loss": {"z_loss": 0.05},
+    "softcap": {"softcap": 2.0},
+    "where+smoothing+ignore": {"where": True, "label_smoothing": 0.2, "ignore_index": -1},
+    "bias+z_loss+softcap": {"bias": True, "z_loss": 0.05, "softcap": 3.0},
+    "all": {
+        "bias": True, "where": True, "ignore_index": -100, "label_smoothing": 0.1,
+        "z_loss": 0.05, "softcap": 3.0,
+    },
+}
+
+
+def problem(options, dtype=np.float32, **kw):
+  """(f, ref_composition, ref_autodiff, args): functions of (x, w[, bias])."""
+  x, w, b, labels, where = data(dtype=dtype, **kw)
+  opts = dict(options)
+  use_bias = opts.pop("bias", False)
+  if opts.pop("where", False):
+    opts["where"] = where
+    labels = labels.reshape(-1).at[0].set(int(np.flatnonzero(~where)[0]))
+    labels = labels.reshape(x.shape[:-1])  # one example whose class is masked
+  if "ignore_index" in opts:
+    labels = labels.reshape(-1).at[1].set(opts["ignore_index"]).reshape(x.shape[:-1])
+  args = (x, w, b) if use_bias else (x, w)
+
+  def bind(fn, **extra):
+    def g(x, w, b=None):
+      return fn(x, w, labels, bias=b, **opts, **extra)
+
+    return g
+
+  return bind(lce, chunk_size=CHUNK), bind(composition), bind(autodiff), args, labels
+
+
+# ---------------------------------------------------------------------------
+# values and gradients of every option
+
+
+@pytest.mark.parametrize("case", list(OPTIONS))
+def test_matches_dense_composition(case):
+  f, ref, _, args, _ = problem(OPTIONS[case])
+  assert_matches(jax.jit(f), ref, args, RTOL[np.float32])
+
+
+@pytest.mark.parametrize("case", list(OPTIONS))
+def test_matches_plain_autodiff(case):
+  f, _, ref, args, _ = problem(OPTIONS[case])
+  assert_matches(jax.jit(f), ref, args, RTOL[np.float32])
+
+
+def test_float64_matches_to_1e12():
+  with jax.enable_x64(True):
+    f, ref, _, args, _ = problem(OPTIONS["all"], dtype=np.float64)
+    assert_matches(jax.jit(f), ref, args, RTOL[np.float64])
+
+
+@pytest.mark.parametrize("case", ["plain", "all"])
+def test_batch_dims(case):
+  f, ref, _, args, labels = problem(OPTIONS[case], batch=(2, 5))
+  assert f(*args).shape == labels.shape == (2, 5)
+  assert_matches(jax.jit(f), ref, args, RTOL[np.float32])
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 25, 49, 50, 128, None])
+def test_chunk_size_changes_nothing(chunk_size):
+  x, w, b, labels, where = data()
+  kw = dict(where=where, label_smoothing=0.1, z_loss=0.05, softcap=3.0)
+  f = lambda x, w, b: lce(x, w, labels, bias=b, chunk_size=chunk_size, **kw)
+  ref = lambda x, w, b: composition(x, w, labels, bias=b, **kw)
+  assert_matches(jax.jit(f), ref, (x, w, b), RTOL[np.float32])
+
+
+def test_default_chunk_rule():
+  chunk = _linear._chunk
+  assert chunk(None, 4096, 512, 32768) == 256  # 4 MiB block, divides V
+  assert chunk(None, 1024, 64, 8192) == 256  # at most V / 32
+  assert chunk(None, 8, 64, 50) == 50  # small V: one chunk
+  assert chunk(None, 4096, 512, 50257) % 128 == 0  # GPT-2: a short tail
+  assert chunk(None, 10**6, 64, 32768) == 128  # at least 128
+  assert chunk(300, 16, 8, 50) == 50
+
+
+def test_precision_argument():
+  x, w, _, labels, _ = data()
+  a = lce(x, w, labels, precision=HIGHEST)
+  b = lce(x, w, labels, precision="highest")
+  np.testing.assert_array_equal(a, b)
+  assert_close(a, composition(x, w, labels), 1e-5, "value")
+
+
+# ---------------------------------------------------------------------------
+# edge rules, as in softmax_cross_entropy_with_integer_labels
+
+
+def test_out_of_range_labels_are_nan_in_value_and_gradient():
+  x, w, b, labels, _ = data()
+  bad = labels.at[2].set(V).at[5].set(-1)
+
+  def loss(fn):
+    return lambda x, w, b: jnp.sum(fn(x, w, bad, bias=b, z_loss=0.01))
+
+  out = lce(x, w, bad, bias=b)
+  assert np.isnan(out[2]) and np.isnan(out[5])
+  good = np.ones(N, bool)
+  good[[2, 5]] = False
+  assert_close(out[good], composition(x, w, bad, bias=b)[good], 1e-5, "value")
+  dx, dw, db = jax.grad(loss(lce), (0, 1, 2))(x, w, b)
+  rx, rw, rb = jax.grad(loss(composition), (0, 1, 2))(x, w, b)
+  assert np.all(np.isnan(dx[~good])) and np.all(np.isfinite(dx[good]))
+  assert_close(dx[good], rx[good], 1e-5, "dx of valid rows")
+  # one NaN row reaches every entry of dw and db, as in dense autodiff
+  assert np.all(np.isnan(dw)) and np.all(np.isnan(rw))
+  assert np.all(np.isnan(db)) and np.all(np.isnan(rb))
+
+
+def test_ignored_and_masked_out_labels_are_dropped():
+  x, w, _, labels, where = data()
+  masked_class = int(np.flatnonzero(~where)[0])
+  labels = labels.at[0].set(-100).at[1].set(masked_class)
+  f = lambda x: lce(x, w, labels, where=where, ignore_index=-100, z_loss=0.1)
+  kept = kept_rows(labels, where, -100, V)
+  assert not kept[0] and not kept[1]
+  out = f(x)
+  np.testing.assert_array_equal(out == 0, ~kept)
+  dx = jax.grad(lambda x: jnp.sum(f(x)))(x)
+  assert np.all(dx[~kept] == 0) and np.all(np.abs(dx[kept]).sum(-1) > 0)
+
+
+def test_fully_masked_vocabulary_gives_zero():
+  x, w, b, labels, _ = data()
+  none = jnp.zeros(V, bool)
+  f = lambda x, w, b: jnp.sum(lce(x, w, labels, bias=b, where=none, z_loss=0.1,
+                                  label_smoothing=0.1, chunk_size=CHUNK))
+  assert f(x, w, b) == 0
+  for g in jax.grad(f, (0, 1, 2))(x, w, b):
+    assert np.all(g == 0)
+
+
+def test_checkify_reports_bad_labels():
+  x, w, _, labels, where = data()
+  checked = checkify.checkify(lce, errors=checkify.user_checks)
+  err, _ = checked(x, w, labels.at[3].set(V))
+  with pytest.raises(checkify.JaxRuntimeError, match=r"labels must lie in \[0, 50\)"):
+    err.throw()
+  masked_class = int(np.flatnonzero(~where)[0])
+  err, _ = checked(x, w, labels.at[3].set(masked_class), where=where)
+  with pytest.raises(checkify.JaxRuntimeError, match="masks out"):
+    err.throw()
+  err, _ = checked(x, w, labels.at[3].set(-100), ignore_index=-100)
+  err.throw()  # ignored labels are not errors
+
+
+def test_large_logits_stay_exact():
+  x, w, _, labels, _ = data()
+  big = jnp.full((V,), 1e30, jnp.float32)
+  # every logit is 1e30 + O(1): the loss is log V, up to the O(1) part lost
+  out = lce(x * 0, w, labels, bias=big)
+  np.testing.assert_allclose(out, np.log(V), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# transformations
+
+
+def test_jit_vmap_grad():
+  x, w, b, labels, where = data(batch=(3, 4))
+  kw = dict(bias=b, where=where, label_smoothing=0.1, z_loss=0.01, softcap=3.0,
+            chunk_size=CHUNK)
+  f = lambda x, labels: lce(x, w, labels, **kw)
+  want = f(x, labels)
+  np.testing.assert_allclose(jax.jit(f)(x, labels), want, rtol=1e-6)
+  np.testing.assert_allclose(jax.vmap(f)(x, labels), want, rtol=1e-6)
+  g = jax.grad(lambda w: jnp.mean(lce(x, w, labels, **kw)))(w)
+  gv = jax.grad(lambda w: jnp.mean(jax.vmap(
+      lambda x, labels: lce(x, w, labels, **kw))(x, labels)))(w)
+  assert_close(gv, g, 1e-5, "dw under vmap")
+  r = jax.grad(lambda w: jnp.mean(composition(x, w, labels, **{
+      k: v for k, v in kw.items() if k != "chunk_size"})))(w)
+  assert_close(g, r, 1e-5, "dw")
+
+
+def test_hessian_wrt_x():
+  x, w, b, labels, where = data(n=2, hidden=3, vocab=7)
+  where = where.at[labels].set(True)
+  kw = dict(bias=b, where=where, label_smoothing=0.1, z_loss=0.05, softcap=2.0)
+  f = lambda x: jnp.sum(lce(x, w, labels, chunk_size=3, **kw))
+  ref = lambda x: jnp.sum(autodiff(x, w, labels, **kw))
+  assert_close(jax.hessian(f)(x), jax.hessian(ref)(x), 1e-5, "hessian")
+
+
+def test_check_grads_second_order():
+  with jax.enable_x64(True):
+    x, w, b, labels, _ = data(n=3, hidden=4, vocab=9, dtype=np.float64)
+    f = lambda x, w, b: lce(x, w, labels, bias=b, z_loss=0.1, softcap=2.0,
+                            label_smoothing=0.1, chunk_size=4)
+    check_grads(f, (x, w, b), order=2, modes=("rev",))
+
+
+# ---------------------------------------------------------------------------
+# 16-bit inputs
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_16_bit_inputs_against_float64(dtype):
+  x, w, b, labels, where = data(dtype=dtype)
+  kw = dict(where=where, label_smoothing=0.1, z_loss=0.01, softcap=3.0)
+  f = lambda x, w, b: lce(x, w, labels, bias=b, chunk_size=CHUNK, **kw)
+  out, vjp = jax.vjp(f, x, w, b)
+  assert out.dtype == dtype
+  grads = vjp(jnp.ones_like(out))
+  assert [g.dtype for g in grads] == [dtype] * 3
+  with jax.enable_x64(True):
+    args64 = [jnp.asarray(f64(a)) for a in (x, w, b)]
+    ref = lambda x, w, b: autodiff(x, w, labels, bias=b, **kw)
+    want, ref_vjp = jax.vjp(ref, *args64)
+    want_grads = ref_vjp(jnp.ones_like(want))
+  e = float(jnp.finfo(dtype).eps)
+  # computed in float32, rounded once: within one eps of the float64 value
+  np.testing.assert_allclose(f64(out), f64(want), rtol=e, atol=0)
+  for g, r in zip(grads, want_grads, strict=True):
+    r = f64(r)
+    np.testing.assert_allclose(f64(g), r, rtol=e, atol=1e-5 * np.abs(r).max())
+
+
+def test_16_bit_w_is_not_widened_whole():
+  n, hidden, vocab = 256, 64, 4096
+  labels = jnp.zeros((n,), jnp.int32)
+  f = lambda x, w: jnp.mean(lce(x, w, labels, chunk_size=256).astype(jnp.float32))
+  temp = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    x, w = jnp.zeros((n, hidden), dtype), jnp.zeros((hidden, vocab), dtype)
+    temp[dtype] = temp_bytes(f, x, w)
+  # at most a 16-bit copy of w beyond float32's, never a float32 one
+  assert temp[jnp.bfloat16] < temp[jnp.float32] + hidden * vocab * 3, temp
+
+
+# ---------------------------------------------------------------------------
+# memory: a deterministic figure from the compiler, not a timing
+
+
+def temp_bytes(f, *args):
+  step = jax.jit(jax.value_and_grad(f, tuple(range(len(args)))))
+  return step.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_temp_memory_is_a_fraction_of_the_logits():
+  n, hidden, vocab = 1024, 64, 8192
+  x = jnp.zeros((n, hidden))
+  w = jnp.zeros((hidden, vocab))
+  labels = jnp.zeros((n,), jnp.int32)
+  ours = temp_bytes(lambda x, w: jnp.mean(lce(x, w, labels)), x, w)
+  dense = temp_bytes(
+      lambda x, w: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+          x @ w, labels)), x, w)
+  logits = n * vocab * 4
+  assert dense > logits
+  assert ours < logits / 8, (ours, dense)
+  # every option on: still no N x V array
+  b = jnp.zeros((vocab,))
+  full = temp_bytes(
+      lambda x, w, b: jnp.mean(lce(
+          x, w, labels, bias=b, where=b > -1, ignore_index=-100,
+          label_smoothing=0.1, z_loss=1e-4, softcap=30.0)), x, w, b)
+  assert full < logits / 8, full
+
+
+# ---------------------------------------------------------------------------
+# the comparison helper catches a wrong gradient
+
+
+def _without_z_loss_in_bwd():
+  """_linear_ce with a deliberately wrong bwd: the z-loss term is dropped."""
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+  def wrong(x, w, bias, labels, where, opts):
+    return _linear._linear_ce_fwd(x, w, bias, labels, where, opts)[0]
+
+  def bwd(opts, res, g):
+    return _linear._linear_ce_bwd(opts._replace(z_loss=0.0), res, g)
+
+  wrong.defvjp(_linear._linear_ce_fwd, bwd)
+  return wrong
+
+
+def test_a_wrong_bwd_is_caught(monkeypatch):
+  _, ref, _, args, _ = problem(OPTIONS["z_loss"])
+  f, _, _, _, _ = problem(OPTIONS["z_loss"])
+  assert_matches(f, ref, args, RTOL[np.float32])  # the right one passes
+  monkeypatch.setattr(_linear, "_linear_ce", _without_z_loss_in_bwd())
+  with pytest.raises(AssertionError, match="cotangent"):
+    assert_matches(f, ref, args, RTOL[np.float32])
+
+
+# ---------------------------------------------------------------------------
+# errors name the rule, what arrived and the fix
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        ({"x": np.zeros((N, H + 1), np.float32)}, ValueError, r"pass w\.T"),
+        ({"w": np.zeros((H,), np.float32)}, ValueError, r"x must be \[\.\.\., H\]"),
+        ({"x": np.zeros((N, H), np.int32)}, TypeError, "x must have a floating"),
+        ({"labels": np.zeros((N,), np.float32)}, TypeError, "integer dtype"),
+        ({"labels": np.zeros((N, 1), np.int32)}, ValueError, r"expected \(12,\)"),
+        ({"bias": np.zeros((V + 1,), np.float32)}, ValueError, r"bias must have shape \[V\]"),
+        ({"where": np.ones((V,), np.int32)}, TypeError, "boolean mask"),
+        ({"where": np.ones((N, V), bool)}, ValueError, r"where must have shape \[V\]"),
+        ({"z_loss": -1e-4}, ValueError, "z_loss must be finite and >= 0"),
+        ({"softcap": 0.0}, ValueError, "softcap must be finite and > 0"),
+        ({"label_smoothing": 1.5}, ValueError, r"\[0, 1\]"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be positive"),
+        ({"chunk_size": 128.0}, TypeError, "chunk_size must be a Python int"),
+        ({"ignore_index": 1.0}, TypeError, "ignore_index must be a Python int"),
+    ],
+)
+def test_bad_input_errors(change, error, match):
+  x, w, _, labels, _ = data()
+  kw = {"x": x, "w": w, "labels": labels, **change}
+  with pytest.raises(error, match=match):
+    lce(kw.pop("x"), kw.pop("w"), kw.pop("labels"), **kw)
+
+
+def test_traced_z_loss_is_refused():
+  x, w, _, labels, _ = data()
+  with pytest.raises(TypeError, match="not a traced array"):
+    jax.jit(lambda z: lce(x, w, labels, z_loss=z))(0.1)
+
+
+def test_doctests():
+  result = doctest.testmod(_linear, optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0 and result.failed == 0
