@@ -28,6 +28,11 @@ def _prepare(x, axis, where, fn, name):
   return x, axes, _checks.as_mask(where, x.shape, axes, fn)
 
 
+def _nan_or_zero(x: jax.Array) -> jax.Array:
+  """0, or NaN where x is NaN: the value of a 0-weighted term in x."""
+  return jnp.where(jnp.isnan(x), x, 0.0)
+
+
 def _keep(mask: jax.Array | None, values: jax.Array) -> jax.Array:
   """Zeroes the masked-out entries of an elementwise term or gradient."""
   return values if mask is None else jnp.where(mask, values, 0.0)
@@ -85,10 +90,16 @@ def _softmax_entropy(logits, where, axes):
 
 
 def _plogp(z, shift, log_norm):
-  """(a, log a, a log a), with a log a = 0 where a = 0 exactly."""
+  """(a, log a with -inf replaced by 0, a log a), so a log a = 0 where a = 0.
+
+  Replacing -inf before the product, rather than the product after it, keeps
+  the derivative of this function (taken in second-order differentiation)
+  free of 0 * inf = NaN.
+  """
   lp = log_probs(z, shift, log_norm)
   a = jnp.exp(lp)
-  return a, lp, jnp.where(lp == -jnp.inf, 0.0, a * lp)
+  lp = jnp.where(lp == -jnp.inf, 0.0, lp)
+  return a, lp, a * lp
 
 
 def _softmax_entropy_fwd(logits, where, axes):
@@ -106,7 +117,7 @@ def _softmax_entropy_bwd(axes, res, g):
   logits, where, shift, log_norm, h = res
   a, lp, _ = _plogp(masked(upcast(logits), where), shift, log_norm)
   g = jnp.expand_dims(upcast(g), axes)
-  dz = jnp.where(lp == -jnp.inf, 0.0, -g * a * (lp + h))
+  dz = -g * a * (lp + h)  # a = 0 at -inf logits, and lp is finite there
   return dz.astype(logits.dtype), None
 
 
@@ -212,7 +223,8 @@ def cross_entropy(
     ``[...]``, in the promoted dtype of ``p`` and ``q``.
 
   Edge cases: a term with :math:`p_i = 0` is 0 whatever :math:`q_i` is (also
-  :math:`q_i = 0`), and its gradient with respect to :math:`q_i` is 0. A term
+  :math:`q_i = 0`), and its gradient with respect to :math:`q_i` is 0; only a
+  NaN :math:`q_i` still makes the slice NaN. A term
   with :math:`p_i > 0 = q_i` is :math:`+\infty`. The gradient
   :math:`-\log q_i` with respect to :math:`p_i` is :math:`+\infty` at
   :math:`q_i = 0`: the true derivative, never NaN.
@@ -239,7 +251,8 @@ def _cross_entropy(p, q, where, axes):
 
 def _cross_entropy_fwd(p, q, where, axes):
   p32, q32 = upcast(p), upcast(q)
-  terms = jnp.where(p32 == 0, 0.0, -p32 * jnp.log(q32))
+  # 0 log q = 0, but a NaN q stays NaN: it is never hidden as 0
+  terms = jnp.where(p32 == 0, _nan_or_zero(q32), -p32 * jnp.log(q32))
   h = jnp.sum(_keep(where, terms), axes)
   # saves p and q
   return h.astype(jnp.result_type(p, q)), (p, q, where)
@@ -288,7 +301,8 @@ def kl_divergence(
     ``[...]``, in the promoted dtype of the inputs.
 
   Edge cases: a term with :math:`t_i = 0` is 0, also when
-  :math:`\log q_i = -\infty`. A term with :math:`t_i > 0` and
+  :math:`\log q_i = -\infty` (a NaN :math:`\log q_i` still makes the slice
+  NaN). A term with :math:`t_i > 0` and
   :math:`\log q_i = -\infty` is :math:`+\infty`. The gradient with respect to
   a zero target is the one-sided derivative :math:`-\infty`
   (:math:`+\infty` if also :math:`\log q_i = -\infty`), never NaN; optax
@@ -321,7 +335,8 @@ def _kl_divergence(log_predictions, targets, where, axes):
 
 def _kl_divergence_fwd(log_predictions, targets, where, axes):
   lq, t = upcast(log_predictions), upcast(targets)
-  terms = jnp.where(t == 0, 0.0, t * (jnp.log(t) - lq))
+  # 0 (log 0 - log q) = 0, but a NaN log q stays NaN
+  terms = jnp.where(t == 0, _nan_or_zero(lq), t * (jnp.log(t) - lq))
   d = jnp.sum(_keep(where, terms), axes)
   out_dtype = jnp.result_type(log_predictions, targets)
   # saves both inputs

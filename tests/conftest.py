@@ -6,6 +6,8 @@ themselves (torch with ``pytest.importorskip``).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,11 +102,17 @@ def assert_vjp_matches(f, ref, args, *, rtol, atol=0.0, seed=0):
   Both get the same random cotangent; every input cotangent is compared.
   Raises AssertionError naming the argument that differs.
   """
-  out, f_vjp = jax.vjp(f, *args)
-  ref_out, ref_vjp = jax.vjp(ref, *args)
+  shape = jax.eval_shape(f, *args)
+  g = jax.random.normal(jax.random.key(seed), shape.shape, shape.dtype)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def out_and_vjp(fn, *args):
+    out, fn_vjp = jax.vjp(fn, *args)
+    return out, fn_vjp(g)
+
+  out, got = out_and_vjp(f, *args)
+  ref_out, want = out_and_vjp(ref, *args)
   np.testing.assert_allclose(f64(out), f64(ref_out), rtol=rtol, atol=atol)
-  g = jax.random.normal(jax.random.key(seed), jnp.shape(out), jnp.result_type(out))
-  got, want = f_vjp(g), ref_vjp(g)
   for i, (a, b) in enumerate(zip(got, want, strict=True)):
     np.testing.assert_allclose(
         f64(a), f64(b), rtol=rtol, atol=atol, err_msg=f"cotangent of argument {i}"
