@@ -182,9 +182,7 @@ def linear_softmax_cross_entropy(
   )
   x2 = x.reshape(-1, hidden)
   lab = labels.reshape(-1)
-  _report_bad_labels(lab, mask, vocab, opts.ignore_index)
-  out = _linear_ce(x2, w, bias, lab, mask, opts)
-  return out.reshape(batch_shape)
+  return _linear_ce_checked(x2, w, bias, lab, mask, opts).reshape(batch_shape)
 
 
 class _Options(NamedTuple):
@@ -247,7 +245,7 @@ def _chunk(chunk_size: object, n: int, hidden: int, vocab: int) -> int:
 
 def _report_bad_labels(labels, where, vocab, ignore_index) -> None:
   """checkify.debug_check for out-of-range and masked-out labels; O(N)."""
-  dropped, invalid = _row_flags(labels, where, vocab, ignore_index)
+  _, invalid, masked_out = _row_flags(labels, where, vocab, ignore_index)
   ignore = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
   checkify.debug_check(
       ~jnp.any(invalid),
@@ -256,10 +254,8 @@ def _report_bad_labels(labels, where, vocab, ignore_index) -> None:
       labels,
   )
   if where is not None:
-    if ignore_index is not None:
-      dropped = dropped & (labels != ignore_index)
     checkify.debug_check(
-        ~jnp.any(dropped),
+        ~jnp.any(masked_out),
         f"{_FN}: some labels name a class that `where` masks out, so those"
         " examples are dropped (loss 0); labels {}. Unmask the target classes"
         " or set those labels to ignore_index.",
@@ -268,18 +264,25 @@ def _report_bad_labels(labels, where, vocab, ignore_index) -> None:
 
 
 def _row_flags(labels, where, vocab, ignore_index):
-  """Returns (dropped, invalid), both [N] bool.
+  """Returns (dropped, invalid, masked_out), each [N] bool.
 
-  dropped: ignore_index, or a target class masked out by `where`.
-  invalid: outside [0, V) and not ignore_index; such rows become NaN.
+  dropped: ignore_index, a target class masked out by `where`, or any label
+    when `where` masks every class; such rows give 0.
+  invalid: outside [0, V) and not ignore_index, with some class unmasked;
+    such rows become NaN. With every class masked the slice is empty
+    (masking means slicing), so no label is read.
+  masked_out: an in-range target whose class `where` masks out while other
+    classes are left (reported under checkify).
   """
   in_range = (labels >= 0) & (labels < vocab)
   ignored = jnp.zeros_like(in_range) if ignore_index is None else labels == ignore_index
-  dropped = ignored
-  if where is not None:
-    kept = where[jnp.clip(labels, 0, vocab - 1)]
-    dropped = ignored | (in_range & ~kept)
-  return dropped, ~in_range & ~ignored
+  invalid = ~in_range & ~ignored
+  if where is None:
+    return ignored, invalid, jnp.zeros_like(in_range)
+  present = jnp.any(where)
+  kept = where[jnp.clip(labels, 0, vocab - 1)]
+  masked_out = present & in_range & ~ignored & ~kept
+  return ignored | ~present | masked_out, invalid & present, masked_out
 
 
 def _compute_dtype(x, w, bias):
@@ -418,7 +421,7 @@ def _linear_ce_fwd(x, w, bias, labels, where, opts):
     loss = (1.0 - opts.alpha) * loss + opts.alpha * ((shift - mean_z) + log_norm)
   if opts.z_loss:
     loss = loss + opts.z_loss * lse * lse
-  dropped, invalid = _row_flags(lab, where, vocab, opts.ignore_index)
+  dropped, invalid, _ = _row_flags(lab, where, vocab, opts.ignore_index)
   loss = jnp.where(dropped | is_empty(log_norm), 0.0, loss)
   loss = jnp.where(invalid, jnp.nan, loss)
   # saves x, w, bias, labels, where and shift, log_norm [N]; recomputes z
@@ -433,7 +436,7 @@ def _linear_ce_bwd(opts, res, g):
   vocab = w.shape[1]
   xc = x.astype(ct)
   lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
-  dropped, invalid = _row_flags(lab, where, vocab, opts.ignore_index)
+  dropped, invalid, _ = _row_flags(lab, where, vocab, opts.ignore_index)
   empty = is_empty(log_norm)
   live_norm = jnp.where(empty, 0.0, log_norm)
   g = g.astype(ct)
@@ -482,3 +485,11 @@ def _linear_ce_bwd(opts, res, g):
 
 
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
+
+
+# Checked arguments go through one compiled call, as in jax.nn: eager calls
+# then cost one dispatch instead of one per primitive.
+@functools.partial(jax.jit, static_argnums=(5,))
+def _linear_ce_checked(x, w, bias, labels, where, opts):
+  _report_bad_labels(labels, where, w.shape[1], opts.ignore_index)
+  return _linear_ce(x, w, bias, labels, where, opts)

@@ -99,15 +99,21 @@ def assert_close(got, want, rtol, what):
   np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=what)
 
 
-def assert_matches(f, ref, args, rtol, seed=0):
-  """f and ref agree in value and in jax.vjp for a random cotangent."""
-  out, f_vjp = jax.vjp(f, *args)
-  ref_out, ref_vjp = jax.vjp(ref, *args)
-  assert out.dtype == ref_out.dtype
-  assert_close(out, ref_out, rtol, "value")
+def assert_matches(f, refs, args, rtol, seed=0):
+  """f agrees with each reference in value and in jax.vjp (random cotangent).
+
+  `refs` is one function or a tuple of them; all are jitted, which makes the
+  eager references cheap to run.
+  """
+  out, f_vjp = jax.vjp(jax.jit(f), *args)
   ct = jax.random.normal(jax.random.key(seed), out.shape, out.dtype)
-  for i, (a, b) in enumerate(zip(f_vjp(ct), ref_vjp(ct), strict=True)):
-    assert_close(a, b, rtol, f"cotangent of argument {i}")
+  got = f_vjp(ct)
+  for ref in refs if isinstance(refs, tuple) else (refs,):
+    ref_out, ref_vjp = jax.vjp(jax.jit(ref), *args)
+    assert out.dtype == ref_out.dtype
+    assert_close(out, ref_out, rtol, "value")
+    for i, (a, b) in enumerate(zip(got, ref_vjp(ct), strict=True)):
+      assert_close(a, b, rtol, f"cotangent of argument {i}")
 
 
 def data(n=N, hidden=H, vocab=V, dtype=np.float32, seed=0, batch=None):
@@ -166,37 +172,31 @@ def problem(options, dtype=np.float32, **kw):
 
 
 @pytest.mark.parametrize("case", list(OPTIONS))
-def test_matches_dense_composition(case):
-  f, ref, _, args, _ = problem(OPTIONS[case])
-  assert_matches(jax.jit(f), ref, args, RTOL[np.float32])
-
-
-@pytest.mark.parametrize("case", list(OPTIONS))
-def test_matches_plain_autodiff(case):
-  f, _, ref, args, _ = problem(OPTIONS[case])
-  assert_matches(jax.jit(f), ref, args, RTOL[np.float32])
+def test_matches_dense_composition_and_autodiff(case):
+  f, composed, plain, args, _ = problem(OPTIONS[case])
+  assert_matches(f, (composed, plain), args, RTOL[np.float32])
 
 
 def test_float64_matches_to_1e12():
   with jax.enable_x64(True):
     f, ref, _, args, _ = problem(OPTIONS["all"], dtype=np.float64)
-    assert_matches(jax.jit(f), ref, args, RTOL[np.float64])
+    assert_matches(f, ref, args, RTOL[np.float64])
 
 
 @pytest.mark.parametrize("case", ["plain", "all"])
 def test_batch_dims(case):
   f, ref, _, args, labels = problem(OPTIONS[case], batch=(2, 5))
   assert f(*args).shape == labels.shape == (2, 5)
-  assert_matches(jax.jit(f), ref, args, RTOL[np.float32])
+  assert_matches(f, ref, args, RTOL[np.float32])
 
 
-@pytest.mark.parametrize("chunk_size", [1, 7, 25, 49, 50, 128, None])
+@pytest.mark.parametrize("chunk_size", [1, 7, 49, None])
 def test_chunk_size_changes_nothing(chunk_size):
   x, w, b, labels, where = data()
   kw = dict(where=where, label_smoothing=0.1, z_loss=0.05, softcap=3.0)
   f = lambda x, w, b: lce(x, w, labels, bias=b, chunk_size=chunk_size, **kw)
   ref = lambda x, w, b: composition(x, w, labels, bias=b, **kw)
-  assert_matches(jax.jit(f), ref, (x, w, b), RTOL[np.float32])
+  assert_matches(f, ref, (x, w, b), RTOL[np.float32])
 
 
 def test_default_chunk_rule():
@@ -224,17 +224,22 @@ def test_precision_argument():
 def test_out_of_range_labels_are_nan_in_value_and_gradient():
   x, w, b, labels, _ = data()
   bad = labels.at[2].set(V).at[5].set(-1)
-
-  def loss(fn):
-    return lambda x, w, b: jnp.sum(fn(x, w, bad, bias=b, z_loss=0.01))
-
-  out = lce(x, w, bad, bias=b)
-  assert np.isnan(out[2]) and np.isnan(out[5])
   good = np.ones(N, bool)
   good[[2, 5]] = False
-  assert_close(out[good], composition(x, w, bad, bias=b)[good], 1e-5, "value")
-  dx, dw, db = jax.grad(loss(lce), (0, 1, 2))(x, w, b)
-  rx, rw, rb = jax.grad(loss(composition), (0, 1, 2))(x, w, b)
+
+  @jax.jit
+  def value_and_grads(x, w, b):
+    out = {}
+    for name, fn in (("ours", lce), ("dense", composition)):
+      loss = lambda x, w, b: fn(x, w, bad, bias=b, z_loss=0.01)  # noqa: B023
+      out[name] = loss(x, w, b), jax.grad(lambda *a: jnp.sum(loss(*a)), (0, 1, 2))(
+          x, w, b)
+    return out
+
+  res = value_and_grads(x, w, b)
+  (out, (dx, dw, db)), (ref, (rx, rw, rb)) = res["ours"], res["dense"]
+  assert np.all(np.isnan(out[~good])) and np.all(np.isnan(ref[~good]))
+  assert_close(out[good], ref[good], 1e-5, "value")
   assert np.all(np.isnan(dx[~good])) and np.all(np.isfinite(dx[good]))
   assert_close(dx[good], rx[good], 1e-5, "dx of valid rows")
   # one NaN row reaches every entry of dw and db, as in dense autodiff
@@ -257,6 +262,7 @@ def test_ignored_and_masked_out_labels_are_dropped():
 
 def test_fully_masked_vocabulary_gives_zero():
   x, w, b, labels, _ = data()
+  labels = labels.at[0].set(V)  # not read: the slice is empty
   none = jnp.zeros(V, bool)
   f = lambda x, w, b: jnp.sum(lce(x, w, labels, bias=b, where=none, z_loss=0.1,
                                   label_smoothing=0.1, chunk_size=CHUNK))
@@ -293,19 +299,17 @@ def test_large_logits_stay_exact():
 
 def test_jit_vmap_grad():
   x, w, b, labels, where = data(batch=(3, 4))
-  kw = dict(bias=b, where=where, label_smoothing=0.1, z_loss=0.01, softcap=3.0,
-            chunk_size=CHUNK)
-  f = lambda x, labels: lce(x, w, labels, **kw)
-  want = f(x, labels)
-  np.testing.assert_allclose(jax.jit(f)(x, labels), want, rtol=1e-6)
-  np.testing.assert_allclose(jax.vmap(f)(x, labels), want, rtol=1e-6)
-  g = jax.grad(lambda w: jnp.mean(lce(x, w, labels, **kw)))(w)
-  gv = jax.grad(lambda w: jnp.mean(jax.vmap(
-      lambda x, labels: lce(x, w, labels, **kw))(x, labels)))(w)
-  assert_close(gv, g, 1e-5, "dw under vmap")
-  r = jax.grad(lambda w: jnp.mean(composition(x, w, labels, **{
-      k: v for k, v in kw.items() if k != "chunk_size"})))(w)
-  assert_close(g, r, 1e-5, "dw")
+  kw = dict(bias=b, where=where, label_smoothing=0.1, z_loss=0.01, softcap=3.0)
+  f = lambda x, w, labels: lce(x, w, labels, chunk_size=CHUNK, **kw)
+  dense = lambda x, w, labels: composition(x, w, labels, **kw)
+  ref = jax.jit(jax.vmap(dense))
+  ws = jnp.stack([w, 2.0 * w, -w])  # a batch of weights too
+  want = ref(x, ws, labels)
+  assert_close(jax.jit(jax.vmap(f))(x, ws, labels), want, 1e-5, "jit(vmap)")
+  assert_close(jax.vmap(f)(x, ws, labels), want, 1e-5, "vmap")
+  mean_loss = lambda ws, f: jnp.mean(jax.vmap(f)(x, ws, labels))
+  got = jax.jit(jax.grad(mean_loss), static_argnums=1)(ws, f)
+  assert_close(got, jax.jit(jax.grad(lambda ws: mean_loss(ws, dense)))(ws), 1e-5, "grad")
 
 
 def test_hessian_wrt_x():
@@ -314,7 +318,8 @@ def test_hessian_wrt_x():
   kw = dict(bias=b, where=where, label_smoothing=0.1, z_loss=0.05, softcap=2.0)
   f = lambda x: jnp.sum(lce(x, w, labels, chunk_size=3, **kw))
   ref = lambda x: jnp.sum(autodiff(x, w, labels, **kw))
-  assert_close(jax.hessian(f)(x), jax.hessian(ref)(x), 1e-5, "hessian")
+  got = jax.jit(jax.hessian(f))(x)
+  assert_close(got, jax.jit(jax.hessian(ref))(x), 1e-5, "hessian")
 
 
 def test_check_grads_second_order():
@@ -322,7 +327,7 @@ def test_check_grads_second_order():
     x, w, b, labels, _ = data(n=3, hidden=4, vocab=9, dtype=np.float64)
     f = lambda x, w, b: lce(x, w, labels, bias=b, z_loss=0.1, softcap=2.0,
                             label_smoothing=0.1, chunk_size=4)
-    check_grads(f, (x, w, b), order=2, modes=("rev",))
+    check_grads(jax.jit(f), (x, w, b), order=2, modes=("rev",))
 
 
 # ---------------------------------------------------------------------------
@@ -411,13 +416,18 @@ def _without_z_loss_in_bwd():
   return wrong
 
 
-def test_a_wrong_bwd_is_caught(monkeypatch):
-  _, ref, _, args, _ = problem(OPTIONS["z_loss"])
-  f, _, _, _, _ = problem(OPTIONS["z_loss"])
-  assert_matches(f, ref, args, RTOL[np.float32])  # the right one passes
-  monkeypatch.setattr(_linear, "_linear_ce", _without_z_loss_in_bwd())
+def test_a_wrong_bwd_is_caught():
+  x, w, _, labels, _ = data()
+  opts = _linear._Options(
+      alpha=0.0, z_loss=0.05, softcap=None, ignore_index=None, chunk=CHUNK,
+      precision=None,
+  )
+  right = lambda x, w: _linear._linear_ce(x, w, None, labels, None, opts)
+  wrong = lambda x, w: _without_z_loss_in_bwd()(x, w, None, labels, None, opts)
+  ref = lambda x, w: composition(x, w, labels, z_loss=0.05)
+  assert_matches(right, ref, (x, w), RTOL[np.float32])
   with pytest.raises(AssertionError, match="cotangent"):
-    assert_matches(f, ref, args, RTOL[np.float32])
+    assert_matches(wrong, ref, (x, w), RTOL[np.float32])
 
 
 # ---------------------------------------------------------------------------
