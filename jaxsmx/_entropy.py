@@ -33,6 +33,16 @@ def _nan_or_zero(x: jax.Array) -> jax.Array:
   return jnp.where(jnp.isnan(x), x, 0.0)
 
 
+def _fill(mask: jax.Array | None, x: jax.Array, value: float) -> jax.Array:
+  """x with its masked-out entries set to a harmless `value`.
+
+  A bwd rule fills them before computing: masked entries may hold anything
+  (0, NaN), and a where after the arithmetic alone would leave a 0 * inf =
+  NaN in the derivative of the rule that second-order differentiation takes.
+  """
+  return x if mask is None else jnp.where(mask, x, value)
+
+
 def _keep(mask: jax.Array | None, values: jax.Array) -> jax.Array:
   """Zeroes the masked-out entries of an elementwise term or gradient."""
   return values if mask is None else jnp.where(mask, values, 0.0)
@@ -185,8 +195,9 @@ def _entropy_fwd(probs, where, axes):
 def _entropy_bwd(axes, res, g):
   # d/dp: -(log p + 1)
   probs, where = res
+  p = _fill(where, upcast(probs), 1.0)
   g = jnp.expand_dims(upcast(g), axes)
-  dp = times_cotangent(g, -(jnp.log(upcast(probs)) + 1.0))
+  dp = times_cotangent(g, -(jnp.log(p) + 1.0))
   return _keep(where, dp).astype(probs.dtype), None
 
 
@@ -259,12 +270,15 @@ def _cross_entropy_fwd(p, q, where, axes):
 
 
 def _cross_entropy_bwd(axes, res, g):
-  # d/dp: -log q;  d/dq: -p / q
+  # d/dp: -log q;  d/dq: -p / q (0 where p = 0, also at q = 0)
   p, q, where = res
-  p32, q32 = upcast(p), upcast(q)
+  p32, q32 = _fill(where, upcast(p), 0.0), _fill(where, upcast(q), 1.0)
   g = jnp.expand_dims(upcast(g), axes)
   dp = times_cotangent(g, -jnp.log(q32))
-  dq = jnp.where(p32 == 0, 0.0, times_cotangent(g, -p32 / q32))
+  # -p / q is 0 at p = 0 for any q > 0 (and its derivative in p is -1/q);
+  # only 0 / 0 needs a safe denominator
+  q_safe = jnp.where((p32 == 0) & (q32 == 0), 1.0, q32)
+  dq = times_cotangent(g, -p32 / q_safe)
   return _keep(where, dp).astype(p.dtype), _keep(where, dq).astype(q.dtype), None
 
 
@@ -346,7 +360,7 @@ def _kl_divergence_fwd(log_predictions, targets, where, axes):
 def _kl_divergence_bwd(axes, res, g):
   # d/dlog q: -t;  d/dt: log t + 1 - log q
   log_predictions, targets, where = res
-  lq, t = upcast(log_predictions), upcast(targets)
+  lq, t = _fill(where, upcast(log_predictions), 0.0), _fill(where, upcast(targets), 1.0)
   g = jnp.expand_dims(upcast(g), axes)
   dlq = -g * t
   dt = jnp.log(t) + 1.0 - lq

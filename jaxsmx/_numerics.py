@@ -43,7 +43,11 @@ def normalizer(
   """Returns (shift, log_norm), both keepdims, for already masked logits."""
   m = jnp.max(z, axes, keepdims=True)
   m = jnp.where(m == -jnp.inf, 0.0, m)
-  log_norm = jnp.log(jnp.sum(jnp.exp(z - m), axes, keepdims=True))
+  s = jnp.sum(jnp.exp(z - m), axes, keepdims=True)
+  # log(0) = -inf for an empty slice, taken as log(1) behind a where so that
+  # differentiating this (second-order rules do) gives 0, not 0 * inf = NaN
+  empty = s == 0.0
+  log_norm = jnp.where(empty, -jnp.inf, jnp.log(jnp.where(empty, 1.0, s)))
   return m, log_norm
 
 
@@ -72,5 +76,10 @@ def times_cotangent(g: jax.Array, d: jax.Array) -> jax.Array:
   Some derivatives are infinite at the edge of the domain (d/dp of -p log p at
   p = 0). A slice that does not reach the output has g = 0 there, and its
   gradient must be 0, not 0 * inf = NaN. A NaN g still propagates.
+
+  Only the non-finite d are replaced (by 0, where g = 0), before the product:
+  the result stays g * d, linear in g, so its derivative with respect to g is
+  d wherever d is finite (vjp-of-vjp and second-order rules rely on that), and
+  differentiating it never meets 0 * inf.
   """
-  return jnp.where(g == 0, 0.0, g * d)
+  return g * jnp.where((g == 0) & ~jnp.isfinite(d), 0.0, d)
