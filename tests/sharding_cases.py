@@ -21,6 +21,8 @@ module can check it on its own.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -51,6 +53,9 @@ _OP = re.compile(
     r"(?P<suffix>-start|-done)?\(",
     re.M,
 )
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[(?P<axes>[^\]]*)\]\s*\{(?P<over>[^}]*)\}")
+_IOTA_GROUPS = re.compile(r"replica_groups=\[(?P<dims>[\d,]+)\]<=")
+_LIST_GROUPS = re.compile(r"replica_groups=\{(?P<groups>(?:\{[\d,]*\},?)*)\}")
 _ARRAY = re.compile(r"\b(?P<dtype>pred|bf16|f8\w*|[fsuc]\d+)\[(?P<dims>[\d,]*)\]")
 _BITS = {"pred": 8, "bf16": 16}
 
@@ -63,6 +68,35 @@ def _dtype_bytes(dtype: str) -> int:
   return max(1, int(re.sub(r"\D", "", dtype)) // 8)
 
 
+def group_size(line: str) -> int | None:
+  """How many devices take part in each group of a collective (None: unknown,
+  0: all of them)."""
+  if m := _MESH_GROUPS.search(line):
+    sizes = dict(re.findall(r"'([^']+)'=(\d+)", m.group("axes")))
+    over = re.findall(r"'([^']+)'", m.group("over"))
+    return math.prod(int(sizes[a]) for a in over)
+  if m := _IOTA_GROUPS.search(line):
+    return int(m.group("dims").split(",")[-1])
+  if m := _LIST_GROUPS.search(line):
+    first = re.match(r"\{([\d,]*)\}", m.group("groups"))
+    return len(first.group(1).split(",")) if first and first.group(1) else 0
+  return None
+
+
+def _reduction(hlo: str, line: str) -> str | None:
+  """The binary op (add, maximum, ...) of an all-reduce's to_apply region."""
+  name = re.search(r"to_apply=(%?[\w.\-]+)", line)
+  if name is None:
+    return None
+  region = re.search(
+      r"^" + re.escape(name.group(1)) + r"\b[^{\n]*\{(.*?)^\}", hlo, re.S | re.M
+  )
+  if region is None:
+    return None
+  ops = re.findall(r"ROOT [^=]*= \S+ (\w+)\(", region.group(1))
+  return ops[0] if ops else None
+
+
 def collectives(hlo: str) -> list[dict]:
   """The collectives of an HLO module's text, one dict per op.
 
@@ -71,6 +105,8 @@ def collectives(hlo: str) -> list[dict]:
   result array) and ``bytes`` (all results together). An async pair
   ``*-start``/``*-done`` counts once, at its start, whose tuple holds the
   operands and the results: there the largest array is taken as the result.
+  ``devices`` is the size of each replica group (see `group_size`), and
+  ``reduction`` the op of an all-reduce (``add``, ``maximum``, ...).
   """
   found = []
   for m in _OP.finditer(hlo):
@@ -88,6 +124,8 @@ def collectives(hlo: str) -> list[dict]:
             "arrays": [[d, list(s)] for d, s in arrays],
             "max_elements": max((math.prod(s) for _, s in arrays), default=0),
             "bytes": sum(math.prod(s) * _dtype_bytes(d) for d, s in arrays),
+            "devices": group_size(line := hlo[m.end() : hlo.find("\n", m.end())]),
+            "reduction": _reduction(hlo, line),
         }
     )
   return found
@@ -132,6 +170,7 @@ def _cases(jax, jnp, np, jaxsmx, P):
   mask = rng.random((n, c)) > 0.2
   mask[np.arange(n), labels] = True
   x, w, b = normal(n, h), normal(h, v, scale=0.5), normal(v)
+  x3, vlab3 = x.reshape(2, n // 2, h), rng.integers(0, v, (2, n // 2)).astype(np.int32)
   vlab = rng.integers(0, v, n).astype(np.int32)
   vlab_ign = vlab.copy()
   vlab_ign[[0, 9]] = -100
@@ -238,6 +277,15 @@ def _cases(jax, jnp, np, jaxsmx, P):
           [(x, xs), (w, ws), (b, vs)],
           [(vlab_ign, n_), (vmask, vs)],
           n_,
+      ),
+      (
+          "linear_softmax_cross_entropy[x [B, T, H] with H sharded,chunk_size=16]",
+          lambda x, w, lab: jaxsmx.linear_softmax_cross_entropy(
+              x, w, lab, chunk_size=16
+          ),
+          [(x3, P("data", None, "model")), (w, ws)],
+          [(vlab3, P("data", None))],
+          P("data", None),
       ),
       (
           "linear_softmax_cross_entropy[data only,chunk_size=32]",
@@ -396,14 +444,50 @@ def main(argv: list[str]) -> int:
 
       _run(checks, f"{mode}: checker flags a careless all-gather", flagged)
 
-  if not report:
-    _run(checks, "README example: Scaling out", lambda: _readme_example(jax))
+  if report:
+    _print_table(hlo, checks)
+    return 0 if all(c["ok"] for c in checks) else 1
+  _run(checks, "README example: Scaling out", lambda: _readme_example(jax, np))
   json.dump(result, sys.stdout, indent=1)
   print()
   return 0 if all(c["ok"] for c in checks) else 1
 
 
-_REPORT_SIZE = {"n": 8192, "h": 1024, "v": 32768, "report": True}
+# the README's configuration: 16384 tokens, H = 2048, V = 131072, float32
+_REPORT_SIZE = {"n": 16384, "h": 2048, "v": 131072, "report": True}
+
+
+def _print_table(hlo: dict, checks: list[dict]) -> None:
+  """The README's table of collectives."""
+  n, h, v = (_REPORT_SIZE[k] for k in "nhv")
+  print(
+      f"N = {n} rows, H = {h}, V = {v}, float32, mesh data={DP} x model={MP}:"
+      f" per-device logits block {n // DP} x {v // MP}"
+      f" = {_size(n // DP * v // MP * 4)}\n"
+  )
+  over = {DP: "data", MP: "model", DP * MP: "all", 0: "all"}
+  print("| value_and_grad of | collective | over | result | size |")
+  print("|---|---|---|---|---|")
+  kinds = {"add": "sum", "maximum": "max"}
+  for key, entry in hlo.items():
+    for c in entry["collectives"]:
+      shapes = ", ".join(f"{d}[{','.join(map(str, s))}]" for d, s in c["arrays"])
+      axis = over.get(c["devices"], str(c["devices"]))
+      print(
+          f"| {key.split(': ', 1)[1]} | {c['op']}"
+          f" ({kinds.get(c['reduction'], c['reduction'])}) | {axis} | {shapes} |"
+          f" {_size(c['bytes'])} |"
+      )
+  for c in checks:
+    print(f"\n{'ok' if c['ok'] else 'FAILED'}: {c['name']}")
+
+
+def _size(nbytes: int) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if nbytes < 1024 or unit == "GiB":
+      return f"{nbytes:g} {unit}" if unit == "B" else f"{nbytes:.4g} {unit}"
+    nbytes /= 1024
+  raise AssertionError
 
 
 class _nullcontext:
@@ -482,7 +566,7 @@ def _check_hlo(jax, mesh, context, fn, specs, argnums, block, hlo, key):
   return not bad, {"too_large": bad, "count": len(found)}
 
 
-def _readme_example(jax):
+def _readme_example(jax, np):
   """The README's "Scaling out" example runs as written (docs_scaling.md
   until it is merged)."""
   import pathlib
@@ -495,8 +579,12 @@ def _readme_example(jax):
     section = re.search(r"^## Scaling out\n(.*?)(?=^## |\Z)", text, re.S | re.M)
   code = re.search(r"```python\n(.*?)```", section.group(1), re.S).group(1)
   scope: dict = {}
-  exec(compile(code, "Scaling out example", "exec"), scope)  # noqa: S102
-  return {"ran": True}
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    exec(compile(code, "Scaling out example", "exec"), scope)  # noqa: S102
+  spec = scope["params"]["w_out"].sharding.spec
+  ok = tuple(spec) == (None, "model") and bool(np.isfinite(scope["loss"]))
+  return ok, {"printed": printed.getvalue(), "w_out": str(spec)}
 
 
 if __name__ == "__main__":

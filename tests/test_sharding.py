@@ -80,9 +80,21 @@ def test_every_function_sharded_on_8_simulated_devices():
 HLO = """
 HloModule jit_f, entry_computation_layout={(f32[32,256]{1,0})->f32[]}
 
+%max (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %maximum = f32[] maximum(%a, %b)
+}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %add.1 = f32[] add(%a, %b)
+}
+
 ENTRY %main.1 (p: f32[32,256]) -> f32[] {
   %p = f32[32,256]{1,0} parameter(0)
-  %all-reduce = f32[32]{0} all-reduce(%x), channel_id=1, replica_groups=[2,4]<=[8], to_apply=%add
+  %all-reduce = f32[32]{0} all-reduce(%x), channel_id=1, replica_groups=[2,4]<=[8], to_apply=%max
   %all-reduce.1 = (f32[32]{0}, f32[32]{0}) all-reduce(%a, %b), channel_id=2, replica_groups={{0,1,2,3},{4,5,6,7}}, to_apply=%add
   %all-gather = f32[32,1024]{0,1} all-gather(%p), channel_id=3, replica_groups=[2,4]<=[8], dimensions={1}
   %ags = (bf16[4,8]{1,0}, bf16[16,8]{1,0}) all-gather-start(%q), channel_id=4, dimensions={0}
@@ -109,6 +121,8 @@ def test_collectives_are_parsed_with_their_sizes():
   assert found[3]["arrays"] == [["bf16", [16, 8]]]  # the start's result
   assert found[3]["bytes"] == 16 * 8 * 2
   assert found[5]["bytes"] == 64 * 4
+  assert [c["devices"] for c in found] == [4, 4, 4, None, None, None]
+  assert [c["reduction"] for c in found[:2]] == ["maximum", "add"]
 
 
 def test_checker_flags_a_gather_as_large_as_a_logits_block():
