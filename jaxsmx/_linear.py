@@ -21,6 +21,10 @@ from jax import lax
 from jax.experimental import checkify
 
 from jaxsmx import _checks
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from jaxsmx._numerics import is_empty
 
 _FN = "linear_softmax_cross_entropy"
@@ -280,9 +284,17 @@ def _row_flags(labels, where, vocab, ignore_index):
   if where is None:
     return ignored, invalid, jnp.zeros_like(in_range)
   present = jnp.any(where)
-  kept = where[jnp.clip(labels, 0, vocab - 1)]
+  kept = _at(where, jnp.clip(labels, 0, vocab - 1))
   masked_out = present & in_range & ~ignored & ~kept
   return ignored | ~present | masked_out, invalid & present, masked_out
+
+
+def _at(where, index):
+  """where[index] for the [V] mask and [N] labels. Under explicit sharding the
+  result is sharded like the labels (the V flags are gathered)."""
+  if _explicit_spec(index) is None:
+    return where[index]
+  return where.at[index].get(out_sharding=jax.typeof(index).sharding)
 
 
 def _compute_dtype(x, w, bias):
@@ -386,10 +398,37 @@ def _linear_ce(x, w, bias, labels, where, opts):
 
 
 def _linear_ce_fwd(x, w, bias, labels, where, opts):
-  out_dtype, ct = _compute_dtype(x, w, bias)
+  out_dtype, _ = _compute_dtype(x, w, bias)
+  vocab = w.shape[1]
+  lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
+  # the loop runs per device, over its columns of w (see Sharding below)
+  shift, log_norm, z_t, z_sum = _kernel(
+      _fwd_stats, opts, (x, w, lab), (bias, where)
+  )
+  lse = shift + log_norm
+  # (shift - z_t) + log_norm, not lse - z_t: exact for logits near 1e30
+  loss = (shift - z_t) + log_norm
+  if opts.alpha:
+    mean_z = z_sum / _num_classes(where, vocab)
+    loss = (1.0 - opts.alpha) * loss + opts.alpha * ((shift - mean_z) + log_norm)
+  if opts.z_loss:
+    loss = loss + opts.z_loss * lse * lse
+  dropped, invalid, _ = _row_flags(lab, where, vocab, opts.ignore_index)
+  loss = jnp.where(dropped | is_empty(log_norm), 0.0, loss)
+  loss = jnp.where(invalid, jnp.nan, loss)
+  # saves x, w, bias, labels, where and shift, log_norm [N]; recomputes z
+  return loss.astype(out_dtype), (x, w, bias, labels, where, shift, log_norm)
+
+
+def _fwd_stats(x, w, labels, bias, where, *, opts, offset):
+  """Per-row running max, sum of exp (online logsumexp), target logit and
+  sum of the unmasked logits [N], over the columns of w, which are the
+  classes [offset, offset + V) of labels."""
+  _, ct = _compute_dtype(x, w, bias)
   n, vocab = x.shape[0], w.shape[1]
   xc = x.astype(ct)
-  lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
+  lab = labels - offset
+
 
   def body(carry, start, size):
     # online logsumexp: running max m and sum s of exp(z - m)
@@ -410,22 +449,21 @@ def _linear_ce_fwd(x, w, bias, labels, where, opts):
       jnp.zeros((n,), ct),
       jnp.zeros((n,), ct),
   )
-  m, s, z_t, z_sum = _over_chunks(body, init, vocab, opts.chunk)
-  shift = jnp.where(m == -jnp.inf, 0.0, m)
-  log_norm = jnp.log(s)
-  lse = shift + log_norm
-  # (shift - z_t) + log_norm, not lse - z_t: exact for logits near 1e30
-  loss = (shift - z_t) + log_norm
-  if opts.alpha:
-    mean_z = z_sum / _num_classes(where, vocab)
-    loss = (1.0 - opts.alpha) * loss + opts.alpha * ((shift - mean_z) + log_norm)
-  if opts.z_loss:
-    loss = loss + opts.z_loss * lse * lse
-  dropped, invalid, _ = _row_flags(lab, where, vocab, opts.ignore_index)
-  loss = jnp.where(dropped | is_empty(log_norm), 0.0, loss)
-  loss = jnp.where(invalid, jnp.nan, loss)
-  # saves x, w, bias, labels, where and shift, log_norm [N]; recomputes z
-  return loss.astype(out_dtype), (x, w, bias, labels, where, shift, log_norm)
+  return _over_chunks(body, init, vocab, opts.chunk)
+
+
+def _combine_stats(stats, vocab_axes):
+  """(shift, log_norm, z_t, z_sum) [N], merged over the devices of
+  `vocab_axes`: three [N] all-reduces (max; sum of exp and target logit, and
+  sum of logits with label smoothing)."""
+  m, s, z_t, z_sum = stats
+  if vocab_axes:
+    local = jnp.where(m == -jnp.inf, 0.0, m)
+    m = lax.pmax(m, vocab_axes)
+    rescale = jnp.exp(local - jnp.where(m == -jnp.inf, 0.0, m))
+    s = jnp.where(s == 0, 0.0, s * rescale)
+    s, z_t, z_sum = lax.psum((s, z_t, z_sum), vocab_axes)
+  return jnp.where(m == -jnp.inf, 0.0, m), jnp.log(s), z_t, z_sum
 
 
 def _linear_ce_bwd(opts, res, g):
@@ -434,7 +472,6 @@ def _linear_ce_bwd(opts, res, g):
   x, w, bias, labels, where, shift, log_norm = res
   _, ct = _compute_dtype(x, w, bias)
   vocab = w.shape[1]
-  xc = x.astype(ct)
   lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
   dropped, invalid, _ = _row_flags(lab, where, vocab, opts.ignore_index)
   empty = is_empty(log_norm)
@@ -442,15 +479,31 @@ def _linear_ce_bwd(opts, res, g):
   g = g.astype(ct)
 
   def per_row(coef):
-    """A per-row coefficient [N, 1]: 0 when dropped or empty, NaN if invalid."""
+    """A per-row coefficient [N]: 0 when dropped or empty, NaN if invalid."""
     coef = jnp.where(dropped | empty, 0.0, coef)
-    return jnp.where(invalid, jnp.nan, coef)[:, None]
+    return jnp.where(invalid, jnp.nan, coef)
 
   lse = shift + log_norm
   g_a = per_row(g * (1.0 + 2.0 * opts.z_loss * lse) if opts.z_loss else g)
   g_t = per_row(g * (1.0 - opts.alpha))
   g_s = per_row(g * (opts.alpha / _num_classes(where, vocab))) if opts.alpha else None
-  shift, live_norm = shift[:, None], live_norm[:, None]
+  rows = (x, w, lab, shift, live_norm, g_a, g_t) + (() if g_s is None else (g_s,))
+  dx, dw, db = _kernel(_bwd_grads, opts, rows, (bias, where))
+  return _like(dx, x), _like(dw, w), _like(db, bias), None, None
+
+
+def _bwd_grads(x, w, labels, shift, live_norm, g_a, g_t, *rest, opts, offset):
+  """dx, dw and dbias over the columns of w, which are the classes
+  [offset, offset + V) of labels, and over these rows: on several devices,
+  dx is partial (a sum over the vocabulary) and so are dw, dbias (over rows)."""
+  bias, where = rest[-2:]
+  g_s = rest[0][:, None] if len(rest) == 3 else None
+  _, ct = _compute_dtype(x, w, bias)
+  vocab = w.shape[1]
+  xc = x.astype(ct)
+  lab = labels - offset
+  shift, live_norm, g_a, g_t = (a[:, None] for a in (shift, live_norm, g_a, g_t))
+
 
   def body(carry, start, size):
     dx, dw, db = carry
@@ -481,7 +534,237 @@ def _linear_ce_bwd(opts, res, g):
       None if bias is None else jnp.zeros(bias.shape, bias.dtype),
   )
   dx, dw, db = _over_chunks(body, init, vocab, opts.chunk)
-  return dx.astype(x.dtype), dw, db, None, None
+  return dx.astype(x.dtype), dw, db
+
+
+def _combine_grads(grads, row_axes, vocab_axes):
+  """dx summed over `vocab_axes`; dw and dbias summed over `row_axes`."""
+  dx, dw, db = grads
+  if vocab_axes:
+    dx = lax.psum(dx, vocab_axes)
+  if row_axes:
+    dw, db = lax.psum((dw, db), row_axes)
+  return dx, dw, db
+
+
+# ---------------------------------------------------------------------------
+# Sharding: every device streams over its own columns of w.
+#
+# A chunk loop over a vocabulary that is split across devices cannot slice w
+# at a traced offset without XLA gathering w (and replicating dw) onto every
+# device. So the loops above run on one device's block (its rows of x, its
+# columns of w, at a column offset), and only O(N) per-row statistics
+# (forward) and the partial dx, dw and dbias (backward) cross devices:
+#
+# * explicit sharding (the shardings are in the arrays' types): jax.shard_map;
+# * automatic sharding (XLA propagates them): custom_partitioning, whose
+#   callback receives the operands' shardings when XLA partitions the program.
+#
+# On one device both are the plain loop. The batching and derivative rules of
+# the custom_partitioning op (it has none of its own) use the plain loop.
+
+
+class _Layout(NamedTuple):
+  """Mesh axes that split the rows of x and the columns of w (disjoint)."""
+
+  rows: tuple[str, ...]
+  vocab: tuple[str, ...]
+
+
+def _names(spec, dim: int) -> tuple[str, ...]:
+  entry = spec[dim] if len(spec) > dim else None
+  if entry is None:
+    return ()
+  return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
+
+
+def _layout(x_spec, w_spec) -> _Layout:
+  rows = _names(x_spec, 0)
+  return _Layout(rows, tuple(a for a in _names(w_spec, 1) if a not in rows))
+
+
+def _entry(axes: tuple[str, ...]):
+  return None if not axes else axes[0] if len(axes) == 1 else axes
+
+
+def _specs(layout: _Layout, n_args: int, present):
+  """PartitionSpecs of the kernel operands and results."""
+  rows, vocab = _entry(layout.rows), _entry(layout.vocab)
+  args = (P(rows, None), P(None, vocab)) + (P(rows),) * (n_args - 2)
+  return args + (P(vocab),) * sum(present)
+
+
+def _out_specs(fn, layout: _Layout, present):
+  rows, vocab = _entry(layout.rows), _entry(layout.vocab)
+  if fn is _fwd_stats:
+    return (P(rows),) * 4
+  return (P(rows, None), P(None, vocab)) + ((P(vocab),) if present[0] else ())
+
+
+def _local(fn, opts, layout: _Layout, present):
+  """fn on one device's block, then the collectives over the layout's axes."""
+
+  def run(*arrays):
+    bias = where = None
+    rest = list(arrays)
+    if present[1]:
+      where = rest.pop()
+    if present[0]:
+      bias = rest.pop()
+    offset = 0
+    if layout.vocab:
+      offset = lax.axis_index(layout.vocab) * rest[1].shape[1]
+    out = fn(*rest, bias, where, opts=opts, offset=offset)
+    if fn is _fwd_stats:
+      return _combine_stats(out, layout.vocab)
+    dx, dw, db = _combine_grads(out, layout.rows, layout.vocab)
+    return (dx, dw) if db is None else (dx, dw, db)
+
+  return run
+
+
+def _kernel(fn, opts, args, cols):
+  """fn(*args, *cols) over all rows and columns, on however many devices."""
+  present = tuple(c is not None for c in cols)
+  arrays = tuple(args) + tuple(c for c in cols if c is not None)
+  explicit = _explicit_layout(args[0], args[1])
+  if explicit is None:
+    out = _partitioned(fn, opts, len(args), present)(*arrays)
+  else:
+    mesh, layout = explicit
+    specs = _specs(layout, len(args), present)
+    arrays = tuple(_reshard(a, s) for a, s in zip(arrays, specs, strict=True))
+    out = jax.shard_map(
+        _local(fn, opts, layout, present),
+        mesh=mesh,
+        in_specs=specs,
+        out_specs=_out_specs(fn, layout, present),
+        check_vma=False,
+    )(*arrays)
+  if fn is _bwd_grads and not present[0]:
+    out = (*out, None)
+  return out
+
+
+def _explicit_spec(a):
+  """a's PartitionSpec if a is split over explicit mesh axes, else None."""
+  sharding = getattr(jax.typeof(a), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.empty:
+    return None
+  explicit = {
+      n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit
+  }
+  spec = sharding.spec
+  if not any(set(_names(spec, d)) & explicit for d in range(len(spec))):
+    return None
+  return spec
+
+
+def _explicit_layout(x, w):
+  """(mesh, layout) if x's rows or w's columns are split over explicit axes."""
+  x_spec, w_spec = _explicit_spec(x), _explicit_spec(w)
+  if x_spec is None and w_spec is None:
+    return None
+  layout = _layout(x_spec or P(), w_spec or P())
+  if not layout.rows and not layout.vocab:
+    return None
+  return jax.typeof(x if x_spec is not None else w).sharding.mesh, layout
+
+
+def _reshard(a, spec):
+  """a resharded to `spec` (explicit sharding), if it is not already."""
+  current = _explicit_spec(a)
+  if current is not None and P(*current) == P(*spec):
+    return a
+  return jax.sharding.reshard(a, spec)
+
+
+def _like(cotangent, primal):
+  """The cotangent sharded like its primal (explicit sharding)."""
+  spec = None if primal is None else _explicit_spec(primal)
+  return cotangent if spec is None else _reshard(cotangent, spec)
+
+
+def _rule(fn, n_args: int, present) -> str:
+  """The Shardy rule: n rows, h features, v vocabulary."""
+  operands = ["n h", "h v"] + ["n"] * (n_args - 2) + ["v"] * sum(present)
+  if fn is _fwd_stats:
+    results = ["n"] * 4
+  else:
+    results = ["n h", "h v"] + (["v"] if present[0] else [])
+  return ", ".join(operands) + " -> " + ", ".join(results)
+
+
+@functools.cache
+def _partitioned(fn, opts, n_args: int, present):
+  """fn as one op that XLA's partitioner hands to us with its operands'
+  shardings; batched and differentiated as the plain loop."""
+  plain = _local(fn, opts, _Layout((), ()), present)
+
+  def shardings(mesh, arg_shapes):
+    specs = [getattr(a.sharding, "spec", P()) for a in arg_shapes[:2]]
+    return _layout(*specs)
+
+  def partition(mesh, arg_shapes, result_shape):
+    del result_shape
+    layout = shardings(mesh, arg_shapes)
+    named = lambda specs: tuple(NamedSharding(mesh, s) for s in specs)  # noqa: E731
+    return (
+        mesh,
+        _local(fn, opts, layout, present),
+        named(_out_specs(fn, layout, present)),
+        named(_specs(layout, n_args, present)),
+    )
+
+  def infer(mesh, arg_shapes, result_shape):
+    del result_shape
+    layout = shardings(mesh, arg_shapes)
+    return tuple(NamedSharding(mesh, s) for s in _out_specs(fn, layout, present))
+
+  op = custom_partitioning(plain)
+  op.def_partition(
+      partition,
+      infer_sharding_from_operands=infer,
+      sharding_rule=_rule(fn, n_args, present),
+      need_replication_factors=("h",),
+  )
+
+  batched = jax.custom_batching.custom_vmap(op)
+
+  @batched.def_vmap
+  def _vmap(axis_size, in_batched, *arrays):
+    if fn is _fwd_stats and not in_batched[1] and not any(in_batched[n_args:]):
+      # per-row statistics: the mapped axis joins the rows
+
+      def rows(a, b):
+        a = a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
+        return a.reshape(-1, *a.shape[2:])
+
+      x = rows(arrays[0], in_batched[0])
+      per_row = [
+          rows(a, b) for a, b in zip(arrays[2:n_args], in_batched[2:n_args])
+      ]
+      out = batched(x, arrays[1], *per_row, *arrays[n_args:])
+      return tuple(o.reshape(axis_size, -1) for o in out), (True,) * len(out)
+    # per-example dw: one call per element of the mapped axis
+
+    def one(mapped):
+      it = iter(mapped)
+      return batched(*[next(it) if b else a for a, b in zip(arrays, in_batched)])
+
+    out = lax.map(one, [a for a, b in zip(arrays, in_batched, strict=True) if b])
+    return out, (True,) * len(out)
+
+  @jax.custom_jvp
+  def kernel(*arrays):
+    return batched(*arrays)
+
+  @kernel.defjvp
+  def _jvp(primals, tangents):
+    return jax.jvp(plain, primals, tangents)
+
+  return kernel
 
 
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
