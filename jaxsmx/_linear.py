@@ -19,12 +19,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import checkify
-
-from jaxsmx import _checks
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxsmx import _checks
 from jaxsmx._numerics import is_empty
 
 _FN = "linear_softmax_cross_entropy"
@@ -653,7 +652,9 @@ def _explicit_spec(a):
   if mesh is None or mesh.empty:
     return None
   explicit = {
-      n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit
+      n
+      for n, t in zip(mesh.axis_names, mesh.axis_types, strict=True)
+      if t == AxisType.Explicit
   }
   spec = sharding.spec
   if not any(set(_names(spec, d)) & explicit for d in range(len(spec))):
@@ -709,7 +710,7 @@ def _partitioned(fn, opts, n_args: int, present):
   def partition(mesh, arg_shapes, result_shape):
     del result_shape
     layout = shardings(mesh, arg_shapes)
-    named = lambda specs: tuple(NamedSharding(mesh, s) for s in specs)  # noqa: E731
+    named = lambda specs: tuple(NamedSharding(mesh, s) for s in specs)
     return (
         mesh,
         _local(fn, opts, layout, present),
@@ -743,7 +744,8 @@ def _partitioned(fn, opts, n_args: int, present):
 
       x = rows(arrays[0], in_batched[0])
       per_row = [
-          rows(a, b) for a, b in zip(arrays[2:n_args], in_batched[2:n_args])
+          rows(a, b)
+          for a, b in zip(arrays[2:n_args], in_batched[2:n_args], strict=True)
       ]
       out = batched(x, arrays[1], *per_row, *arrays[n_args:])
       return tuple(o.reshape(axis_size, -1) for o in out), (True,) * len(out)
@@ -751,7 +753,9 @@ def _partitioned(fn, opts, n_args: int, present):
 
     def one(mapped):
       it = iter(mapped)
-      return batched(*[next(it) if b else a for a, b in zip(arrays, in_batched)])
+      return batched(
+          *[next(it) if b else a for a, b in zip(arrays, in_batched, strict=True)]
+      )
 
     out = lax.map(one, [a for a, b in zip(arrays, in_batched, strict=True) if b])
     return out, (True,) * len(out)
