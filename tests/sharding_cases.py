@@ -53,7 +53,9 @@ _OP = re.compile(
     r"(?P<suffix>-start|-done)?\(",
     re.M,
 )
-_MESH_GROUPS = re.compile(r"replica_groups=mesh\[(?P<axes>[^\]]*)\]\s*\{(?P<over>[^}]*)\}")
+_MESH_GROUPS = re.compile(
+    r"replica_groups=mesh\[(?P<axes>[^\]]*)\]\s*\{(?P<over>[^}]*)\}"
+)
 _IOTA_GROUPS = re.compile(r"replica_groups=\[(?P<dims>[\d,]+)\]<=")
 _LIST_GROUPS = re.compile(r"replica_groups=\{(?P<groups>(?:\{[\d,]*\},?)*)\}")
 _ARRAY = re.compile(r"\b(?P<dtype>pred|bf16|f8\w*|[fsuc]\d+)\[(?P<dims>[\d,]*)\]")
@@ -365,10 +367,11 @@ def _careless_int_ce(jax, jnp, mesh, P, explicit):
   return loss
 
 
-def _run(checks, name, fn):
+def _run(checks, name, fn, *args):
+  """Runs one check, fn(*args) -> detail or (ok, detail); records failures."""
   start = time.perf_counter()
   try:
-    detail = fn()
+    detail = fn(*args)
   except Exception as e:  # report, keep going
     message = f"{type(e).__name__}: {e}"
     checks.append({"name": name, "ok": False, "detail": message[:3000]})
@@ -412,42 +415,35 @@ def main(argv: list[str]) -> int:
         _run(
             checks,
             f"{mode}: {name}",
-            lambda fn=fn, diff=diff, other=other, out_spec=out_spec: _check_case(
-                jax, np, mesh, put, context, fn, diff, other, out_spec
-            ),
+            _check_case,
+            *(jax, np, mesh, put, context, fn, diff, other, out_spec),
         )
 
-    for name, fn, specs, argnums, block in _hlo_cases(
-        jax, jnp, np, jaxsmx, P, **(_REPORT_SIZE if report else {})
-    ):
+    sizes = _REPORT_SIZE if report else {}
+    for name, fn, specs, argnums, block in _hlo_cases(jax, jnp, np, jaxsmx, P, **sizes):
       _run(
           checks,
           f"{mode}: collectives of value_and_grad({name})",
-          lambda name=name, fn=fn, specs=specs, argnums=argnums, block=block: (
-              _check_hlo(
-                  jax, mesh, context, fn, specs, argnums, block, hlo,
-                  f"{mode}: {name}",
-              )
-          ),
+          _check_hlo,
+          *(jax, mesh, context, fn, specs, argnums, block, hlo, f"{mode}: {name}"),
       )
 
     if not report:
       # the checker flags a careless implementation
       _, _, specs, _, block = _hlo_cases(jax, jnp, np, jaxsmx, P)[0]
       careless = _careless_int_ce(jax, jnp, mesh, P, explicit)
-
-      def flagged(careless=careless, specs=specs, block=block):
-        found = _compile_collectives(jax, mesh, context, careless, specs, 0)
-        bad = too_large(found, block)
-        hlo[f"{mode}: careless take_along_axis on gathered logits"] = found
-        return bool(bad), {"flagged": bad}
-
-      _run(checks, f"{mode}: checker flags a careless all-gather", flagged)
+      key = f"{mode}: careless take_along_axis on gathered logits"
+      _run(
+          checks,
+          f"{mode}: checker flags a careless all-gather",
+          _flagged,
+          *(jax, mesh, context, careless, specs, block, hlo, key),
+      )
 
   if report:
     _print_table(hlo, checks)
     return 0 if all(c["ok"] for c in checks) else 1
-  _run(checks, "README example: Scaling out", lambda: _readme_example(jax, np))
+  _run(checks, "README example: Scaling out", _readme_example, jax, np)
   json.dump(result, sys.stdout, indent=1)
   print()
   return 0 if all(c["ok"] for c in checks) else 1
@@ -566,6 +562,13 @@ def _check_hlo(jax, mesh, context, fn, specs, argnums, block, hlo, key):
   return not bad, {"too_large": bad, "count": len(found)}
 
 
+def _flagged(jax, mesh, context, careless, specs, block, hlo, key):
+  found = _compile_collectives(jax, mesh, context, careless, specs, 0)
+  bad = too_large(found, block)
+  hlo[key] = {"block_elements": block, "collectives": found}
+  return bool(bad), {"flagged": bad}
+
+
 def _readme_example(jax, np):
   """The README's "Scaling out" example runs as written (docs_scaling.md
   until it is merged)."""
@@ -581,7 +584,7 @@ def _readme_example(jax, np):
   scope: dict = {}
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
-    exec(compile(code, "Scaling out example", "exec"), scope)  # noqa: S102
+    exec(compile(code, "Scaling out example", "exec"), scope)
   spec = scope["params"]["w_out"].sharding.spec
   ok = tuple(spec) == (None, "model") and bool(np.isfinite(scope["loss"]))
   return ok, {"printed": printed.getvalue(), "w_out": str(spec)}

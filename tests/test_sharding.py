@@ -102,7 +102,7 @@ ENTRY %main.1 (p: f32[32,256]) -> f32[] {
   %cp = f32[2,2]{1,0} collective-permute(%r), channel_id=5, source_target_pairs={{0,1},{1,0}}
   ROOT %a2a = s32[64]{0} all-to-all(%s), channel_id=6, dimensions={0}
 }
-"""
+"""  # noqa: E501
 
 
 def test_collectives_are_parsed_with_their_sizes():
