@@ -1,4 +1,9 @@
-"""Tests for jaxsmx._softmax: softmax, log_softmax and logsumexp."""
+"""Tests for jaxsmx._softmax: softmax, log_softmax and logsumexp.
+
+Inputs are built and outputs inspected with NumPy, and the transformations
+under test are compiled once per test where possible: on CPU the suite's time
+is almost all XLA compilation.
+"""
 
 from __future__ import annotations
 
@@ -61,14 +66,6 @@ PLAIN = {
 }
 
 
-def jgrad(f):
-  return jax.jit(jax.grad(f))
-
-
-def ours_where(name, where):
-  return lambda x: OURS[name](x, where=where)
-
-
 def np_ref(name, x):
   """Float64 NumPy reference, over the last axis."""
   lp = np_log_softmax(x)
@@ -81,20 +78,27 @@ def np_ref(name, x):
   return m + np.log(np.exp(x - m[..., None]).sum(-1))
 
 
-def logits(shape=(5, 7), seed=0, scale=3.0, dtype=jnp.float32):
+def logits(shape=(5, 7), seed=0, scale=3.0, dtype=np.float32) -> np.ndarray:
   rng = np.random.default_rng(seed)
-  return jnp.asarray(scale * rng.standard_normal(shape), dtype)
+  return (scale * rng.standard_normal(shape)).astype(dtype)
 
 
-def row_mask(shape=(5, 7), seed=1):
+def row_mask(shape=(5, 7), seed=1) -> np.ndarray:
   """A random mask with at least one True per row."""
   rng = np.random.default_rng(seed)
   m = rng.random(shape) < 0.6
   m[..., 0] = True
-  return jnp.asarray(rng.permuted(m, axis=-1))
+  return rng.permuted(m, axis=-1)
 
 
-def weighted_sum(f, w):
+def ours_where(name, where):
+  return lambda x: OURS[name](x, where=where)
+
+
+W = jnp.array([0.3, -1.2, 2.0, 0.7, -0.4, 1.1, 0.5])
+
+
+def weighted_sum(f, w=W):
   """A scalar that reaches every output of f; skips the -inf ones.
 
   Outputs with a class axis (softmax, log_softmax) are weighted by `w` along
@@ -110,13 +114,17 @@ def weighted_sum(f, w):
   return h
 
 
+def jgrad(f):
+  return jax.jit(jax.grad(f))
+
+
 # ---------------------------------------------------------------------------
 # references
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_matches_jax_nn(name, dtype, transform):
+def test_matches_jax_nn_and_float64_numpy(name, dtype, transform):
   with jax.enable_x64(dtype == "float64"):
     x = logits(dtype=dtype)
     got = transform(OURS[name])(x)
@@ -165,23 +173,23 @@ def test_logsumexp_defaults_to_all_axes():
 
 
 def test_integers_are_promoted_like_jax_nn():
-  x = jnp.array([1, 2, 3])
+  x = np.array([1, 2, 3], np.int32)
   for name in NAMES:
     got = OURS[name](x)
     assert got.dtype == jnp.float32
-    np.testing.assert_allclose(got, JAX_NN[name](x.astype(float)), rtol=1e-6)
+    np.testing.assert_allclose(got, np_ref(name, x), rtol=1e-6)
 
 
 def test_seed_worked_example():
   # softmax(3, 1, -3) ~ (0.8789, 0.1190, 0.0022), from exp(z_i) / sum_k exp(z_k)
   z = np.array([3.0, 1.0, -3.0])
   formula = np.exp(z) / np.exp(z).sum()
-  got = jaxsmx.softmax(jnp.asarray(z, jnp.float32))
+  got = jaxsmx.softmax(z.astype(np.float32))
   np.testing.assert_allclose(got, formula, rtol=1e-6)
   np.testing.assert_allclose(got, [0.8789, 0.1190, 0.0022], atol=6e-4)
   np.testing.assert_allclose(np.round(formula, 4), [0.8789, 0.1189, 0.0022])
   with jax.enable_x64(True):
-    got64 = jaxsmx.softmax(jnp.asarray(z))
+    got64 = jaxsmx.softmax(z)
     assert got64.dtype == jnp.float64
     np.testing.assert_allclose(got64, formula, rtol=1e-15)
 
@@ -192,7 +200,7 @@ def test_seed_worked_example():
 
 @pytest.mark.parametrize("low", LOW_DTYPES)
 def test_low_precision_softmax_within_one_ulp(low, transform):
-  x = logits((16, 10), dtype=low)
+  x = logits((16, 10), dtype=jnp.dtype(low))
   got = transform(jaxsmx.softmax)(x)
   assert got.dtype == x.dtype
   ref = np.exp(np_log_softmax(x))  # float64, from the same low-precision inputs
@@ -201,20 +209,20 @@ def test_low_precision_softmax_within_one_ulp(low, transform):
 
 
 @pytest.mark.parametrize("low", LOW_DTYPES)
-@pytest.mark.parametrize("name", ["log_softmax", "logsumexp"])
-def test_low_precision_log_within_two_eps(low, name, transform):
-  x = logits((16, 10), dtype=low)
-  got = transform(OURS[name])(x)
-  assert got.dtype == x.dtype
-  ref = np_ref(name, x)
-  np.testing.assert_array_less(np.abs(f64(got) - ref), 2 * eps(low) * np.abs(ref))
+def test_low_precision_log_softmax_logsumexp_within_two_eps(low, transform):
+  x = logits((16, 10), dtype=jnp.dtype(low))
+  for name in ("log_softmax", "logsumexp"):
+    got = transform(OURS[name])(x)
+    assert got.dtype == x.dtype
+    ref = np_ref(name, x)
+    np.testing.assert_array_less(np.abs(f64(got) - ref), 2 * eps(low) * np.abs(ref))
 
 
 @pytest.mark.parametrize("low", LOW_DTYPES)
-def test_low_precision_is_computed_in_float32(low):
-  # The one-ulp check has teeth: jax.nn.softmax, computed in the 16-bit dtype
-  # throughout, misses it on these logits; jaxsmx does not.
-  x = logits((64, 10), seed=3, dtype=low)
+def test_the_ulp_check_catches_low_precision_arithmetic(low):
+  # jax.nn.softmax computes in the 16-bit dtype throughout and misses the
+  # one-ulp bound on these logits; jaxsmx, computing in float32, does not.
+  x = logits((64, 10), seed=3, dtype=jnp.dtype(low))
   ref = np.exp(np_log_softmax(x))
   bad = np.abs(f64(jax.nn.softmax(x)) - ref) > ulp(ref, low)
   good = np.abs(f64(jaxsmx.softmax(x)) - ref) > ulp(ref, low)
@@ -223,21 +231,17 @@ def test_low_precision_is_computed_in_float32(low):
 
 @pytest.mark.parametrize("low", LOW_DTYPES)
 def test_low_precision_gradients(low):
-  x = logits((4, 6), dtype=low)
-  w = logits((6,), seed=5)
-  for name in NAMES:
-    g = jgrad(weighted_sum(OURS[name], w.astype(low)))(x)
+  x = logits((4, 6), dtype=jnp.dtype(low))
+
+  @jax.jit
+  def grads(x, x32):
+    ours = [jax.grad(weighted_sum(OURS[n], W.astype(low)))(x) for n in NAMES]
+    ref = [jax.grad(weighted_sum(JAX_NN[n]))(x32) for n in NAMES]
+    return ours, ref
+
+  for g, want in zip(*grads(x, x.astype(np.float32)), strict=True):
     assert g.dtype == x.dtype
-    want = jgrad(weighted_sum(JAX_NN[name], w))(x.astype(jnp.float32))
     np.testing.assert_allclose(f64(g), want, rtol=4 * eps(low), atol=4 * eps(low))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_float64_matches_float64_reference(name, x64):
-  x = logits(dtype=jnp.float64, scale=10.0)
-  got = OURS[name](x)
-  assert got.dtype == jnp.float64
-  np.testing.assert_allclose(got, np_ref(name, x), rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------
@@ -245,23 +249,15 @@ def test_float64_matches_float64_reference(name, x64):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("masked", [False, True], ids=["dense", "where"])
-def test_bwd_matches_autodiff_float32(name, masked):
-  x = logits()
-  m = row_mask() if masked else None
-  assert_vjp_matches(
-      ours_where(name, m), lambda x: PLAIN[name](x, m), (x,), rtol=1e-6, atol=1e-6
-  )
-
-
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("masked", [False, True], ids=["dense", "where"])
-def test_bwd_matches_autodiff_float64(name, masked, x64):
-  x = logits(dtype=jnp.float64)
-  m = row_mask() if masked else None
-  assert_vjp_matches(
-      ours_where(name, m), lambda x: PLAIN[name](x, m), (x,), rtol=1e-12, atol=1e-12
-  )
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bwd_matches_autodiff(name, dtype):
+  tol = 1e-12 if dtype == "float64" else 1e-6
+  with jax.enable_x64(dtype == "float64"):
+    x = logits(dtype=dtype)
+    for m in (None, row_mask()):
+      assert_vjp_matches(
+          ours_where(name, m), lambda x: PLAIN[name](x, m), (x,), rtol=tol, atol=tol
+      )
 
 
 @jax.custom_vjp
@@ -289,7 +285,7 @@ def test_checks_catch_a_wrong_bwd():
   with pytest.raises(AssertionError, match="cotangent of argument 0"):
     assert_vjp_matches(_wrong_softmax, plain_softmax, (x,), rtol=1e-6, atol=1e-6)
   with jax.enable_x64(True):
-    x64_ = logits(dtype=jnp.float64)
+    x64_ = logits((2, 4), dtype=np.float64)
     check_grads(jaxsmx.softmax, (x64_,), order=1, modes=("rev",))
     with pytest.raises(AssertionError):
       check_grads(_wrong_softmax, (x64_,), order=1, modes=("rev",))
@@ -298,40 +294,44 @@ def test_checks_catch_a_wrong_bwd():
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "where"])
 def test_check_grads_second_order(name, masked, x64):
-  x = logits((3, 5), dtype=jnp.float64, scale=1.0)
+  x = logits((3, 5), dtype=np.float64, scale=1.0)
   m = row_mask((3, 5)) if masked else None
   f = ours_where(name, m)
   if masked and name == "log_softmax":
-    f = weighted_sum(f, jnp.arange(1.0, 6.0))  # finite differences of -inf
-  check_grads(f, (x,), order=2, modes=("rev",))
+    f = weighted_sum(f)  # no finite differences of -inf
+  check_grads(jax.jit(f), (x,), order=2, modes=("rev",))
 
 
 # ---------------------------------------------------------------------------
 # transformations
 
 
-W = jnp.array([0.3, -1.2, 2.0, 0.7, -0.4, 1.1, 0.5])
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_grad_vjp_jacrev(name):
   x = logits((7,))
-  ours, ref = weighted_sum(OURS[name], W), weighted_sum(JAX_NN[name], W)
-  np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(ref)(x), atol=1e-6)
-  out, vjp = jax.vjp(OURS[name], x)
-  ct = jnp.ones_like(out) * 0.5
+  ct = np.linspace(-1.0, 1.0, 7, dtype=np.float32)[: 7 if name != "logsumexp" else 1]
+  ct = ct.reshape(jax.eval_shape(OURS[name], x).shape)
+
+  @jax.jit
+  def all_three(x):
+    return [
+        (jax.grad(weighted_sum(f))(x), jax.vjp(f, x)[1](ct)[0], jax.jacrev(f)(x))
+        for f in (OURS[name], JAX_NN[name])
+    ]
+
+  ours, ref = all_three(x)
+  for got, want in zip(ours, ref, strict=True):
+    np.testing.assert_allclose(got, want, atol=1e-6)
+  # and once eagerly
   np.testing.assert_allclose(
-      vjp(ct)[0], jax.vjp(JAX_NN[name], x)[1](ct)[0], atol=1e-6
-  )
-  np.testing.assert_allclose(
-      jax.jacrev(OURS[name])(x), jax.jacrev(JAX_NN[name])(x), atol=1e-6
+      jax.grad(weighted_sum(OURS[name]))(x), ref[0], atol=1e-6
   )
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_hessian_and_jacrev_jacrev(name, x64):
-  x = logits((6,), dtype=jnp.float64)
-  ours, ref = weighted_sum(OURS[name], W), weighted_sum(JAX_NN[name], W)
+  x = logits((6,), dtype=np.float64)
+  ours, ref = weighted_sum(OURS[name]), weighted_sum(JAX_NN[name])
 
   @jax.jit
   def second_derivatives(x):
@@ -346,55 +346,46 @@ def test_hessian_and_jacrev_jacrev(name, x64):
 
   for got, want in second_derivatives(x):
     np.testing.assert_allclose(got, want, atol=1e-12)
-  # and eagerly, on the scalar function
-  np.testing.assert_allclose(jax.hessian(ours)(x), jax.hessian(ref)(x), atol=1e-12)
 
 
 def test_logsumexp_hessian_closed_form(x64):
-  x = logits((6,), dtype=jnp.float64)
-  a = np_log_softmax(x)
-  a = np.exp(a)
+  x = logits((6,), dtype=np.float64)
+  a = np.exp(np_log_softmax(x))
   np.testing.assert_allclose(
-      jax.jit(jax.hessian(jaxsmx.logsumexp))(x), np.diag(a) - np.outer(a, a), atol=1e-14
+      jax.jit(jax.hessian(jaxsmx.logsumexp))(x),
+      np.diag(a) - np.outer(a, a),
+      atol=1e-14,
   )
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_jit_nested_vmap_checkpoint(name):
+def test_jit_nested_vmap_checkpoint_scan(name):
   x = logits((2, 3, 7))
+  ours, ref = weighted_sum(OURS[name]), weighted_sum(JAX_NN[name])
+
+  def scanned(f, x):
+    step = lambda c, row: (c + f(row), None)
+    return lax.scan(step, 0.0, x.reshape(-1, 7))[0]
+
+  @jax.jit
+  def everything(x):
+    return {
+        "vmap2": jax.vmap(jax.vmap(OURS[name]))(x),
+        "vmap2_axes": jax.vmap(jax.vmap(OURS[name]), in_axes=1, out_axes=1)(x),
+        "grad_checkpoint": jax.grad(jax.checkpoint(ours))(x),
+        "grad_vmap2": jax.grad(lambda x: jnp.sum(jax.vmap(jax.vmap(ours))(x)))(x),
+        "scan": scanned(ours, x),
+        "grad_scan": jax.grad(functools.partial(scanned, ours))(x),
+    }
+
+  got = everything(x)
   want = JAX_NN[name](x)
-  np.testing.assert_allclose(jax.jit(OURS[name])(x), want, atol=1e-6)
-  np.testing.assert_allclose(jax.vmap(jax.vmap(OURS[name]))(x), want, atol=1e-6)
-  np.testing.assert_allclose(
-      jax.jit(jax.vmap(jax.vmap(OURS[name]), in_axes=1, out_axes=1))(x),
-      want,
-      atol=1e-6,
-  )
-  ours, ref = weighted_sum(OURS[name], W), weighted_sum(JAX_NN[name], W)
   want_g = jgrad(ref)(x)
-  np.testing.assert_allclose(jgrad(jax.checkpoint(ours))(x), want_g, atol=1e-6)
-  batched = lambda x: jnp.sum(jax.vmap(jax.vmap(ours))(x))
-  np.testing.assert_allclose(jax.jit(jax.grad(batched))(x), want_g, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_scan(name):
-  x = logits((4, 7))
-
-  def total(f, x):
-    def step(c, row):
-      return c + weighted_sum(f, W)(row), None
-
-    return lax.scan(step, 0.0, x)[0]
-
-  np.testing.assert_allclose(
-      total(OURS[name], x), total(JAX_NN[name], x), rtol=1e-6
-  )
-  np.testing.assert_allclose(
-      jgrad(functools.partial(total, OURS[name]))(x),
-      jgrad(functools.partial(total, JAX_NN[name]))(x),
-      atol=1e-6,
-  )
+  np.testing.assert_allclose(got["vmap2"], want, atol=1e-6)
+  np.testing.assert_allclose(got["vmap2_axes"], want, atol=1e-6)
+  np.testing.assert_allclose(got["scan"], ref(x), rtol=1e-6)
+  for k in ("grad_checkpoint", "grad_vmap2", "grad_scan"):
+    np.testing.assert_allclose(got[k], want_g, atol=1e-6, err_msg=k)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -403,7 +394,7 @@ def test_forward_mode_is_refused(name):
   # (forward-over-reverse) and jacrev(jacrev) are the working alternatives.
   x = logits((7,))
   with pytest.raises(TypeError, match="forward-mode"):
-    jax.jvp(OURS[name], (x,), (jnp.ones_like(x),))
+    jax.jvp(OURS[name], (x,), (np.ones_like(x),))
   with pytest.raises(TypeError, match="forward-mode"):
     jax.jacfwd(OURS[name])(x)
 
@@ -413,145 +404,229 @@ def test_forward_mode_is_refused(name):
 
 
 def test_huge_logits_float32():
-  x = jnp.array([1e30, -1e30, 1e30, 0.0], jnp.float32)
-  a = jaxsmx.softmax(x)
-  np.testing.assert_array_equal(a, [0.5, 0.0, 0.5, 0.0])
-  ls = jaxsmx.log_softmax(x)
-  np.testing.assert_allclose(ls, [-np.log(2), -2e30, -np.log(2), -1e30], rtol=1e-6)
+  x = np.array([1e30, -1e30, 1e30, 0.0], np.float32)
+  np.testing.assert_array_equal(jaxsmx.softmax(x), [0.5, 0.0, 0.5, 0.0])
+  np.testing.assert_allclose(
+      jaxsmx.log_softmax(x), [-np.log(2), -2e30, -np.log(2), -1e30], rtol=1e-6
+  )
   np.testing.assert_allclose(jaxsmx.logsumexp(x), 1e30, rtol=1e-6)
   np.testing.assert_allclose(jaxsmx.logsumexp(-x), 1e30, rtol=1e-6)
   # gradients: finite and equal to the closed forms
   w = jnp.array([1.0, 2.0, 3.0, 4.0])
-  g = jax.grad(lambda x: jnp.sum(w * jaxsmx.softmax(x)))(x)
-  np.testing.assert_allclose(g, [-0.5, 0.0, 0.5, 0.0], atol=1e-6)
-  np.testing.assert_allclose(jax.grad(jaxsmx.logsumexp)(x), [0.5, 0, 0.5, 0])
-  g = jax.grad(lambda x: jnp.sum(w * jaxsmx.log_softmax(x)))(x)
-  np.testing.assert_allclose(g, w - a * w.sum())
-  for name in NAMES:
-    assert np.all(np.isfinite(jax.grad(weighted_sum(OURS[name], w))(x)))
+  a = np.array([0.5, 0.0, 0.5, 0.0])
+  g = jax.jit(lambda x: [jax.grad(weighted_sum(OURS[n], w))(x) for n in NAMES])(x)
+  np.testing.assert_allclose(g[0], a * (w - np.dot(a, w)), atol=1e-6)
+  np.testing.assert_allclose(g[1], w - a * np.sum(w), atol=1e-6)
+  np.testing.assert_allclose(g[2], w[0] * a, atol=1e-6)
+  # a slice with a finite spread next to huge values keeps its exact values
+  base = logits((4,))
+  for shift in (1e30, -1e30):
+    x = np.stack([base, base.astype(np.float64) + shift]).astype(np.float32)
+    for name in NAMES:
+      np.testing.assert_allclose(OURS[name](x)[0], np_ref(name, base), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_minus_inf_logit_has_probability_zero(name, transform):
-  x = logits((3, 6)).at[:, 2].set(-jnp.inf).at[1, 4].set(-jnp.inf)
-  finite = jnp.isfinite(x)
-  got = transform(OURS[name])(x)
+  x = logits((3, 6))
+  x[:, 2] = x[1, 4] = -np.inf
+  finite = np.isfinite(x)
+  got = np.asarray(transform(OURS[name])(x))
   np.testing.assert_allclose(got, JAX_NN[name](x), rtol=1e-6)
   if name == "softmax":
-    np.testing.assert_array_equal(np.asarray(got)[~finite], 0.0)
+    np.testing.assert_array_equal(got[~finite], 0.0)
   if name == "log_softmax":
-    assert np.all(np.isneginf(np.asarray(got)[~finite]))
-    assert np.all(np.isfinite(np.asarray(got)[finite]))
+    assert np.all(np.isneginf(got[~finite])) and np.all(np.isfinite(got[finite]))
+
+
+def test_minus_inf_logit_gradients():
   # finite gradients, 0 at the -inf logits (the cotangent of a -inf
-  # log-probability is left out: it is a constant)
-  g = jgrad(weighted_sum(OURS[name], W))(x)
-  assert np.all(np.isfinite(g))
-  np.testing.assert_array_equal(np.asarray(g)[~finite], 0.0)
-  np.testing.assert_allclose(g, jgrad(weighted_sum(JAX_NN[name], W))(x), atol=1e-6)
+  # log-probability is left out: it is a constant); as jax.nn
+  x = logits((3, 7))
+  x[:, 2] = x[1, 4] = -np.inf
+  finite = np.isfinite(x)
+
+  @jax.jit
+  def grads(x):
+    return [
+        (jax.grad(weighted_sum(OURS[n]))(x), jax.grad(weighted_sum(JAX_NN[n]))(x))
+        for n in NAMES
+    ]
+
+  for g, want in grads(x):
+    assert np.all(np.isfinite(g))
+    np.testing.assert_array_equal(np.asarray(g)[~finite], 0.0)
+    np.testing.assert_allclose(g, want, atol=1e-6)
 
 
 def test_minus_inf_log_softmax_vjp_is_one_minus_a():
   # d log_softmax_i / dz_i = 1 - a_i = 1 at a -inf logit: the true derivative,
   # as jax.nn gives; a cotangent that puts weight there reaches it.
-  x = jnp.array([1.0, -jnp.inf, 0.0])
-  ct = jnp.array([0.0, 1.0, 0.0])
+  x = np.array([1.0, -np.inf, 0.0], np.float32)
+  ct = np.array([0.0, 1.0, 0.0], np.float32)
   got = jax.vjp(jaxsmx.log_softmax, x)[1](ct)[0]
   np.testing.assert_allclose(got, jax.vjp(jax.nn.log_softmax, x)[1](ct)[0])
-  a = jax.nn.softmax(x)
-  np.testing.assert_allclose(got, [-a[0], 1.0, -a[2]])
+  a = np.exp(np_log_softmax(x))
+  np.testing.assert_allclose(got, [-a[0], 1.0, -a[2]], rtol=1e-6)
 
 
-@pytest.mark.parametrize("empty", ["all_minus_inf", "fully_masked"])
-def test_empty_slice(empty, transform):
-  x = logits((3, 5))
-  m = jnp.ones((3, 5), bool)
-  if empty == "all_minus_inf":
-    x = x.at[1].set(-jnp.inf)
+def _empty_row(kind):
+  """Logits and mask whose row 1 is empty: all -inf, or fully masked."""
+  x, m = logits((3, 7)), np.ones((3, 7), bool)
+  if kind == "all_minus_inf":
+    x[1] = -np.inf
   else:
-    m = m.at[1].set(False)
+    m[1] = False
+  return x, m
+
+
+@pytest.mark.parametrize("kind", ["all_minus_inf", "fully_masked"])
+def test_empty_slice(kind, transform):
+  x, m = _empty_row(kind)
 
   def all_three(x, m):
-    return (
-        jaxsmx.softmax(x, where=m),
-        jaxsmx.log_softmax(x, where=m),
-        jaxsmx.logsumexp(x, axis=-1, where=m),
-    )
+    return [OURS[n](x, where=m) for n in NAMES]
 
-  a, ls, lse = transform(all_three)(x, m)
+  a, ls, lse = (np.asarray(v) for v in transform(all_three)(x, m))
   np.testing.assert_array_equal(a[1], 0.0)
   assert np.all(np.isneginf(ls[1])) and np.isneginf(lse[1])
   # the other slices are untouched
-  rows = jnp.array([0, 2])
-  np.testing.assert_allclose(a[rows], jax.nn.softmax(x[rows]), rtol=1e-6)
-  np.testing.assert_allclose(ls[rows], jax.nn.log_softmax(x[rows]), rtol=1e-6)
-  np.testing.assert_allclose(lse[rows], jax.nn.logsumexp(x[rows], -1), rtol=1e-6)
-  # gradients: 0 in the empty slice, never NaN
+  for name, got in zip(NAMES, (a, ls, lse), strict=True):
+    np.testing.assert_allclose(got[[0, 2]], np_ref(name, x[[0, 2]]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["all_minus_inf", "fully_masked"])
+def test_empty_slice_gradients(kind):
+  # gradient 0 in the empty slice, never NaN, the others as jax.nn's
+  x, m = _empty_row(kind)
+
   @jax.jit
-  def grads(x, m):
-    ours = [jax.grad(weighted_sum(ours_where(name, m), W))(x) for name in NAMES]
-    ref = [jax.grad(weighted_sum(JAX_NN[name], W))(x[rows]) for name in NAMES]
+  def grads(x):
+    ours = [jax.grad(weighted_sum(ours_where(n, m)))(x) for n in NAMES]
+    ref = [jax.grad(weighted_sum(JAX_NN[n]))(x[jnp.array([0, 2])]) for n in NAMES]
     return ours, ref
 
-  for g, want in zip(*grads(x, m), strict=True):
+  for g, want in zip(*grads(x), strict=True):
     np.testing.assert_array_equal(g[1], 0.0)
-    np.testing.assert_allclose(g[rows], want, atol=1e-6)
+    np.testing.assert_allclose(g[np.array([0, 2])], want, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
-@pytest.mark.parametrize("name", NAMES)
-def test_nan_or_plus_inf_poisons_only_its_slice(bad, name, transform):
-  x = logits((3, 5)).at[1, 3].set(bad)
-  got = np.asarray(transform(OURS[name])(x))
-  assert np.all(np.isnan(got[1]))
-  rows = jnp.array([0, 2])
-  np.testing.assert_allclose(got[[0, 2]], JAX_NN[name](x[rows]), rtol=1e-6)
-  g = np.asarray(jgrad(lambda x: jnp.sum(OURS[name](x)[rows]))(x))
-  want = jgrad(lambda x: jnp.sum(JAX_NN[name](x)))(x[rows])
-  np.testing.assert_allclose(g[[0, 2]], want, atol=1e-6)
-  # and a NaN that reaches the output makes that slice's gradient NaN
-  g = np.asarray(jgrad(lambda x: jnp.sum(OURS[name](x)))(x))
-  assert np.all(np.isnan(g[1]))
-  np.testing.assert_allclose(g[[0, 2]], want, atol=1e-6)
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "plus_inf"])
+def test_nan_or_plus_inf_poisons_only_its_slice(bad, transform):
+  x = logits((3, 7))
+  x[1, 3] = bad
+  got = transform(lambda x: [OURS[n](x) for n in NAMES])(x)
+  for name, v in zip(NAMES, got, strict=True):
+    v = np.asarray(v)
+    assert np.all(np.isnan(v[1])), name
+    np.testing.assert_allclose(v[[0, 2]], np_ref(name, x[[0, 2]]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "plus_inf"])
+def test_nan_or_plus_inf_gradients_stay_in_their_slice(bad):
+  x = logits((3, 7))
+  x[1, 3] = bad
+  rows = np.array([0, 2])
+
+  @jax.jit
+  def grads(x):
+    return [
+        (
+            jax.grad(lambda x: jnp.sum(OURS[n](x)[rows]))(x),
+            jax.grad(lambda x: jnp.sum(OURS[n](x)))(x),
+            jax.grad(lambda x: jnp.sum(JAX_NN[n](x)))(x[rows]),
+        )
+        for n in NAMES
+    ]
+
+  for unused, used, want in grads(x):
+    np.testing.assert_allclose(unused[rows], want, atol=1e-6)
+    np.testing.assert_allclose(used[rows], want, atol=1e-6)
+    # a NaN that reaches the output makes that slice's gradient NaN
+    assert np.all(np.isnan(used[1]))
 
 
 def test_masked_nan_is_ignored():
-  x = jnp.array([1.0, jnp.nan, 2.0, jnp.inf])
-  m = jnp.array([True, False, True, False])
+  x = np.array([1.0, np.nan, 2.0, np.inf], np.float32)
+  m = np.array([True, False, True, False])
+  a = np.asarray(jaxsmx.softmax(x, where=m))
+  np.testing.assert_allclose(a[m], np_ref("softmax", x[m]), rtol=1e-6)
+  np.testing.assert_array_equal(a[~m], 0.0)
   np.testing.assert_allclose(
-      jaxsmx.softmax(x, where=m), jax.nn.softmax(jnp.array([1.0, 0, 2.0, 0]), where=m)
+      jaxsmx.logsumexp(x, where=m), np_ref("logsumexp", x[m]), rtol=1e-6
   )
-  np.testing.assert_allclose(
-      jaxsmx.logsumexp(x, where=m), jax.nn.logsumexp(jnp.array([1.0, 2.0]))
-  )
-  g = jgrad(lambda x: jaxsmx.logsumexp(x, where=m))(x)
-  np.testing.assert_allclose(g, [0.26894143, 0, 0.7310586, 0], rtol=1e-6)
+  g = np.asarray(jgrad(lambda x: jaxsmx.logsumexp(x, where=m))(x))
+  np.testing.assert_allclose(g[m], np_ref("softmax", x[m]), rtol=1e-6)
+  np.testing.assert_array_equal(g[~m], 0.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_second_order_at_the_edges(name, x64):
+  # Second derivatives at -inf logits, empty slices and masked entries are
+  # those of the slice without them (0 in the removed rows and columns),
+  # never NaN: reverse-over-reverse (jacrev(jacrev)) and jax.hessian alike.
+  x = logits((3, 5), dtype=np.float64)
+  m = np.ones((3, 5), bool)
+  x[0, 1] = -np.inf  # one -inf logit
+  x[1] = -np.inf  # an all -inf row
+  m[2, 3] = False  # a masked entry
+  w = jnp.arange(1.0, 6.0)
+  f = weighted_sum(ours_where(name, m), w)
+
+  @jax.jit
+  def second(x):
+    return jax.jacrev(jax.jacrev(f))(x), jax.hessian(f)(x)
+
+  rr, fr = (np.asarray(h).reshape(15, 15) for h in second(x))
+  assert not np.any(np.isnan(rr)) and not np.any(np.isnan(fr))
+  np.testing.assert_allclose(rr, fr, atol=1e-12)
+  # rows 0 and 2 against the plain float64 Hessian of the surviving entries
+  for row, keep in ((0, [0, 2, 3, 4]), (2, [0, 1, 2, 4])):
+    idx = [5 * row + k for k in keep]
+    wk = w[np.array(keep)]
+    h = jax.jit(jax.hessian(weighted_sum(PLAIN[name], wk)))(x[row, keep])
+    np.testing.assert_allclose(rr[np.ix_(idx, idx)], h, atol=1e-12)
+    rest = np.setdiff1d(np.arange(15), idx)
+    np.testing.assert_array_equal(rr[np.ix_(idx, rest)], 0.0)
+  np.testing.assert_array_equal(rr[5:10], 0.0)
 
 
 # ---------------------------------------------------------------------------
 # properties
 
 
+@functools.partial(jax.jit, static_argnums=())
+def _shift_checks(x, shift):
+  return (
+      jaxsmx.softmax(x),
+      jaxsmx.softmax(x + shift),
+      jaxsmx.log_softmax(x),
+      jaxsmx.log_softmax(x + shift),
+      jaxsmx.logsumexp(x),
+      jaxsmx.logsumexp(x + shift),
+  )
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     x=hnp.arrays(
         np.float64,
-        st.integers(1, 8),
+        st.sampled_from([1, 3, 8]),
         elements=st.floats(-40, 40, allow_nan=False, allow_infinity=False),
     ),
     shift=st.floats(-100, 100),
 )
 def test_softmax_sums_to_one_and_is_shift_invariant(x, shift):
   with jax.enable_x64(True):
-    a = jaxsmx.softmax(x)
-    np.testing.assert_allclose(jnp.sum(a), 1.0, rtol=1e-12)
-    assert np.all(a >= 0)
-    np.testing.assert_allclose(jaxsmx.softmax(x + shift), a, atol=1e-12)
-    np.testing.assert_allclose(
-        jaxsmx.log_softmax(x + shift), jaxsmx.log_softmax(x), atol=1e-12
-    )
-    np.testing.assert_allclose(
-        jaxsmx.logsumexp(x + shift), jaxsmx.logsumexp(x) + shift, atol=1e-12
-    )
+    a, a_s, ls, ls_s, lse, lse_s = _shift_checks(x, shift)
+    np.testing.assert_allclose(np.sum(a), 1.0, rtol=1e-12)
+    assert np.all(np.asarray(a) >= 0)
+    np.testing.assert_allclose(a_s, a, atol=1e-12)
+    np.testing.assert_allclose(ls_s, ls, atol=1e-12)
+    np.testing.assert_allclose(lse_s, lse + shift, atol=1e-12)
+
+
+_masked_softmax = jax.jit(lambda x, m: jaxsmx.softmax(x, where=m))
 
 
 @settings(max_examples=30, deadline=None)
@@ -560,10 +635,9 @@ def test_softmax_sums_to_one_and_is_shift_invariant(x, shift):
     m=hnp.arrays(np.bool_, (3, 6)),
 )
 def test_masked_softmax_sums_to_one(x, m):
-  a = np.asarray(jaxsmx.softmax(x, where=m))
+  a = np.asarray(_masked_softmax(x, m))
   np.testing.assert_array_equal(a[~m], 0.0)
-  sums = a.sum(-1)
-  np.testing.assert_allclose(sums, np.where(m.any(-1), 1.0, 0.0), atol=1e-6)
+  np.testing.assert_allclose(a.sum(-1), np.where(m.any(-1), 1.0, 0.0), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -573,41 +647,39 @@ def test_masked_softmax_sums_to_one(x, m):
 @pytest.mark.parametrize("name", NAMES)
 def test_where_equals_slicing(name):
   x, m = logits((4, 7)), row_mask((4, 7))
+  c = logits((4, 7), seed=9)  # a cotangent, sliced along with x
   got = np.asarray(OURS[name](x, where=m))
-  for i in range(4):
-    want = np.asarray(OURS[name](x[i][m[i]]))
-    if name == "logsumexp":
-      np.testing.assert_allclose(got[i], want, rtol=1e-6)
-    else:
-      np.testing.assert_allclose(got[i][m[i]], want, rtol=1e-6)
-      np.testing.assert_array_equal(
-          got[i][~m[i]], 0.0 if name == "softmax" else -np.inf
-      )
-  # the gradient of the masked function is the sliced gradient, 0 elsewhere
-  c = logits((4, 7), seed=9)  # cotangent, sliced along with x
 
   def loss(x, m, c):
-    out = OURS[name](x, where=m) if m is not None else OURS[name](x)
+    out = OURS[name](x, where=m)
     c = c if out.shape == x.shape else c[..., 0]
     return jnp.sum(jnp.where(jnp.isfinite(out), out, 0.0) * c)
 
   g = jgrad(loss)(x, m, c)
   for i in range(2):
-    xi, ci = x[i][m[i]], c[i][m[i]] if name != "logsumexp" else c[i]
+    xi, mi = x[i][m[i]], m[i]
+    if name == "logsumexp":
+      np.testing.assert_allclose(got[i], np_ref(name, xi), rtol=1e-6)
+      ci = c[i]
+    else:
+      np.testing.assert_allclose(got[i][mi], np_ref(name, xi), rtol=1e-6)
+      np.testing.assert_array_equal(got[i][~mi], 0.0 if name == "softmax" else -np.inf)
+      ci = c[i][mi]
+    # the gradient of the masked function is the sliced gradient, 0 elsewhere
     gi = jgrad(loss)(xi, None, ci)
-    np.testing.assert_allclose(g[i][m[i]], gi, atol=1e-6)
-    np.testing.assert_array_equal(g[i][~m[i]], 0.0)
+    np.testing.assert_allclose(g[i][mi], gi, atol=1e-6)
+    np.testing.assert_array_equal(g[i][~mi], 0.0)
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("k", [0, 1, -2])
-def test_axis_equals_moveaxis(name, k):
+def test_axis_equals_moveaxis(name):
   x = logits((3, 4, 5))
   f = getattr(jaxsmx, name)
-  got = f(x, axis=k)
-  base = f(jnp.moveaxis(x, k, -1), axis=-1)
-  want = base if name == "logsumexp" else jnp.moveaxis(base, -1, k)
-  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for k in (0, 1, -2):
+    got = f(x, axis=k)
+    base = np.asarray(f(np.moveaxis(x, k, -1), axis=-1))
+    want = base if name == "logsumexp" else np.moveaxis(base, -1, k)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -615,12 +687,12 @@ def test_tuple_axes_equal_reshape(name):
   x = logits((2, 3, 4, 5))
   f = getattr(jaxsmx, name)
   got = f(x, axis=(1, 3))
-  flat = jnp.moveaxis(x, (1, 3), (2, 3)).reshape(2, 4, 15)
-  base = f(flat, axis=-1)
+  flat = np.moveaxis(x, (1, 3), (2, 3)).reshape(2, 4, 15)
+  base = np.asarray(f(flat, axis=-1))
   if name == "logsumexp":
     want = base
   else:
-    want = jnp.moveaxis(base.reshape(2, 4, 3, 5), (2, 3), (1, 3))
+    want = np.moveaxis(base.reshape(2, 4, 3, 5), (2, 3), (1, 3))
   np.testing.assert_allclose(got, want, rtol=1e-6)
   np.testing.assert_allclose(f(x, axis=(3, 1)), got, rtol=1e-6)
 
@@ -640,9 +712,11 @@ def test_bad_input_messages(name):
   with pytest.raises(ValueError, match=r"names the same axis twice"):
     f(x, axis=(1, -1))
   with pytest.raises(TypeError, match=r"where must be a boolean mask; got dtype int"):
-    f(x, axis=-1, where=jnp.ones((4, 7), jnp.int32))
-  with pytest.raises(ValueError, match=r"broadcast to the input's shape \(4, 7\).*got \(3,\)"):
-    f(x, axis=-1, where=jnp.ones(3, bool))
+    f(x, axis=-1, where=np.ones((4, 7), np.int32))
+  with pytest.raises(
+      ValueError, match=r"broadcast to the input's shape \(4, 7\).*got \(3,\)"
+  ):
+    f(x, axis=-1, where=np.ones(3, bool))
   with pytest.raises(TypeError, match=r"axis must be an int"):
     f(x, axis=1.0)
 
@@ -652,6 +726,6 @@ def test_bad_input_messages(name):
 
 
 def test_doctests():
-  result = doctest.testmod(jaxsmx._softmax, optionflags=doctest.ELLIPSIS)
+  result = doctest.testmod(jaxsmx._softmax)
   assert result.attempted > 0
   assert result.failed == 0
