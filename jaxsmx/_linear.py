@@ -118,6 +118,12 @@ def linear_softmax_cross_entropy(
   ``w``; time: four matmuls of :math:`2NHV` flops against dense autodiff's
   three, as the backward pass recomputes the logits.
 
+  Sharding: under :func:`jax.jit` with the rows of ``x`` and the columns of
+  ``w`` split over mesh axes (data and vocabulary parallel, automatic or
+  explicit sharding), each device streams over its own columns. Only
+  :math:`O(N)` per-row statistics, the partial ``dx`` (:math:`N H`) and the
+  partial ``dw`` cross devices; ``w`` is never gathered.
+
   Example:
     >>> import jax, jax.numpy as jnp, jaxsmx
     >>> x = jnp.array([[1.0, 0.5], [-0.3, 2.0]])
