@@ -454,6 +454,7 @@ def _fwd_stats(x, w, labels, bias, where, *, opts, offset):
       jnp.zeros((n,), ct),
       jnp.zeros((n,), ct),
   )
+  init = _varying(init, x, w, labels, bias, where)
   return _over_chunks(body, init, vocab, opts.chunk)
 
 
@@ -538,8 +539,26 @@ def _bwd_grads(x, w, labels, shift, live_norm, g_a, g_t, *rest, opts, offset):
       jnp.zeros(w.shape, w.dtype),
       None if bias is None else jnp.zeros(bias.shape, bias.dtype),
   )
+  init = _varying(init, x, w, labels, shift, g_a, g_t, g_s, bias, where)
   dx, dw, db = _over_chunks(body, init, vocab, opts.chunk)
   return dx.astype(x.dtype), dw, db
+
+
+def _varying_axes(a) -> set:
+  """The manual mesh axes (inside shard_map) over which `a` varies."""
+  aval = jax.typeof(a)
+  manual = getattr(aval, "manual_axis_type", None)  # "vma" before JAX 0.10
+  return set(getattr(manual, "varying", None) or getattr(aval, "vma", ()))
+
+
+def _varying(carry, *arrays):
+  """The loop's initial carry, marked as varying over the manual mesh axes
+  (inside shard_map) that the inputs vary over, so that the carry keeps its
+  type through the loop."""
+  axes = set().union(*(_varying_axes(a) for a in arrays if a is not None))
+  if not axes:
+    return carry
+  return jax.tree.map(lambda c: lax.pcast(c, tuple(sorted(axes)), to="varying"), carry)
 
 
 def _combine_grads(grads, row_axes, vocab_axes):
@@ -688,8 +707,16 @@ def _reshard(a, spec):
 
 
 def _like(cotangent, primal):
-  """The cotangent sharded like its primal (explicit sharding)."""
-  spec = None if primal is None else _explicit_spec(primal)
+  """The cotangent typed like its primal: summed over the manual mesh axes
+  (inside shard_map) over which only the cotangent varies, as the transpose of
+  the implicit broadcast of an invariant input, and sharded like the primal
+  (explicit sharding)."""
+  if primal is None:
+    return cotangent
+  extra = _varying_axes(cotangent) - _varying_axes(primal)
+  if extra:
+    cotangent = lax.psum(cotangent, tuple(sorted(extra)))
+  spec = _explicit_spec(primal)
   return cotangent if spec is None else _reshard(cotangent, spec)
 
 
