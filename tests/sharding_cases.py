@@ -398,6 +398,7 @@ def main(argv: list[str]) -> int:
   checks: list[dict] = []
   hlo: dict = {}
   result = {"devices": [str(d) for d in jax.devices()], "checks": checks, "hlo": hlo}
+  references: dict = {}  # one device's results, per case
 
   for mode in ("explicit",) if report else ("auto", "explicit"):
     axis_type = AxisType.Explicit if mode == "explicit" else AxisType.Auto
@@ -412,12 +413,22 @@ def main(argv: list[str]) -> int:
 
     if not report:
       for name, fn, diff, other, out_spec in _cases(jax, jnp, np, jaxsmx, P):
+        if name not in references:
+          references[name] = _reference(jax, np, fn, diff, other)
+        ref = references[name]
         _run(
             checks,
             f"{mode}: {name}",
             _check_case,
-            *(jax, np, mesh, put, context, fn, diff, other, out_spec),
+            *(jax, np, mesh, put, context, fn, diff, other, out_spec, ref),
         )
+        if mode == "auto":  # inside shard_map every mesh axis is manual
+          _run(
+              checks,
+              f"shard_map: {name}",
+              _check_in_shard_map,
+              *(jax, np, mesh, put, fn, diff, other, out_spec, ref),
+          )
 
     sizes = _REPORT_SIZE if report else {}
     for name, fn, specs, argnums, block in _hlo_cases(jax, jnp, np, jaxsmx, P, **sizes):
@@ -494,20 +505,29 @@ class _nullcontext:
     return False
 
 
-def _check_case(jax, np, mesh, put, context, fn, diff, other, out_spec):
-  """Values and a VJP on the mesh equal one device's; shardings follow inputs."""
-  from jax.sharding import NamedSharding
-
+def _value_and_vjp(jax, fn):
   def value_and_vjp(diff_args, other_args, ct):
     out, vjp = jax.vjp(lambda *d: fn(*d, *other_args), *diff_args)
     return out, vjp(ct)
 
+  return value_and_vjp
+
+
+def _reference(jax, np, fn, diff, other):
+  """One device's value and VJP, for a fixed random cotangent."""
   arrays = [a for a, _ in diff]
   others = [a for a, _ in other]
   out_shape = jax.eval_shape(fn, *arrays, *others)
   ct = np.random.default_rng(1).standard_normal(out_shape.shape).astype(np.float32)
+  return ct, jax.jit(_value_and_vjp(jax, fn))(arrays, others, ct)
 
-  want_out, want_grads = jax.jit(value_and_vjp)(arrays, others, ct)
+
+def _check_case(jax, np, mesh, put, context, fn, diff, other, out_spec, ref):
+  """Values and a VJP on the mesh equal one device's; shardings follow inputs."""
+  from jax.sharding import NamedSharding
+
+  value_and_vjp = _value_and_vjp(jax, fn)
+  ct, (want_out, want_grads) = ref
   with context():
     got_out, got_grads = jax.jit(value_and_vjp)(
         [put(a, s) for a, s in diff],
@@ -530,6 +550,38 @@ def _check_case(jax, np, mesh, put, context, fn, diff, other, out_spec):
   for i, (g, (_, spec)) in enumerate(zip(got_grads, diff, strict=True)):
     follows(g, spec, f"gradient of argument {i}")
   return not problems, {"problems": problems}
+
+
+def _check_in_shard_map(jax, np, mesh, put, fn, diff, other, out_spec, ref):
+  """Inside a user's shard_map (rows split over "data", every class on each
+  device; arrays without rows, such as w, are invariant), values and the VJP
+  equal one device's."""
+  from jax.sharding import PartitionSpec as P
+
+  def local(spec):
+    return P(*(None if e == "model" else e for e in spec))
+
+  value_and_vjp = _value_and_vjp(jax, fn)
+  ct, (want_out, want_grads) = ref
+  diff_specs = [local(s) for _, s in diff]
+  other_specs = [local(s) for _, s in other]
+  mapped = jax.shard_map(
+      value_and_vjp,
+      mesh=mesh,
+      in_specs=(diff_specs, other_specs, local(out_spec)),
+      out_specs=(local(out_spec), tuple(diff_specs)),
+  )
+  got_out, got_grads = jax.jit(mapped)(
+      [put(a, s) for (a, _), s in zip(diff, diff_specs, strict=True)],
+      [put(a, s) for (a, _), s in zip(other, other_specs, strict=True)],
+      put(ct, local(out_spec)),
+  )
+  np.testing.assert_allclose(got_out, want_out, rtol=RTOL, atol=ATOL)
+  for i, (g, wg) in enumerate(zip(got_grads, want_grads, strict=True)):
+    np.testing.assert_allclose(
+        g, wg, rtol=RTOL, atol=ATOL, err_msg=f"gradient of argument {i}"
+    )
+  return {"in_specs": [str(s) for s in diff_specs + other_specs]}
 
 
 def _compile_collectives(jax, mesh, context, fn, specs, argnums):
