@@ -76,14 +76,28 @@ def summation(body: sp.Expr, index: sp.Symbol = k) -> sp.Expr:
 # Display nodes that know how to evaluate themselves.
 
 
-class Display(sp.Function):
+def _powered(node, printer, exp):
+  s = node._latex_body(printer)
+  if exp is None:
+    return s
+  return rf"\left({s}\right)^{{{exp}}}"
+
+
+class _Printed:
+  """Mixin: LaTeX via ``_latex_body``, raised to a power when asked."""
+
+  def _latex(self, printer, exp=None):
+    return _powered(self, printer, exp)
+
+
+class Display(_Printed, sp.Function):
   """A display node: printed its own way, evaluated by :meth:`plain`."""
 
   def plain(self) -> sp.Expr:
     raise NotImplementedError
 
 
-class D(sp.Function):
+class D(_Printed, sp.Function):
   r"""Unevaluated partial derivative, printed as :math:`\partial f/\partial x`.
 
   ``D(f, x)`` is evaluated by :func:`evaluate` as ``sympy.diff`` of the
@@ -94,18 +108,18 @@ class D(sp.Function):
 
   nargs = 2
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     f, x = self.args
     fl, xl = printer._print(f), printer._print(x)
     return rf"\frac{{\partial {fl}}}{{\partial {xl}}}"
 
 
-class D2(sp.Function):
+class D2(_Printed, sp.Function):
   r"""Unevaluated second partial :math:`\partial^2 f / \partial x \partial w`."""
 
   nargs = 3
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     f, x, w = (printer._print(e) for e in self.args)
     return rf"\frac{{\partial^2 {f}}}{{\partial {x}\,\partial {w}}}"
 
@@ -115,7 +129,7 @@ class SumNe(Display):
 
   nargs = 3
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     body, jj, ii = self.args
     b = printer._print(body)
     if isinstance(body, sp.Add):
@@ -127,15 +141,17 @@ class SumNe(Display):
     return sp.Sum(body * (1 - sp.KroneckerDelta(ii, jj)), (jj, 1, n))
 
 
-class Named(sp.Function):
+class Named(_Printed, sp.Function):
   r"""A name printed as given, with arguments, e.g. :math:`\mathrm{lse}(z)`.
 
   ``Named(latex, *args)`` is replaced by its definition when the context has
   one under the key ``latex``; otherwise it stays an opaque symbol.
   """
 
-  def _latex(self, printer):
+  def _latex(self, printer, exp=None):
     name = self.args[0].name
+    if exp is not None:
+      name = f"{name}^{{{exp}}}"
     if len(self.args) == 1:
       return name
     args = ", ".join(printer._print(e) for e in self.args[1:])
@@ -159,7 +175,7 @@ def _group(printer, e: sp.Basic, first: bool = False) -> str:
 class Prod(Display):
   r"""A product kept as written, printed with :math:`\cdot`."""
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     return r" \cdot ".join(
         _group(printer, e, first=(r == 0)) for r, e in enumerate(self.args)
     )
@@ -171,7 +187,7 @@ class Prod(Display):
 class Terms(Display):
   """A sum kept in the order written."""
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     out = ""
     for r, e in enumerate(self.args):
       s = printer._print(e)
@@ -190,21 +206,21 @@ class Terms(Display):
 class Diag(Display):
   r"""Display node :math:`\operatorname{diag}(v)` for matrix-form steps."""
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     return rf"\operatorname{{diag}}\left({printer._print(self.args[0])}\right)"
 
 
 class Transpose(Display):
   r"""Display node :math:`v^{\mathsf T}`."""
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     return rf"{printer._print(self.args[0])}^{{\mathsf{{T}}}}"
 
 
 class Dot(Display):
   r"""Display node for a product of vectors/matrices, printed juxtaposed."""
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     return " ".join(_group(printer, e, first=(r == 0)) for r, e in enumerate(self.args))
 
   def plain(self):
@@ -214,7 +230,7 @@ class Dot(Display):
 class Hadamard(Display):
   r"""Display node for an elementwise product, printed with :math:`\odot`."""
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     return r" \odot ".join(_group(printer, e, first=True) for e in self.args)
 
   def plain(self):
@@ -224,24 +240,24 @@ class Hadamard(Display):
 class Chain(Display):
   r"""A chain of equalities :math:`e_1 = e_2 = \dots`; each link is checked."""
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     return " = ".join(printer._print(e) for e in self.args)
 
 
 class Ordered(Display):
   r"""A chain of strict inequalities :math:`e_1 < e_2 < \dots`."""
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     return " < ".join(printer._print(e) for e in self.args)
 
 
-class Label(sp.Function):
+class Label(_Printed, sp.Function):
   r"""A name for the quantity a chain computes, e.g. :math:`\bar z_i`.
 
   A label has no definition, so checks skip it: ``Label(r"\bar{z}_{i}")``.
   """
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     return self.args[0].name
 
 
@@ -249,7 +265,7 @@ def label(latex: str) -> sp.Expr:
   return Label(sp.Symbol(latex))
 
 
-class At(sp.Function):
+class At(_Printed, sp.Function):
   r"""``At(expr, Tuple((old, new), ...))``: :math:`\left.expr\right|_{old=new}`.
 
   Evaluated after the derivatives inside ``expr``, so
@@ -257,7 +273,7 @@ class At(sp.Function):
   first and substitutes second.
   """
 
-  def _latex(self, printer):
+  def _latex_body(self, printer):
     expr, pairs = self.args
     at = r",\ ".join(
         f"{printer._print(o)} = {printer._print(v)}" for o, v in pairs
@@ -546,14 +562,23 @@ def concretize(expr: sp.Basic) -> sp.Basic:
   )
 
 
-def specialise(
-    expr: sp.Expr, ctx: Context, size: int, values: Mapping[sp.Symbol, int]
-) -> sp.Expr:
-  """The general-n ``expr`` at ``n = size`` and fixed integer indices."""
-  e = evaluate(expr, ctx)
-  e = e.xreplace({n: sp.Integer(size), **{s: sp.Integer(v) for s, v in values.items()}})
-  e = e.doit()
-  return concretize(e)
+def expand_finite_sums(expr: sp.Basic) -> sp.Basic:
+  """Writes out every ``Sum`` whose limits are integers, innermost first.
+
+  Much cheaper than ``doit``, which re-evaluates the whole tree.
+  """
+
+  def write_out(s):
+    body = s.function
+    for idx, lo, hi in reversed(s.limits):
+      body = sp.Add(*[body.xreplace({idx: sp.Integer(v)}) for v in range(int(lo), int(hi) + 1)])
+    return body
+
+  return expr.replace(
+      lambda e: isinstance(e, sp.Sum)
+      and all(lo.is_Integer and hi.is_Integer for _, lo, hi in e.limits),
+      write_out,
+  )
 
 
 def specialise_matrix(
@@ -563,21 +588,46 @@ def specialise_matrix(
     index: Sequence[sp.Symbol],
     extra: Mapping[sp.Symbol, int] | None = None,
 ) -> sp.Matrix:
-  """``Matrix`` of ``entry`` over ``index`` (one index: column vector)."""
-  extra = dict(extra or {})
-  e = evaluate(entry, ctx).xreplace({n: sp.Integer(size)})
-  e = e.xreplace({s: sp.Integer(v) for s, v in extra.items()})
+  """The general-n ``entry`` at ``n = size``, as a ``Matrix`` over ``index``.
+
+  One index gives a column vector, two a square matrix. The sums are written
+  out, the free indices set to 1..size (Kronecker deltas then evaluate) and
+  ``z[3]`` becomes the plain symbol ``z3`` of :func:`vec`.
+  """
+  key = (entry, tuple(ctx.defs.items()), size, tuple(index), tuple(sorted((extra or {}).items(), key=str)))
+  if key in _SPECIALISED:
+    return _SPECIALISED[key]
+  if len(_SPECIALISED) > 1024:
+    _SPECIALISED.clear()
+  _SPECIALISED[key] = out = _specialise_matrix(entry, ctx, size, index, extra)
+  return out
+
+
+# Within one process the Concrete checks and the numeric checks specialise the
+# same formulas at the same sizes; the key holds the definitions themselves, so
+# an entry can never be confused with another derivation's. Nothing persists.
+_SPECIALISED: dict = {}
+
+
+def _specialise_matrix(entry, ctx, size, index, extra):
+  values = {n: sp.Integer(size), **{s: sp.Integer(v) for s, v in (extra or {}).items()}}
+  e = expand_finite_sums(evaluate(entry, ctx).xreplace(values))
   rng = range(1, size + 1)
   if len(index) == 1:
-    rows = [[_fill(e, {index[0]: r})] for r in rng]
+    cells = [[{index[0]: r}] for r in rng]
   else:
-    rows = [[_fill(e, {index[0]: r, index[1]: c}) for c in rng] for r in rng]
-  return sp.Matrix(rows)
+    cells = [[{index[0]: r, index[1]: c} for c in rng] for r in rng]
+  return sp.Matrix([[_fill(e, cell) for cell in row] for row in cells])
 
 
 def _fill(e: sp.Expr, values: Mapping[sp.Symbol, int]) -> sp.Expr:
   e = e.xreplace({s: sp.Integer(v) for s, v in values.items()})
-  return concretize(e.doit())
+  plain = {
+      x: sp.Symbol(f"{x.base.label.name}{int(x.indices[0])}", **x.base.label.assumptions0)
+      for x in e.atoms(sp.Indexed)
+      if len(x.indices) == 1 and x.indices[0].is_Integer
+  }
+  return e.xreplace(plain)
 
 
 def concrete_zero(expr: sp.Expr) -> bool:

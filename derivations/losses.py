@@ -263,7 +263,7 @@ def softmax_cross_entropy_derivation() -> Derivation:
           "In matrix form. For $y \\ge 0$ it is positive semi-definite: the "
           "loss is convex in the logits.",
           eq(
-              sp.Symbol(r"\nabla^2_z C"),
+              label(r"\nabla^2_z C"),
               Dot(
                   summation(y[k]),
                   Terms(Diag(sp.Symbol("a")), -Dot(sp.Symbol("a"), Transpose(sp.Symbol("a")))),

@@ -1,0 +1,42 @@
+r"""SymPy derivations of every closed-form gradient in jaxsmx.
+
+Each derivation is data: an ordered list of steps, each a SymPy expression
+with the checks that prove it (for general :math:`n`, with ``IndexedBase``,
+``KroneckerDelta`` and ``Sum``; and for :math:`n = 1 \dots 8` against
+``Matrix.jacobian``). :mod:`derivations.numeric` compares each closed form
+with JAX autodiff of the jaxsmx function, and :mod:`derivations.report`
+renders the report. ``python -m derivations`` does all of it and writes
+``derivations/REPORT.md``.
+
+This package imports SymPy; ``jaxsmx`` never imports it.
+"""
+
+from __future__ import annotations
+
+from derivations._core import Derivation as Derivation
+from derivations._core import Step as Step
+
+
+def all_derivations() -> tuple[Derivation, ...]:
+  """Every derivation, in report order."""
+  from derivations import entropy, losses, softmax
+
+  sm = {d.key: d for d in softmax.derivations()}
+  ls = {d.key: d for d in losses.derivations()}
+  en = {d.key: d for d in entropy.derivations()}
+  return (
+      sm["softmax"],
+      sm["log_softmax"],
+      sm["logsumexp"],
+      ls["softmax_cross_entropy"],
+      ls["label_smoothing"],
+      en["softmax_entropy"],
+      en["entropy"],
+      en["cross_entropy"],
+      en["kl_divergence"],
+      ls["sigmoid_binary_cross_entropy"],
+      ls["linear_softmax_cross_entropy"],
+  )
+
+
+__all__ = ["Derivation", "Step", "all_derivations"]

@@ -1,0 +1,489 @@
+r"""Runs every check and renders the derivation report (Markdown or LaTeX).
+
+The report is rendered from the :class:`~derivations._core.Derivation`
+objects and the results of their checks, never from source files. It holds no
+timings and reports numeric errors as bounds, so that two runs, on any
+machine, write the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import sympy as sp
+
+from derivations import _core
+from derivations._core import Derivation, Example, StepResult
+from derivations.numeric import Numeric, NumericResult
+
+EXAMPLE_TOLERANCE = 1e-12  # jaxsmx (float64) against the exact value
+SEED_TOLERANCE = 1e-4  # the seed prints 4 decimals (and rounds one of them up)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleResult:
+  example: Example
+  exact: tuple[float, ...]
+  jaxsmx: tuple[float, ...] | None
+  ok: bool
+  detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+  derivation: Derivation
+  steps: tuple[StepResult, ...]
+  numerics: tuple[NumericResult, ...]
+  examples: tuple[ExampleResult, ...]
+
+  @property
+  def symbolic_ok(self) -> bool:
+    return all(s.ok for s in self.steps)
+
+  @property
+  def numeric_ok(self) -> bool:
+    return all(r.ok for r in self.numerics)
+
+  @property
+  def ok(self) -> bool:
+    return self.symbolic_ok and self.numeric_ok and all(e.ok for e in self.examples)
+
+  @property
+  def checked_steps(self) -> tuple[StepResult, ...]:
+    return tuple(s for s in self.steps if s.verdicts)
+
+  @property
+  def worst_numeric(self) -> str:
+    if not self.numerics:
+      return "n/a"
+    if not self.numeric_ok:
+      bad = [r for r in self.numerics if not r.ok]
+      return ", ".join(r.bucket for r in bad)
+    return _numeric_bucket(max(r.max_error for r in self.numerics))
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  sections: tuple[Section, ...]
+
+  @property
+  def ok(self) -> bool:
+    return all(s.ok for s in self.sections)
+
+  @property
+  def failures(self) -> list[str]:
+    out = []
+    for sec in self.sections:
+      key = sec.derivation.key
+      for n_, s in enumerate(sec.steps, 1):
+        for v in s.verdicts:
+          if not v.ok:
+            out.append(f"{key} step {n_} [{v.method}]: {v.detail}")
+      for r in sec.numerics:
+        if not r.ok:
+          out.append(f"{key} numeric {r.check.what}: {r.bucket} {r.error}".rstrip())
+      for e in sec.examples:
+        if not e.ok:
+          out.append(f"{key} example: {e.detail}")
+    return out
+
+
+def _numeric_bucket(err: float) -> str:
+  from derivations.numeric import bucket
+
+  return bucket(err)
+
+
+# ---------------------------------------------------------------------------
+# Running the checks.
+
+
+def _run_example(ex: Example, fns: Mapping[str, Callable] | None) -> ExampleResult:
+  exact = tuple(float(sp.N(e, 30)) for e in ex.exact)
+  detail = []
+  ok = True
+  if ex.seed is not None:
+    for got, want in zip(exact, ex.seed, strict=True):
+      if abs(got - want) > SEED_TOLERANCE + 1e-15:
+        ok = False
+        detail.append(f"exact {got:.6f} vs seed {want}")
+  values = None
+  if ex.call is not None:
+    import jax
+
+    module = _Module(fns)
+    try:
+      with jax.enable_x64(True):
+        values = tuple(float(v) for v in np.asarray(ex.call(module), dtype=np.float64).ravel())
+    except Exception as e:  # report, do not crash
+      return ExampleResult(ex, exact, None, False, f"{type(e).__name__}: {e}")
+    for got, want in zip(values, exact, strict=True):
+      if not abs(got - want) <= EXAMPLE_TOLERANCE:
+        ok = False
+        detail.append(f"jaxsmx {got!r} vs exact {want!r}")
+  return ExampleResult(ex, exact, values, ok, "; ".join(detail))
+
+
+class _Module:
+  """``jaxsmx`` with some functions replaced (for tests)."""
+
+  def __init__(self, fns):
+    self._fns = dict(fns or {})
+
+  def __getattr__(self, name):
+    if name in self._fns:
+      return self._fns[name]
+    import jaxsmx
+
+    return getattr(jaxsmx, name)
+
+
+def build(
+    derivations: Sequence[Derivation] | None = None,
+    checks: Sequence[Numeric] | None = None,
+    fns: Mapping[str, Callable] | None = None,
+) -> Report:
+  """Re-derives everything: symbolic checks, numeric checks, examples.
+
+  Args:
+    derivations: default :func:`derivations.all_derivations`.
+    checks: numeric checks; default every check whose derivation is present.
+    fns: replacements for jaxsmx functions, by name (for tests).
+
+  Returns:
+    The report data, ready to render.
+  """
+  from derivations import all_derivations
+  from derivations.numeric import numeric_checks, run_numerics
+
+  derivations = tuple(all_derivations() if derivations is None else derivations)
+  by_key = {d.key: d for d in derivations}
+  if checks is None:
+    checks = [c for c in numeric_checks() if c.key in by_key]
+  results = run_numerics(checks, by_key, fns) if checks else []
+  by_derivation: dict[str, list[NumericResult]] = {}
+  for r in results:
+    by_derivation.setdefault(r.check.key, []).append(r)
+  sections = []
+  for d in derivations:
+    steps = _core.check_derivation(d)
+    examples = tuple(_run_example(ex, fns) for ex in d.examples)
+    sections.append(Section(d, steps, tuple(by_derivation.get(d.key, ())), examples))
+  return Report(tuple(sections))
+
+
+# ---------------------------------------------------------------------------
+# LaTeX of expressions.
+
+
+def tex(expr: sp.Basic) -> str:
+  """LaTeX of one displayed expression (chains on one line)."""
+  if isinstance(expr, sp.Tuple):
+    return r",\qquad ".join(tex(e) for e in expr)
+  return sp.latex(expr)
+
+
+def tex_block(expr: sp.Basic) -> str:
+  """LaTeX of a displayed step; long chains become an ``aligned`` block."""
+  if isinstance(expr, _core.Chain) and len(expr.args) >= 3:
+    first, *rest = expr.args
+    lines = [f"{sp.latex(first)} &= {sp.latex(rest[0])}"]
+    lines += [f"&= {sp.latex(e)}" for e in rest[1:]]
+    return "\\begin{aligned}\n" + " \\\\\n".join(lines) + "\n\\end{aligned}"
+  return tex(expr)
+
+
+def plain_sympy(expr: sp.Basic) -> str:
+  """The expression as SymPy source (display nodes unwrapped)."""
+  e = expr.replace(lambda x: isinstance(x, sp.UnevaluatedExpr), lambda x: x.args[0])
+  e = e.replace(lambda x: isinstance(x, _core.Display), lambda x: x.plain())
+  return sp.sstr(e)
+
+
+# ---------------------------------------------------------------------------
+# Markdown.
+
+_INTRO = """\
+This report is generated by `python -m derivations` from the derivations in
+[`derivations/`](.) and the jaxsmx package; do not edit it by hand. Each
+derivation is a list of steps, each step a SymPy expression with the checks
+that prove it. Rerunning the command re-derives and re-checks everything.
+
+How each step is checked:
+
+- **general n**: both sides are evaluated (definitions substituted,
+  derivatives taken with `sympy.diff` for symbolic $n$, with `IndexedBase`
+  and `Sum`), the sums over Kronecker deltas are closed by the targeted
+  rewriting in `derivations/_core.py`, and the difference must reduce to 0.
+  Free indices range over $1, \\dots, n$.
+- **n = 1..8 vs Matrix.jacobian**: the general result, specialised to each
+  concrete $n$, must equal the Jacobian (or `sympy.hessian`) of the explicit
+  function of $z_1, \\dots, z_n$, entry by entry.
+- **numeric**: the closed form is lambdified (`modules="jax"`) and compared
+  in float64 with `jax.jacrev`, `jax.grad`, `jax.hessian` or `jax.vjp` of the
+  jaxsmx function, which uses the hand-written `custom_vjp` rule, for
+  $n = 2, \\dots, 8$ at seeded random points. The tolerance is $10^{-10}$;
+  errors are shown as bounds so that the report is the same on every machine.
+
+Notation: $z$ logits, $a = \\operatorname{softmax}(z)$, $y$ labels (targets),
+$\\delta_{ij}$ the Kronecker delta, $g$ the cotangent a reverse-mode rule
+receives (a scalar per example for the losses) and $\\bar{x}$ the cotangent it
+returns for $x$.
+"""
+
+
+def _anchor(key: str) -> str:
+  return key.replace("_", "-")
+
+
+def _verdict_line(s: StepResult) -> str:
+  parts = []
+  for v in s.verdicts:
+    mark = "✅" if v.ok else "❌"
+    text = f"{mark} {v.method}"
+    if not v.ok and v.detail:
+      text += f" — {v.detail}"
+    parts.append(text)
+  return " · ".join(parts)
+
+
+def render_markdown(report: Report) -> str:
+  out: list[str] = []
+  w = out.append
+  n_steps = sum(len(s.checked_steps) for s in report.sections)
+  n_ok = sum(sum(st.ok for st in s.checked_steps) for s in report.sections)
+  numerics = [r for s in report.sections for r in s.numerics]
+  w("# jaxsmx derivation report\n")
+  w(_INTRO)
+  status = "✅ all checks pass" if report.ok else "❌ some checks FAIL"
+  w(
+      f"**Status: {status}.** {n_ok} of {n_steps} checked steps verified "
+      f"symbolically; {sum(r.ok for r in numerics)} of {len(numerics)} numeric "
+      "comparisons with jaxsmx within tolerance.\n"
+  )
+  w("## Contents\n")
+  for num, sec in enumerate(report.sections, 1):
+    d = sec.derivation
+    w(f"{num}. [{d.title}](#{_anchor(d.key)})")
+  w(f"{len(report.sections) + 1}. [Summary](#summary)\n")
+  for num, sec in enumerate(report.sections, 1):
+    _section_markdown(out, num, sec)
+  _summary_markdown(out, report)
+  return "\n".join(out).rstrip() + "\n"
+
+
+def _section_markdown(out: list[str], num: int, sec: Section) -> None:
+  w = out.append
+  d = sec.derivation
+  fns = ", ".join(f"`jaxsmx.{f}`" for f in d.functions)
+  w(f'<a id="{_anchor(d.key)}"></a>\n')
+  w(f"## {num}. {d.title}\n")
+  w(f"{fns}. {d.intro}\n")
+  if sec.examples:
+    _examples_markdown(out, sec.examples)
+  step_no = 0
+  for s in sec.steps:
+    step = s.step
+    if step.role == "vjp":
+      continue
+    step_no += 1
+    tag = "Definition" if step.role == "definition" else f"Step {step_no}"
+    label = f" {step.label}" if step.label else ""
+    w(f"**{tag}.**{label}\n")
+    w(f"$$\n{tex_block(step.expr)}\n$$\n")
+    if s.verdicts:
+      w(_verdict_line(s) + "\n")
+  vjps = [s for s in sec.steps if s.step.role == "vjp"]
+  if vjps:
+    w("### Reverse-mode rule\n")
+    w(
+        "The closed form jaxsmx's `custom_vjp` backward rule implements, "
+        "derived as $J^{\\mathsf T} g$ and proved equal to it:\n"
+    )
+    for s in vjps:
+      if s.step.label:
+        w(s.step.label + "\n")
+      w(f"$$\n{tex_block(s.step.expr)}\n$$\n")
+      w(f"As a SymPy expression: `{plain_sympy(s.step.formula)}`\n")
+      if s.verdicts:
+        w(_verdict_line(s) + "\n")
+  if sec.numerics:
+    w("### Numeric agreement with jaxsmx\n")
+    w("| Quantity | Compared with | n | Max abs error | |")
+    w("|---|---|---|---|---|")
+    for r in sec.numerics:
+      c = r.check
+      mark = "✅" if r.ok else "❌"
+      err = r.bucket if not r.error else f"{r.bucket}: {r.error}"
+      lo, hi = min(r.sizes), max(r.sizes)
+      w(f"| {c.what} | `{c.reference}` of `jaxsmx.{c.function}` | {lo}..{hi} | {err} | {mark} |")
+    w("")
+  mark = "✅" if sec.ok else "❌"
+  checked = sec.checked_steps
+  w(
+      f"**Verdict: {mark}** {sum(s.ok for s in checked)}/{len(checked)} steps "
+      f"verified; {sum(r.ok for r in sec.numerics)}/{len(sec.numerics)} numeric "
+      "checks agree.\n"
+  )
+
+
+def _examples_markdown(out: list[str], examples: Sequence[ExampleResult]) -> None:
+  w = out.append
+  w("**Worked examples from the seed.**\n")
+  w("| Example | Exact (SymPy) | Seed | jaxsmx (float64) | |")
+  w("|---|---|---|---|---|")
+  for e in examples:
+    ex = e.example
+    exact = ", ".join(f"{v:.4f}" for v in e.exact)
+    seed = ", ".join(f"{v:.4f}" for v in ex.seed) if ex.seed else "—"
+    got = ", ".join(f"{v:.4f}" for v in e.jaxsmx) if e.jaxsmx else "—"
+    mark = "✅" if e.ok else "❌"
+    call = f"<br>`{ex.call_text}`" if ex.call_text else ""
+    w(f"| {ex.label}{call} | {exact} | {seed} | {got} | {mark} |")
+  w("")
+
+
+def _summary_markdown(out: list[str], report: Report) -> None:
+  w = out.append
+  w('<a id="summary"></a>\n')
+  w("## Summary\n")
+  w("| Function | Identity | Symbolic check | Numeric max error | Verdict |")
+  w("|---|---|---|---|---|")
+  for sec in report.sections:
+    d = sec.derivation
+    checked = sec.checked_steps
+    sym = f"{sum(s.ok for s in checked)}/{len(checked)} steps"
+    mark = "✅ pass" if sec.ok else "❌ FAIL"
+    fns = ", ".join(f"`{f}`" for f in d.functions)
+    w(f"| [{fns}](#{_anchor(d.key)}) | ${tex(d.headline)}$ | {sym} | {sec.worst_numeric} | {mark} |")
+  w("")
+
+
+# ---------------------------------------------------------------------------
+# LaTeX.
+
+_TEX_TEXT = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "≠": r"$\neq$",
+    "δ": r"$\delta$",
+    "Σ": r"$\Sigma$",
+    "ℓ": r"$\ell$",
+    "α": r"$\alpha$",
+    "λ": r"$\lambda$",
+    "⌈": r"$\lceil$",
+    "⌉": r"$\rceil$",
+    "—": "---",
+    "✅": "pass",
+    "❌": "FAIL",
+}
+
+
+def _tex_text(text: str) -> str:
+  """Markdown prose (with inline ``$math$``) as LaTeX."""
+  parts = re.split(r"(\$[^$]+\$)", text)
+  out = []
+  for part in parts:
+    if part.startswith("$") and part.endswith("$") and len(part) > 1:
+      out.append(part)
+      continue
+    s = "".join(_TEX_TEXT.get(ch, ch) for ch in part)
+    s = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", s)
+    s = re.sub(r"`(.+?)`", r"\\texttt{\1}", s)
+    out.append(s)
+  return "".join(out)
+
+
+def render_latex(report: Report) -> str:
+  out: list[str] = []
+  w = out.append
+  w(r"\documentclass[11pt]{article}")
+  w(r"\usepackage{amsmath,amssymb}")
+  w(r"\usepackage[margin=2.2cm]{geometry}")
+  w(r"\usepackage{longtable}")
+  w(r"\title{jaxsmx derivation report}")
+  w(r"\date{}")
+  w(r"\begin{document}")
+  w(r"\maketitle")
+  status = "all checks pass" if report.ok else "some checks FAIL"
+  w(_tex_text(f"Generated by `python -m derivations`. Status: {status}.") + "\n")
+  for num, sec in enumerate(report.sections, 1):
+    d = sec.derivation
+    w(f"\\section{{{_tex_text(d.title)}}}")
+    fns = ", ".join(f"`jaxsmx.{f}`" for f in d.functions)
+    w(_tex_text(f"{fns}. {d.intro}") + "\n")
+    for e in sec.examples:
+      exact = ", ".join(f"{v:.4f}" for v in e.exact)
+      got = ", ".join(f"{v:.4f}" for v in e.jaxsmx) if e.jaxsmx else "---"
+      w(_tex_text(f"Example: {e.example.label} Exact {exact}; jaxsmx {got}.") + "\n")
+    step_no = 0
+    for s in sec.steps:
+      step = s.step
+      if step.role == "vjp":
+        tag = "Reverse-mode rule"
+      elif step.role == "definition":
+        tag = "Definition"
+      else:
+        step_no += 1
+        tag = f"Step {step_no}"
+      w(f"\\paragraph{{{tag}.}} " + _tex_text(step.label))
+      w("\\[\n" + tex_block(step.expr) + "\n\\]")
+      if s.verdicts:
+        w(_tex_text(_verdict_line(s)) + "\n")
+    if sec.numerics:
+      w(r"\begin{center}\begin{tabular}{llll}")
+      w(r"Quantity & Compared with & $n$ & Max abs error \\ \hline")
+      for r in sec.numerics:
+        c = r.check
+        err = _tex_text(r.bucket)
+        lo, hi = min(r.sizes), max(r.sizes)
+        w(_tex_text(f"{c.what} & `{c.reference}` of `{c.function}` & ") + f"{lo}--{hi} & {err} \\\\")
+      w(r"\end{tabular}\end{center}")
+  w(r"\section{Summary}")
+  w(r"\begin{longtable}{p{4cm}p{6.5cm}p{2cm}p{2cm}l}")
+  w(r"Function & Identity & Symbolic & Numeric & Verdict \\ \hline")
+  for sec in report.sections:
+    d = sec.derivation
+    checked = sec.checked_steps
+    sym = f"{sum(s.ok for s in checked)}/{len(checked)}"
+    fns = _tex_text(", ".join(d.functions))
+    verdict = "pass" if sec.ok else "FAIL"
+    w(f"{fns} & ${tex(d.headline)}$ & {sym} & {_tex_text(sec.worst_numeric)} & {verdict} \\\\")
+  w(r"\end{longtable}")
+  w(r"\end{document}")
+  return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# One-screen summary.
+
+
+def summary(report: Report) -> str:
+  lines = []
+  for sec in report.sections:
+    d = sec.derivation
+    checked = sec.checked_steps
+    mark = "ok  " if sec.ok else "FAIL"
+    errs = [r.max_error for r in sec.numerics if not r.error]
+    worst = f"{max(errs):.1e}" if errs else "  -    "
+    lines.append(
+        f"{mark} {d.key:30s} steps {sum(s.ok for s in checked):2d}/{len(checked):<2d}"
+        f"  numeric {sum(r.ok for r in sec.numerics)}/{len(sec.numerics)}"
+        f"  max err {worst}"
+    )
+  fails = report.failures
+  for f in fails[:10]:
+    lines.append(f"  FAIL {f}"[:160])
+  if len(fails) > 10:
+    lines.append(f"  ... and {len(fails) - 10} more")
+  return "\n".join(lines)
