@@ -12,6 +12,9 @@ What the subprocess checks, on a 2 x 4 ("data", "model") mesh, in JAX's
 * every public function under ``jax.jit`` with sharded inputs: values and
   VJPs equal one device's (rtol 1e-5), and the output and gradient shardings
   follow the inputs' (no silent replication);
+* every public function inside a user's ``jax.shard_map`` (rows split over
+  "data", ``w`` and the vocabulary-sized arrays invariant): the same values
+  and VJPs;
 * in the compiled HLO of value_and_grad of the integer-label and the linear
   cross-entropy, vocabulary-parallel, no collective has a result as large as
   a per-device logits block (N/dp x V/mp elements);
@@ -60,12 +63,15 @@ def test_every_function_sharded_on_8_simulated_devices():
   assert len(report["devices"]) == 8, report["devices"]
   names = [c["name"] for c in report["checks"]]
   # the cases that matter are there, in both modes
-  for mode in ("auto", "explicit"):
+  for mode in ("auto", "explicit", "shard_map"):
     for key in (
         "softmax_cross_entropy_with_integer_labels",
         "linear_softmax_cross_entropy",
+        "collectives of value_and_grad",
         "checker flags a careless all-gather",
     ):
+      if mode == "shard_map" and key.startswith(("collectives", "checker")):
+        continue
       assert any(n.startswith(f"{mode}: ") and key in n for n in names), (mode, key)
   failed = [c for c in report["checks"] if not c["ok"]]
   message = "\n".join(
