@@ -413,9 +413,7 @@ def main(argv: list[str]) -> int:
 
     if not report:
       for name, fn, diff, other, out_spec in _cases(jax, jnp, np, jaxsmx, P):
-        if name not in references:
-          references[name] = _reference(jax, np, fn, diff, other)
-        ref = references[name]
+        ref = _Reference(jax, np, fn, diff, other, references, name)
         _run(
             checks,
             f"{mode}: {name}",
@@ -455,6 +453,18 @@ def main(argv: list[str]) -> int:
     _print_table(hlo, checks)
     return 0 if all(c["ok"] for c in checks) else 1
   _run(checks, "README example: Scaling out", _readme_example, jax, np)
+  # the README's table of collectives, at the README's size
+  big: dict = {}
+  for name, fn, specs, argnums, block in _hlo_cases(
+      jax, jnp, np, jaxsmx, P, **_REPORT_SIZE
+  ):
+    _run(
+        checks,
+        f"README size: collectives of value_and_grad({name})",
+        _check_hlo,
+        *(jax, mesh, context, fn, specs, argnums, block, big, f"explicit: {name}"),
+    )
+  _run(checks, "README table of collectives matches the HLO", _readme_table, big)
   json.dump(result, sys.stdout, indent=1)
   print()
   return 0 if all(c["ok"] for c in checks) else 1
@@ -513,13 +523,22 @@ def _value_and_vjp(jax, fn):
   return value_and_vjp
 
 
-def _reference(jax, np, fn, diff, other):
-  """One device's value and VJP, for a fixed random cotangent."""
-  arrays = [a for a, _ in diff]
-  others = [a for a, _ in other]
-  out_shape = jax.eval_shape(fn, *arrays, *others)
-  ct = np.random.default_rng(1).standard_normal(out_shape.shape).astype(np.float32)
-  return ct, jax.jit(_value_and_vjp(jax, fn))(arrays, others, ct)
+class _Reference:
+  """One device's value and VJP, for a fixed random cotangent: computed once
+  per case, when a check first needs it (so that its failure is that check's)."""
+
+  def __init__(self, jax, np, fn, diff, other, cache, name):
+    self.args, self.cache, self.name = (jax, np, fn, diff, other), cache, name
+
+  def get(self):
+    if self.name not in self.cache:
+      jax, np, fn, diff, other = self.args
+      arrays = [a for a, _ in diff]
+      others = [a for a, _ in other]
+      shape = jax.eval_shape(fn, *arrays, *others).shape
+      ct = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+      self.cache[self.name] = ct, jax.jit(_value_and_vjp(jax, fn))(arrays, others, ct)
+    return self.cache[self.name]
 
 
 def _check_case(jax, np, mesh, put, context, fn, diff, other, out_spec, ref):
@@ -527,7 +546,7 @@ def _check_case(jax, np, mesh, put, context, fn, diff, other, out_spec, ref):
   from jax.sharding import NamedSharding
 
   value_and_vjp = _value_and_vjp(jax, fn)
-  ct, (want_out, want_grads) = ref
+  ct, (want_out, want_grads) = ref.get()
   with context():
     got_out, got_grads = jax.jit(value_and_vjp)(
         [put(a, s) for a, s in diff],
@@ -562,7 +581,7 @@ def _check_in_shard_map(jax, np, mesh, put, fn, diff, other, out_spec, ref):
     return P(*(None if e == "model" else e for e in spec))
 
   value_and_vjp = _value_and_vjp(jax, fn)
-  ct, (want_out, want_grads) = ref
+  ct, (want_out, want_grads) = ref.get()
   diff_specs = [local(s) for _, s in diff]
   other_specs = [local(s) for _, s in other]
   mapped = jax.shard_map(
@@ -621,18 +640,40 @@ def _flagged(jax, mesh, context, careless, specs, block, hlo, key):
   return bool(bad), {"flagged": bad}
 
 
-def _readme_example(jax, np):
-  """The README's "Scaling out" example runs as written (docs_scaling.md
-  until it is merged)."""
+def _scaling_out() -> str:
+  """The README's "Scaling out" section (docs_scaling.md until it is merged)."""
   import pathlib
 
   root = pathlib.Path(__file__).resolve().parents[1]
-  text = (root / "README.md").read_text()
-  section = re.search(r"^## Scaling out\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+  pattern = r"^## Scaling out\n(.*?)(?=^## |\Z)"
+  section = re.search(pattern, (root / "README.md").read_text(), re.S | re.M)
   if section is None:
-    text = (root / "docs_scaling.md").read_text()
-    section = re.search(r"^## Scaling out\n(.*?)(?=^## |\Z)", text, re.S | re.M)
-  code = re.search(r"```python\n(.*?)```", section.group(1), re.S).group(1)
+    section = re.search(pattern, (root / "docs_scaling.md").read_text(), re.S | re.M)
+  return section.group(1)
+
+
+def _readme_table(hlo: dict):
+  """The README's table of collectives lists what the HLO has: the same
+  (function, mesh axis, size) rows, in any order."""
+  rows, fn = [], None
+  for line in _scaling_out().splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if not line.startswith("|") or len(cells) != 5 or cells[1] in ("collective", "---"):
+      continue
+    fn = cells[0].strip("`") or fn
+    rows.append((fn, cells[2], cells[4]))
+  over = {DP: "data", MP: "model", DP * MP: "all", 0: "all"}
+  want = [
+      (key.split(": ", 1)[1], over.get(c["devices"], "?"), _size(c["bytes"]))
+      for key, entry in hlo.items()
+      for c in entry["collectives"]
+  ]
+  return sorted(rows) == sorted(want), {"readme": sorted(rows), "hlo": sorted(want)}
+
+
+def _readme_example(jax, np):
+  """The README's "Scaling out" example runs as written."""
+  code = re.search(r"```python\n(.*?)```", _scaling_out(), re.S).group(1)
   scope: dict = {}
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
