@@ -8,9 +8,10 @@ checks run in their own process: ``tests/test_sharding.py`` starts
 which sets ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before it
 imports jax, runs every case on a 2 x 4 ("data", "model") mesh, in both of
 JAX's sharding modes (``auto``: jit with NamedSharding inputs, XLA propagates;
-``explicit``: shardings in the types, under ``jax.set_mesh``), and prints one
-JSON object: a list of checks, each ``{"name", "ok", "detail"}``, and the
-collectives found in the compiled HLO of the cases that are checked for them.
+``explicit``: shardings in the types, under ``jax.set_mesh``) and inside a
+user's ``shard_map``, and prints one JSON object: a list of checks, each
+``{"name", "ok", "detail", "seconds"}``, and the collectives found in the
+compiled HLO of the cases that are checked for them.
 
 ``--report`` prints, instead, the collectives of value_and_grad of the two
 cross-entropies at a realistic size (the numbers quoted in the README).
