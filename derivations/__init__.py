@@ -25,17 +25,17 @@ def all_derivations() -> tuple[Derivation, ...]:
   ls = {d.key: d for d in losses.derivations()}
   en = {d.key: d for d in entropy.derivations()}
   return (
-      sm["softmax"],
-      sm["log_softmax"],
-      sm["logsumexp"],
-      ls["softmax_cross_entropy"],
-      ls["label_smoothing"],
-      en["softmax_entropy"],
-      en["entropy"],
-      en["cross_entropy"],
-      en["kl_divergence"],
-      ls["sigmoid_binary_cross_entropy"],
-      ls["linear_softmax_cross_entropy"],
+    sm["softmax"],
+    sm["log_softmax"],
+    sm["logsumexp"],
+    ls["softmax_cross_entropy"],
+    ls["label_smoothing"],
+    en["softmax_entropy"],
+    en["entropy"],
+    en["cross_entropy"],
+    en["kl_divergence"],
+    ls["sigmoid_binary_cross_entropy"],
+    ls["linear_softmax_cross_entropy"],
   )
 
 

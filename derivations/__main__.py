@@ -24,11 +24,11 @@ def render(report, fmt: str) -> str:
 
 
 def main(
-    argv: Sequence[str] | None = None,
-    *,
-    derivations=None,
-    checks=None,
-    fns: Mapping[str, Callable] | None = None,
+  argv: Sequence[str] | None = None,
+  *,
+  derivations=None,
+  checks=None,
+  fns: Mapping[str, Callable] | None = None,
 ) -> int:
   """The command line, callable with injected derivations (for tests).
 
@@ -42,14 +42,20 @@ def main(
     The exit status.
   """
   parser = argparse.ArgumentParser(
-      prog="python -m derivations",
-      description="Re-derive every jaxsmx gradient with SymPy, check it "
-      "against jaxsmx numerically and write the derivation report.",
+    prog="python -m derivations",
+    description="Re-derive every jaxsmx gradient with SymPy, check it "
+    "against jaxsmx numerically and write the derivation report.",
   )
-  parser.add_argument("--out", type=pathlib.Path, help="where to write (default derivations/REPORT.md or .tex)")
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    help="where to write (default derivations/REPORT.md or .tex)",
+  )
   parser.add_argument("--format", choices=("markdown", "latex"), default="markdown")
   parser.add_argument(
-      "--check", action="store_true", help="write nothing; exit 2 if the report on disk is stale"
+    "--check",
+    action="store_true",
+    help="write nothing; exit 2 if the report on disk is stale",
   )
   args = parser.parse_args(argv)
 

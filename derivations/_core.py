@@ -132,7 +132,7 @@ class SumNe(Display):
   def _latex_body(self, printer):
     body, jj, ii = self.args
     b = printer._print(body)
-    if isinstance(body, sp.Add):
+    if isinstance(body, sp.Add | Terms) or b.lstrip().startswith("-"):
       b = rf"\left({b}\right)"
     return rf"\sum_{{{printer._print(jj)} \neq {printer._print(ii)}}} {b}"
 
@@ -167,7 +167,7 @@ def _group(printer, e: sp.Basic, first: bool = False) -> str:
   s = printer._print(e)
   if isinstance(e, sp.UnevaluatedExpr):
     e = e.args[0]
-  if isinstance(e, sp.Add) or (not first and s.lstrip().startswith("-")):
+  if isinstance(e, sp.Add | Terms) or (not first and s.lstrip().startswith("-")):
     return rf"\left({s}\right)"
   return s
 
@@ -177,7 +177,7 @@ class Prod(Display):
 
   def _latex_body(self, printer):
     return r" \cdot ".join(
-        _group(printer, e, first=(r == 0)) for r, e in enumerate(self.args)
+      _group(printer, e, first=(r == 0)) for r, e in enumerate(self.args)
     )
 
   def plain(self):
@@ -275,9 +275,7 @@ class At(_Printed, sp.Function):
 
   def _latex_body(self, printer):
     expr, pairs = self.args
-    at = r",\ ".join(
-        f"{printer._print(o)} = {printer._print(v)}" for o, v in pairs
-    )
+    at = r",\ ".join(f"{printer._print(o)} = {printer._print(v)}" for o, v in pairs)
     return rf"\left. {printer._print(expr)} \right|_{{{at}}}"
 
 
@@ -367,9 +365,7 @@ def evaluate(expr: sp.Basic, ctx: Context) -> sp.Basic:
   with a :math:`(1 - \\delta)` factor, differentiates every :class:`D` and
   :class:`D2` (innermost first) and substitutes the context's definitions.
   """
-  expr = expr.replace(
-      lambda e: isinstance(e, sp.UnevaluatedExpr), lambda e: e.args[0]
-  )
+  expr = expr.replace(lambda e: isinstance(e, sp.UnevaluatedExpr), lambda e: e.args[0])
   expr = expr.replace(lambda e: isinstance(e, Display), lambda e: e.plain())
 
   def derivative(node):
@@ -384,8 +380,8 @@ def evaluate(expr: sp.Basic, ctx: Context) -> sp.Basic:
   # Bottom-up: replace() visits the innermost D nodes first.
   expr = expr.replace(lambda e: isinstance(e, D | D2), derivative)
   expr = expr.replace(
-      lambda e: isinstance(e, At),
-      lambda e: e.args[0].xreplace({o: v for o, v in e.args[1]}),
+    lambda e: isinstance(e, At),
+    lambda e: e.args[0].xreplace({o: v for o, v in e.args[1]}),
   )
   return ctx.substitute(expr)
 
@@ -472,9 +468,9 @@ def _merge_deltas(expr: sp.Expr) -> sp.Expr:
     for term in sp.Add.make_args(expr):
       factors = sp.Mul.make_args(term)
       deltas = [
-          f
-          for f in factors
-          if isinstance(f, sp.KroneckerDelta) and all(x.is_Symbol for x in f.args)
+        f
+        for f in factors
+        if isinstance(f, sp.KroneckerDelta) and all(x.is_Symbol for x in f.args)
       ]
       if not deltas:
         out.append(term)
@@ -493,13 +489,13 @@ def _merge_deltas(expr: sp.Expr) -> sp.Expr:
 def _together_in_logs(expr: sp.Expr) -> sp.Expr:
   """``log(1 - 1/(1 + e^{-z}))`` as ``log(e^{-z}/(1 + e^{-z}))``."""
   return expr.replace(
-      lambda e: isinstance(e, sp.log) and not e.args[0].has(sp.Sum),
-      lambda e: sp.log(sp.together(e.args[0])),
+    lambda e: isinstance(e, sp.log) and not e.args[0].has(sp.Sum),
+    lambda e: sp.log(sp.together(e.args[0])),
   )
 
 
 def normal_form(expr: sp.Expr, assume: Sequence[Assumption] = ()) -> sp.Expr:
-  """A normal form under which equal expressions become the same object.
+  r"""A normal form under which equal expressions become the same object.
 
   Expands logs of products (:math:`\log(e^{z}/S) = z - \log S`), closes the
   sums, names bound indices canonically, applies the assumptions (pairs
@@ -507,9 +503,7 @@ def normal_form(expr: sp.Expr, assume: Sequence[Assumption] = ()) -> sp.Expr:
   numerator over a common denominator and lets each free Kronecker delta
   identify its two indices in the rest of its term.
   """
-  assume = [
-      (canonical_dummies(close_sums(sp.expand(old))), new) for old, new in assume
-  ]
+  assume = [(canonical_dummies(close_sums(sp.expand(old))), new) for old, new in assume]
 
   def apply(e):
     for old, new in assume:
@@ -555,10 +549,10 @@ def concretize(expr: sp.Basic) -> sp.Basic:
     return sp.Symbol(f"{e.base.label.name}{int(idx)}", **assumptions)
 
   return expr.replace(
-      lambda e: isinstance(e, sp.Indexed)
-      and len(e.indices) == 1
-      and e.indices[0].is_Integer,
-      plain,
+    lambda e: (
+      isinstance(e, sp.Indexed) and len(e.indices) == 1 and e.indices[0].is_Integer
+    ),
+    plain,
   )
 
 
@@ -571,22 +565,26 @@ def expand_finite_sums(expr: sp.Basic) -> sp.Basic:
   def write_out(s):
     body = s.function
     for idx, lo, hi in reversed(s.limits):
-      body = sp.Add(*[body.xreplace({idx: sp.Integer(v)}) for v in range(int(lo), int(hi) + 1)])
+      body = sp.Add(
+        *[body.xreplace({idx: sp.Integer(v)}) for v in range(int(lo), int(hi) + 1)]
+      )
     return body
 
   return expr.replace(
-      lambda e: isinstance(e, sp.Sum)
-      and all(lo.is_Integer and hi.is_Integer for _, lo, hi in e.limits),
-      write_out,
+    lambda e: (
+      isinstance(e, sp.Sum)
+      and all(lo.is_Integer and hi.is_Integer for _, lo, hi in e.limits)
+    ),
+    write_out,
   )
 
 
 def specialise_matrix(
-    entry: sp.Expr,
-    ctx: Context,
-    size: int,
-    index: Sequence[sp.Symbol],
-    extra: Mapping[sp.Symbol, int] | None = None,
+  entry: sp.Expr,
+  ctx: Context,
+  size: int,
+  index: Sequence[sp.Symbol],
+  extra: Mapping[sp.Symbol, int] | None = None,
 ) -> sp.Matrix:
   """The general-n ``entry`` at ``n = size``, as a ``Matrix`` over ``index``.
 
@@ -594,7 +592,13 @@ def specialise_matrix(
   out, the free indices set to 1..size (Kronecker deltas then evaluate) and
   ``z[3]`` becomes the plain symbol ``z3`` of :func:`vec`.
   """
-  key = (entry, tuple(ctx.defs.items()), size, tuple(index), tuple(sorted((extra or {}).items(), key=str)))
+  key = (
+    entry,
+    tuple(ctx.defs.items()),
+    size,
+    tuple(index),
+    tuple(sorted((extra or {}).items(), key=str)),
+  )
   if key in _SPECIALISED:
     return _SPECIALISED[key]
   if len(_SPECIALISED) > 1024:
@@ -623,9 +627,9 @@ def _specialise_matrix(entry, ctx, size, index, extra):
 def _fill(e: sp.Expr, values: Mapping[sp.Symbol, int]) -> sp.Expr:
   e = e.xreplace({s: sp.Integer(v) for s, v in values.items()})
   plain = {
-      x: sp.Symbol(f"{x.base.label.name}{int(x.indices[0])}", **x.base.label.assumptions0)
-      for x in e.atoms(sp.Indexed)
-      if len(x.indices) == 1 and x.indices[0].is_Integer
+    x: sp.Symbol(f"{x.base.label.name}{int(x.indices[0])}", **x.base.label.assumptions0)
+    for x in e.atoms(sp.Indexed)
+    if len(x.indices) == 1 and x.indices[0].is_Integer
   }
   return e.xreplace(plain)
 
@@ -757,11 +761,13 @@ class Concrete(Check):
       mine = specialise_matrix(rhs, ctx, size, self.index, extra)
       ref = self.reference(size)
       if ref.shape != mine.shape:
-        return Verdict(False, self._method(), f"n={size}: shape {mine.shape} vs {ref.shape}")
+        return Verdict(
+          False, self._method(), f"n={size}: shape {mine.shape} vs {ref.shape}"
+        )
       for r, c in itertools.product(range(ref.rows), range(ref.cols)):
         if not concrete_zero(mine[r, c] - ref[r, c]):
           return Verdict(
-              False, self._method(), f"n={size}, entry ({r + 1}, {c + 1}) differs"
+            False, self._method(), f"n={size}, entry ({r + 1}, {c + 1}) differs"
           )
     return Verdict(True, self._method())
 
@@ -834,6 +840,7 @@ class Step:
     name: a handle by which numeric checks find the step's formula.
     role: ``"definition"``, ``"step"``, ``"result"`` (a closed form the
       library relies on) or ``"vjp"`` (the formula a bwd rule implements).
+    tag: a heading that replaces the step number, e.g. "Seed step 1".
   """
 
   label: str
@@ -842,6 +849,7 @@ class Step:
   ctx: Context | None = None
   name: str = ""
   role: str = "step"
+  tag: str = ""
 
   @property
   def formula(self) -> sp.Expr:
@@ -918,7 +926,7 @@ def check_step(step: Step, ctx: Context) -> StepResult:
       verdicts.append(check.run(step, step.ctx or ctx))
     except Exception as e:  # report, do not crash the whole run
       verdicts.append(
-          Verdict(False, type(check).__name__, f"{type(e).__name__}: {e}"[:300])
+        Verdict(False, type(check).__name__, f"{type(e).__name__}: {e}"[:300])
       )
   return StepResult(step, tuple(verdicts))
 

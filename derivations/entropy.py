@@ -5,36 +5,36 @@ from __future__ import annotations
 import sympy as sp
 
 from derivations._core import (
-    D,
-    D2,
-    Chain,
-    Concrete,
-    Context,
-    Derivation,
-    Dot,
-    General,
-    Limit,
-    Prod,
-    Step,
-    Terms,
-    a,
-    at,
-    eq,
-    explicit_softmax,
-    gradient,
-    i,
-    j,
-    k,
-    label,
-    lp,
-    named,
-    p,
-    q,
-    softmax_of,
-    summation,
-    t,
-    vec,
-    z,
+  D2,
+  Chain,
+  Concrete,
+  Context,
+  D,
+  Derivation,
+  Dot,
+  General,
+  Limit,
+  Prod,
+  Step,
+  Terms,
+  a,
+  at,
+  eq,
+  explicit_softmax,
+  gradient,
+  i,
+  j,
+  k,
+  label,
+  lp,
+  named,
+  p,
+  q,
+  softmax_of,
+  summation,
+  t,
+  vec,
+  z,
 )
 
 delta = sp.KroneckerDelta
@@ -53,8 +53,8 @@ def _cross(*bases):
 # softmax_entropy
 
 SOFTMAX_ENTROPY_CTX = Context(
-    {a: softmax_of(z), H: -summation(a[k] * sp.log(a[k]))},
-    "a = softmax(z), H = -Σ a log a",
+  {a: softmax_of(z), H: -summation(a[k] * sp.log(a[k]))},
+  "a = softmax(z), H = -Σ a log a",
 )
 
 
@@ -67,107 +67,107 @@ def _softmax_entropy_explicit(size: int) -> sp.Expr:
 
 
 def softmax_entropy_derivation() -> Derivation:
-  big_l = lambda idx: sp.log(a[idx]) + H  # noqa: E731
+  big_l = lambda idx: sp.log(a[idx]) + H
   hess = Terms(
-      -delta(i, j) * a[i] * (big_l(i) + 1),
-      a[i] * a[j] * (big_l(i) + big_l(j) + 1),
+    -delta(i, j) * a[i] * (big_l(i) + 1),
+    a[i] * a[j] * (big_l(i) + big_l(j) + 1),
   )
   steps = (
-      Step(
-          "The entropy of the softmax of the logits.",
-          eq(H, -summation(a[k] * sp.log(a[k]))),
-          role="definition",
+    Step(
+      "The entropy of the softmax of the logits.",
+      eq(H, -summation(a[k] * sp.log(a[k]))),
+      role="definition",
+    ),
+    Step(
+      "The log-softmax derivative (see that section).",
+      eq(D(sp.log(a[k]), z[i]), delta(i, k) - a[i]),
+      (General(),),
+    ),
+    Step(
+      "The product rule inside the sum.",
+      eq(
+        D(H, z[i]),
+        -summation(
+          Terms(Dot(D(a[k], z[i]), sp.log(a[k])), Dot(a[k], D(sp.log(a[k]), z[i]))),
+        ),
       ),
-      Step(
-          "The log-softmax derivative (see that section).",
-          eq(D(sp.log(a[k]), z[i]), delta(i, k) - a[i]),
-          (General(),),
+      (General(),),
+    ),
+    Step(
+      "Insert $\\partial a_k / \\partial z_i = a_k (\\delta_{ik} - a_i)$ "
+      "and the line above.",
+      eq(
+        D(H, z[i]),
+        Terms(
+          -summation(Prod(a[k], delta(i, k) - a[i], sp.log(a[k]))),
+          -summation(Prod(a[k], delta(i, k) - a[i])),
+        ),
       ),
-      Step(
-          "The product rule inside the sum.",
-          eq(
-              D(H, z[i]),
-              -summation(
-                  Terms(Dot(D(a[k], z[i]), sp.log(a[k])), Dot(a[k], D(sp.log(a[k]), z[i]))),
-              ),
-          ),
-          (General(),),
+      (General(),),
+    ),
+    Step(
+      "The second sum vanishes because the probabilities sum to one.",
+      Chain(
+        summation(Prod(a[k], delta(i, k) - a[i])),
+        Terms(a[i], -a[i] * summation(a[k])),
+        0,
       ),
-      Step(
-          "Insert $\\partial a_k / \\partial z_i = a_k (\\delta_{ik} - a_i)$ "
-          "and the line above.",
-          eq(
-              D(H, z[i]),
-              Terms(
-                  -summation(Prod(a[k], delta(i, k) - a[i], sp.log(a[k]))),
-                  -summation(Prod(a[k], delta(i, k) - a[i])),
-              ),
-          ),
-          (General(),),
+      (General(),),
+    ),
+    Step(
+      "The first sum gives the closed form.",
+      Chain(
+        D(H, z[i]),
+        Terms(-a[i] * sp.log(a[i]), a[i] * summation(a[k] * sp.log(a[k]))),
+        -Dot(a[i], sp.log(a[i]) + H),
       ),
-      Step(
-          "The second sum vanishes because the probabilities sum to one.",
-          Chain(
-              summation(Prod(a[k], delta(i, k) - a[i])),
-              Terms(a[i], -a[i] * summation(a[k])),
-              0,
-          ),
-          (General(),),
+      (
+        General(),
+        Concrete(
+          lambda size: gradient(_softmax_entropy_explicit(size), vec(z, size)),
+          (i,),
+        ),
       ),
-      Step(
-          "The first sum gives the closed form.",
-          Chain(
-              D(H, z[i]),
-              Terms(-a[i] * sp.log(a[i]), a[i] * summation(a[k] * sp.log(a[k]))),
-              -Dot(a[i], sp.log(a[i]) + H),
-          ),
-          (
-              General(),
-              Concrete(
-                  lambda size: gradient(_softmax_entropy_explicit(size), vec(z, size)),
-                  (i,),
-              ),
-          ),
-          name="grad",
-          role="result",
+      name="grad",
+      role="result",
+    ),
+    Step(
+      "**Second order.** Differentiate again with the same three facts; "
+      "with $L_i = \\log a_i + H$ the Hessian is symmetric.",
+      eq(D2(H, z[i], z[j]), hess),
+      (
+        General(),
+        Concrete(
+          lambda size: sp.hessian(_softmax_entropy_explicit(size), vec(z, size)),
+          (i, j),
+          sizes=tuple(range(1, 7)),
+          what="sympy.hessian",
+        ),
       ),
-      Step(
-          "**Second order.** Differentiate again with the same three facts; "
-          "with $L_i = \\log a_i + H$ the Hessian is symmetric.",
-          eq(D2(H, z[i], z[j]), hess),
-          (
-              General(),
-              Concrete(
-                  lambda size: sp.hessian(_softmax_entropy_explicit(size), vec(z, size)),
-                  (i, j),
-                  sizes=tuple(range(1, 7)),
-                  what="sympy.hessian",
-              ),
-          ),
-          name="hessian",
-          role="result",
-      ),
-      Step(
-          "The VJP scales the gradient by the per-slice cotangent.",
-          Chain(label(r"\bar{z}_{i}"), gs * D(H, z[i]), -Dot(gs, a[i], sp.log(a[i]) + H)),
-          (General(),),
-          name="vjp",
-          role="vjp",
-      ),
+      name="hessian",
+      role="result",
+    ),
+    Step(
+      "The VJP scales the gradient by the per-slice cotangent.",
+      Chain(label(r"\bar{z}_{i}"), gs * D(H, z[i]), -Dot(gs, a[i], sp.log(a[i]) + H)),
+      (General(),),
+      name="vjp",
+      role="vjp",
+    ),
   )
   return Derivation(
-      key="softmax_entropy",
-      title="Softmax entropy",
-      functions=("softmax_entropy",),
-      intro=(
-          "The entropy of a softmax output, as a function of the logits. "
-          "The same three facts as the seed's derivation (the softmax "
-          "Jacobian, the log-softmax Jacobian, and $\\sum_k a_k = 1$) give "
-          "its gradient and Hessian."
-      ),
-      ctx=SOFTMAX_ENTROPY_CTX,
-      steps=steps,
-      headline=eq(D(H, z[i]), -Dot(a[i], sp.log(a[i]) + H)),
+    key="softmax_entropy",
+    title="Softmax entropy",
+    functions=("softmax_entropy",),
+    intro=(
+      "The entropy of a softmax output, as a function of the logits. "
+      "The same three facts as the seed's derivation (the softmax "
+      "Jacobian, the log-softmax Jacobian, and $\\sum_k a_k = 1$) give "
+      "its gradient and Hessian."
+    ),
+    ctx=SOFTMAX_ENTROPY_CTX,
+    steps=steps,
+    headline=eq(D(H, z[i]), -Dot(a[i], sp.log(a[i]) + H)),
   )
 
 
@@ -175,8 +175,8 @@ def softmax_entropy_derivation() -> Derivation:
 # entropy(p)
 
 PROBS_CTX = Context(
-    {ENT: _cross, KL: lambda lb, tb: summation(tb[k] * (sp.log(tb[k]) - lb[k]))},
-    "H(p) = -Σ p log p, H(p, q) = -Σ p log q",
+  {ENT: _cross, KL: lambda lb, tb: summation(tb[k] * (sp.log(tb[k]) - lb[k]))},
+  "H(p) = -Σ p log p, H(p, q) = -Σ p log q",
 )
 
 
@@ -188,56 +188,62 @@ def entropy_derivation() -> Derivation:
   hp = named(ENT, p)
   x = sp.Symbol("x", positive=True)
   steps = (
-      Step("The Shannon entropy of a distribution $p$.", eq(hp, -summation(p[k] * sp.log(p[k]))), role="definition"),
-      Step(
-          "The convention $0 \\log 0 = 0$ is a limit, so a zero probability "
-          "contributes nothing and the function is continuous there.",
-          eq(sp.Limit(x * sp.log(x), x, 0, "+"), 0),
-          (Limit(),),
+    Step(
+      "The Shannon entropy of a distribution $p$.",
+      eq(hp, -summation(p[k] * sp.log(p[k]))),
+      role="definition",
+    ),
+    Step(
+      "The convention $0 \\log 0 = 0$ is a limit, so a zero probability "
+      "contributes nothing and the function is continuous there.",
+      eq(sp.Limit(x * sp.log(x), x, 0, "+"), 0),
+      (Limit(),),
+    ),
+    Step(
+      "Only the $k = i$ term depends on $p_i$.",
+      eq(D(hp, p[i]), -(sp.log(p[i]) + 1)),
+      (
+        General(),
+        Concrete(lambda size: gradient(_entropy_explicit(size), vec(p, size)), (i,)),
       ),
-      Step(
-          "Only the $k = i$ term depends on $p_i$.",
-          eq(D(hp, p[i]), -(sp.log(p[i]) + 1)),
-          (General(), Concrete(lambda size: gradient(_entropy_explicit(size), vec(p, size)), (i,))),
-          name="grad",
-          role="result",
+      name="grad",
+      role="result",
+    ),
+    Step(
+      "The gradient is unbounded at $p_i = 0$, where the entropy is still finite.",
+      eq(sp.Limit(-(sp.log(x) + 1), x, 0, "+"), sp.oo),
+      (Limit(),),
+    ),
+    Step(
+      "The Hessian is diagonal and negative: entropy is concave.",
+      eq(D2(hp, p[i], p[j]), -delta(i, j) / p[i]),
+      (
+        General(),
+        Concrete(
+          lambda size: sp.hessian(_entropy_explicit(size), vec(p, size)),
+          (i, j),
+          what="sympy.hessian",
+        ),
       ),
-      Step(
-          "The gradient is unbounded at $p_i = 0$, where the entropy is still "
-          "finite.",
-          eq(sp.Limit(-(sp.log(x) + 1), x, 0, "+"), sp.oo),
-          (Limit(),),
-      ),
-      Step(
-          "The Hessian is diagonal and negative: entropy is concave.",
-          eq(D2(hp, p[i], p[j]), -delta(i, j) / p[i]),
-          (
-              General(),
-              Concrete(
-                  lambda size: sp.hessian(_entropy_explicit(size), vec(p, size)),
-                  (i, j),
-                  what="sympy.hessian",
-              ),
-          ),
-          name="hessian",
-          role="result",
-      ),
-      Step(
-          "The VJP.",
-          Chain(label(r"\bar{p}_{i}"), gs * D(hp, p[i]), -Dot(gs, sp.log(p[i]) + 1)),
-          (General(),),
-          name="vjp",
-          role="vjp",
-      ),
+      name="hessian",
+      role="result",
+    ),
+    Step(
+      "The VJP.",
+      Chain(label(r"\bar{p}_{i}"), gs * D(hp, p[i]), -Dot(gs, sp.log(p[i]) + 1)),
+      (General(),),
+      name="vjp",
+      role="vjp",
+    ),
   )
   return Derivation(
-      key="entropy",
-      title="Entropy",
-      functions=("entropy",),
-      intro="The seed's $H(p) = -\\sum_i p_i \\log p_i$, on probabilities.",
-      ctx=PROBS_CTX,
-      steps=steps,
-      headline=eq(D(hp, p[i]), -(sp.log(p[i]) + 1)),
+    key="entropy",
+    title="Entropy",
+    functions=("entropy",),
+    intro="The seed's $H(p) = -\\sum_i p_i \\log p_i$, on probabilities.",
+    ctx=PROBS_CTX,
+    steps=steps,
+    headline=eq(D(hp, p[i]), -(sp.log(p[i]) + 1)),
   )
 
 
@@ -247,7 +253,7 @@ def entropy_derivation() -> Derivation:
 
 def _cross_explicit(size: int) -> sp.Expr:
   return -sum(
-      pv * sp.log(qv) for pv, qv in zip(vec(p, size), vec(q, size), strict=True)
+    pv * sp.log(qv) for pv, qv in zip(vec(p, size), vec(q, size), strict=True)
   )
 
 
@@ -256,70 +262,76 @@ def cross_entropy_derivation() -> Derivation:
   lag = sp.Symbol(r"\mathcal{L}")
   lam = sp.Symbol(r"\lambda", real=True)
   lagrange_ctx = Context(
-      {**PROBS_CTX.defs, lag: hpq + lam * (summation(q[k]) - 1)},
+    {**PROBS_CTX.defs, lag: hpq + lam * (summation(q[k]) - 1)},
   )
   steps = (
-      Step(
-          "The cross-entropy of an estimate $q$ against the true $p$.",
-          eq(hpq, -summation(p[k] * sp.log(q[k]))),
-          role="definition",
+    Step(
+      "The cross-entropy of an estimate $q$ against the true $p$.",
+      eq(hpq, -summation(p[k] * sp.log(q[k]))),
+      role="definition",
+    ),
+    Step(
+      "With respect to the true distribution.",
+      eq(D(hpq, p[i]), -sp.log(q[i])),
+      (
+        General(),
+        Concrete(lambda size: gradient(_cross_explicit(size), vec(p, size)), (i,)),
       ),
-      Step(
-          "With respect to the true distribution.",
-          eq(D(hpq, p[i]), -sp.log(q[i])),
-          (General(), Concrete(lambda size: gradient(_cross_explicit(size), vec(p, size)), (i,))),
-          name="grad_p",
-          role="result",
+      name="grad_p",
+      role="result",
+    ),
+    Step(
+      "With respect to the estimate.",
+      eq(D(hpq, q[i]), -p[i] / q[i]),
+      (
+        General(),
+        Concrete(lambda size: gradient(_cross_explicit(size), vec(q, size)), (i,)),
       ),
-      Step(
-          "With respect to the estimate.",
-          eq(D(hpq, q[i]), -p[i] / q[i]),
-          (General(), Concrete(lambda size: gradient(_cross_explicit(size), vec(q, size)), (i,))),
-          name="grad_q",
-          role="result",
-      ),
-      Step(
-          "The seed's remark: over distributions $q$ the minimum is at "
-          "$q = p$. With a multiplier for $\\sum_k q_k = 1$, the Lagrangian "
-          "$\\mathcal{L} = H(p, q) + \\lambda (\\sum_k q_k - 1)$ is stationary "
-          "there, with $\\lambda = 1$ ...",
-          eq(at(D(lag, q[i]), (q, p), (lam, 1)), 0),
-          (General(),),
-          ctx=lagrange_ctx,
-      ),
-      Step(
-          "... the Hessian in $q$ is positive definite, so it is a minimum ...",
-          eq(D2(hpq, q[i], q[j]), delta(i, j) * p[i] / q[i] ** 2),
-          (General(),),
-      ),
-      Step(
-          "... and its value is the entropy.",
-          eq(at(hpq, (q, p)), named(ENT, p)),
-          (General(),),
-      ),
-      Step(
-          "The VJPs.",
-          Chain(label(r"\bar{p}_{i}"), gs * D(hpq, p[i]), -gs * sp.log(q[i])),
-          (General(),),
-          name="vjp_p",
-          role="vjp",
-      ),
-      Step(
-          "",
-          Chain(label(r"\bar{q}_{i}"), gs * D(hpq, q[i]), -gs * p[i] / q[i]),
-          (General(),),
-          name="vjp_q",
-          role="vjp",
-      ),
+      name="grad_q",
+      role="result",
+    ),
+    Step(
+      "The seed's remark: over distributions $q$ the minimum is at "
+      "$q = p$. With a multiplier for $\\sum_k q_k = 1$, the Lagrangian "
+      "$\\mathcal{L} = H(p, q) + \\lambda (\\sum_k q_k - 1)$ is stationary "
+      "there, with $\\lambda = 1$ ...",
+      eq(at(D(lag, q[i]), (q, p), (lam, 1)), 0),
+      (General(),),
+      ctx=lagrange_ctx,
+    ),
+    Step(
+      "... the Hessian in $q$ is positive definite, so it is a minimum ...",
+      eq(D2(hpq, q[i], q[j]), delta(i, j) * p[i] / q[i] ** 2),
+      (General(),),
+    ),
+    Step(
+      "... and its value is the entropy.",
+      eq(at(hpq, (q, p)), named(ENT, p)),
+      (General(),),
+    ),
+    Step(
+      "The VJPs.",
+      Chain(label(r"\bar{p}_{i}"), gs * D(hpq, p[i]), -gs * sp.log(q[i])),
+      (General(),),
+      name="vjp_p",
+      role="vjp",
+    ),
+    Step(
+      "",
+      Chain(label(r"\bar{q}_{i}"), gs * D(hpq, q[i]), -gs * p[i] / q[i]),
+      (General(),),
+      name="vjp_q",
+      role="vjp",
+    ),
   )
   return Derivation(
-      key="cross_entropy",
-      title="Cross-entropy of two distributions",
-      functions=("cross_entropy",),
-      intro="The seed's $H(p, q) = -\\sum_i p_i \\log q_i$, on probabilities.",
-      ctx=PROBS_CTX,
-      steps=steps,
-      headline=eq(D(hpq, q[i]), -p[i] / q[i]),
+    key="cross_entropy",
+    title="Cross-entropy of two distributions",
+    functions=("cross_entropy",),
+    intro="The seed's $H(p, q) = -\\sum_i p_i \\log q_i$, on probabilities.",
+    ctx=PROBS_CTX,
+    steps=steps,
+    headline=eq(D(hpq, q[i]), -p[i] / q[i]),
   )
 
 
@@ -329,7 +341,7 @@ def cross_entropy_derivation() -> Derivation:
 
 def _kl_explicit(size: int) -> sp.Expr:
   return sum(
-      tv * (sp.log(tv) - lv) for lv, tv in zip(vec(lp, size), vec(t, size), strict=True)
+    tv * (sp.log(tv) - lv) for lv, tv in zip(vec(lp, size), vec(t, size), strict=True)
   )
 
 
@@ -338,69 +350,76 @@ def kl_divergence_derivation() -> Derivation:
   x = sp.Symbol("x", positive=True)
   c = sp.Symbol("c", real=True)
   steps = (
-      Step(
-          "jaxsmx takes the predictions as logs, $\\ell = \\log q$, and the "
-          "targets $t$ as probabilities.",
-          eq(kl, summation(Prod(t[k], sp.log(t[k]) - lp[k]))),
-          role="definition",
+    Step(
+      "jaxsmx takes the predictions as logs, $\\ell = \\log q$, and the "
+      "targets $t$ as probabilities.",
+      eq(kl, summation(Prod(t[k], sp.log(t[k]) - lp[k]))),
+      role="definition",
+    ),
+    Step(
+      "A zero target contributes nothing, by the same limit as for entropy.",
+      eq(sp.Limit(x * (sp.log(x) - c), x, 0, "+"), 0),
+      (Limit(),),
+    ),
+    Step(
+      "With $\\ell = \\log q$ it is the cross-entropy minus the entropy "
+      "(the seed's relative entropy), so it is zero at $q = t$.",
+      eq(kl, Terms(named(ENT, t, q), -named(ENT, t))),
+      (General(why="ℓ = log q"),),
+      ctx=Context({**PROBS_CTX.defs, lp: lambda idx: sp.log(q[idx])}),
+    ),
+    Step(
+      "With respect to the log-predictions.",
+      eq(D(kl, lp[i]), -t[i]),
+      (
+        General(),
+        Concrete(lambda size: gradient(_kl_explicit(size), vec(lp, size)), (i,)),
       ),
-      Step(
-          "A zero target contributes nothing, by the same limit as for "
-          "entropy.",
-          eq(sp.Limit(x * (sp.log(x) - c), x, 0, "+"), 0),
-          (Limit(),),
+      name="grad_l",
+      role="result",
+    ),
+    Step(
+      "With respect to the targets.",
+      eq(D(kl, t[i]), Terms(sp.log(t[i]), 1, -lp[i])),
+      (
+        General(),
+        Concrete(lambda size: gradient(_kl_explicit(size), vec(t, size)), (i,)),
       ),
-      Step(
-          "With $\\ell = \\log q$ it is the cross-entropy minus the entropy "
-          "(the seed's relative entropy), so it is zero at $q = t$.",
-          eq(kl, Terms(named(ENT, t, q), -named(ENT, t))),
-          (General(why="ℓ = log q"),),
-          ctx=Context({**PROBS_CTX.defs, lp: lambda idx: sp.log(q[idx])}),
+      name="grad_t",
+      role="result",
+    ),
+    Step(
+      "The VJPs.",
+      Chain(label(r"\bar{\ell}_{i}"), gs * D(kl, lp[i]), -gs * t[i]),
+      (General(),),
+      name="vjp_l",
+      role="vjp",
+    ),
+    Step(
+      "",
+      Chain(
+        label(r"\bar{t}_{i}"), gs * D(kl, t[i]), Dot(gs, Terms(sp.log(t[i]), 1, -lp[i]))
       ),
-      Step(
-          "With respect to the log-predictions.",
-          eq(D(kl, lp[i]), -t[i]),
-          (General(), Concrete(lambda size: gradient(_kl_explicit(size), vec(lp, size)), (i,))),
-          name="grad_l",
-          role="result",
-      ),
-      Step(
-          "With respect to the targets.",
-          eq(D(kl, t[i]), Terms(sp.log(t[i]), 1, -lp[i])),
-          (General(), Concrete(lambda size: gradient(_kl_explicit(size), vec(t, size)), (i,))),
-          name="grad_t",
-          role="result",
-      ),
-      Step(
-          "The VJPs.",
-          Chain(label(r"\bar{\ell}_{i}"), gs * D(kl, lp[i]), -gs * t[i]),
-          (General(),),
-          name="vjp_l",
-          role="vjp",
-      ),
-      Step(
-          "",
-          Chain(label(r"\bar{t}_{i}"), gs * D(kl, t[i]), Dot(gs, Terms(sp.log(t[i]), 1, -lp[i]))),
-          (General(),),
-          name="vjp_t",
-          role="vjp",
-      ),
+      (General(),),
+      name="vjp_t",
+      role="vjp",
+    ),
   )
   return Derivation(
-      key="kl_divergence",
-      title="Kullback-Leibler divergence",
-      functions=("kl_divergence",),
-      intro="The relative entropy the seed links to, in optax's argument order.",
-      ctx=PROBS_CTX,
-      steps=steps,
-      headline=eq(D(kl, t[i]), Terms(sp.log(t[i]), 1, -lp[i])),
+    key="kl_divergence",
+    title="Kullback-Leibler divergence",
+    functions=("kl_divergence",),
+    intro="The relative entropy the seed links to, in optax's argument order.",
+    ctx=PROBS_CTX,
+    steps=steps,
+    headline=eq(D(kl, t[i]), Terms(sp.log(t[i]), 1, -lp[i])),
   )
 
 
 def derivations() -> tuple[Derivation, ...]:
   return (
-      softmax_entropy_derivation(),
-      entropy_derivation(),
-      cross_entropy_derivation(),
-      kl_divergence_derivation(),
+    softmax_entropy_derivation(),
+    entropy_derivation(),
+    cross_entropy_derivation(),
+    kl_divergence_derivation(),
   )

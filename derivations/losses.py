@@ -8,44 +8,44 @@ import functools
 import sympy as sp
 
 from derivations._core import (
-    D,
-    D2,
-    Chain,
-    Concrete,
-    Context,
-    Derivation,
-    Diag,
-    Dot,
-    Example,
-    Explicit,
-    General,
-    Limit,
-    Ordered,
-    Prod,
-    Step,
-    SumNe,
-    Terms,
-    Transpose,
-    a,
-    at,
-    concrete_zero,
-    ell,
-    eq,
-    explicit_softmax,
-    g,
-    gradient,
-    i,
-    j,
-    k,
-    label,
-    n,
-    named,
-    softmax_of,
-    summation,
-    u,
-    vec,
-    y,
-    z,
+  D2,
+  Chain,
+  Concrete,
+  Context,
+  D,
+  Derivation,
+  Diag,
+  Dot,
+  Example,
+  Explicit,
+  General,
+  Limit,
+  Ordered,
+  Prod,
+  Step,
+  SumNe,
+  Terms,
+  Transpose,
+  a,
+  at,
+  concrete_zero,
+  ell,
+  eq,
+  explicit_softmax,
+  g,
+  gradient,
+  i,
+  j,
+  k,
+  label,
+  n,
+  named,
+  softmax_of,
+  summation,
+  u,
+  vec,
+  y,
+  z,
 )
 
 delta = sp.KroneckerDelta
@@ -64,13 +64,13 @@ def _lse(base):
 
 
 CE_CTX = Context(
-    {
-        a: softmax_of(z),
-        C: -summation(y[k] * sp.log(a[k])),
-        Cj: lambda t: -y[t] * sp.log(a[t]),
-        LSE: _lse,
-    },
-    "a = softmax(z), C = -Σ y log a",
+  {
+    a: softmax_of(z),
+    C: -summation(y[k] * sp.log(a[k])),
+    Cj: lambda t: -y[t] * sp.log(a[t]),
+    LSE: _lse,
+  },
+  "a = softmax(z), C = -Σ y log a",
 )
 
 
@@ -82,13 +82,13 @@ def _log_softmax_explicit(size: int) -> list[sp.Expr]:
   return [x - lse for x in zs]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ce_explicit(size: int) -> sp.Expr:
   logs = _log_softmax_explicit(size)
   return -sum(yv * lv for yv, lv in zip(vec(y, size), logs, strict=True))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ce_hessian(size: int) -> sp.Matrix:
   return sp.hessian(_ce_explicit(size), vec(z, size))
 
@@ -104,9 +104,9 @@ def _ce_matrix_hessian() -> bool:
 
 
 FIVE_CLASS = (
-    (0.1, 0.15, 0.05, 0.6, 0.1),
-    (0.15, 0.2, 0.4, 0.1, 0.15),
-    (0.05, 0.15, 0.4, 0.3, 0.1),
+  (0.1, 0.15, 0.05, 0.6, 0.1),
+  (0.15, 0.2, 0.4, 0.1, 0.15),
+  (0.05, 0.15, 0.4, 0.3, 0.1),
 )
 
 
@@ -121,185 +121,189 @@ def _seed_example(probs):
 
   text = ", ".join(str(v) for v in probs)
   return Example(
-      rf"$a = ({text})$, label index 3: the loss is $-\log {probs[3]}$.",
-      (exact,),
-      (round(float(exact), 4),),
-      call,
-      "softmax_cross_entropy_with_integer_labels(jnp.log(a), 3)",
+    rf"$a = ({text})$, label index 3: the loss is $-\log {probs[3]}$.",
+    (exact,),
+    (round(float(exact), 4),),
+    call,
+    "softmax_cross_entropy_with_integer_labels(jnp.log(a), 3)",
   )
 
 
 def softmax_cross_entropy_derivation() -> Derivation:
   sum_y = summation(y[j], j)
   steps = (
-      Step(
-          "Softmax turns the logits into probabilities (see the softmax "
-          "section).",
-          eq(a[i], sp.exp(z[i]) / S),
-          role="definition",
-      ),
-      Step(
-          "The loss is the cross-entropy between the labels $y$ and $a$, a "
-          "sum of one term per class.",
-          Chain(C, summation(Cj[j], j), -summation(y[j] * sp.log(a[j]), j)),
-          (General(),),
-          role="definition",
-      ),
-      Step(
-          "For a one-hot $y$ with its 1 at the label $\\ell$ only one term "
-          "survives: the seed's softmax loss.",
-          eq(C, -sp.log(a[ell])),
-          (General(why="y_j = δ_jℓ"),),
-          ctx=Context({**CE_CTX.defs, y: lambda t: delta(t, ell)}),
-      ),
-      Step(
-          "The seed's three predictions are ordered as the label's "
-          "probability says: $0.6 > 0.3 > 0.1$.",
-          Ordered(
-              -sp.log(sp.Rational(6, 10)),
-              -sp.log(sp.Rational(3, 10)),
-              -sp.log(sp.Rational(1, 10)),
+    Step(
+      "Softmax turns the logits into probabilities (see the softmax section).",
+      eq(a[i], sp.exp(z[i]) / S),
+      role="definition",
+    ),
+    Step(
+      "The loss is the cross-entropy between the labels $y$ and $a$, a "
+      "sum of one term per class.",
+      Chain(C, summation(Cj[j], j), -summation(Dot(y[j], sp.log(a[j])), j)),
+      (General(),),
+      role="definition",
+    ),
+    Step(
+      "For a one-hot $y$ with its 1 at the label $\\ell$ only one term "
+      "survives: the seed's softmax loss.",
+      eq(C, -sp.log(a[ell])),
+      (General(why="y_j = δ_jℓ"),),
+      ctx=Context({**CE_CTX.defs, y: lambda t: delta(t, ell)}),
+    ),
+    Step(
+      "The seed's three predictions are ordered as the label's "
+      "probability says: $0.6 > 0.3 > 0.1$.",
+      Ordered(label(r"-\log 0.6"), label(r"-\log 0.3"), label(r"-\log 0.1")),
+      (
+        Explicit(
+          lambda: (
+            -sp.log(sp.Rational(6, 10))
+            < -sp.log(sp.Rational(3, 10))
+            < -sp.log(sp.Rational(1, 10))
           ),
-          (
-              Explicit(
-                  lambda: -sp.log(sp.Rational(6, 10)) < -sp.log(sp.Rational(3, 10))
-                  < -sp.log(sp.Rational(1, 10)),
-                  "exact comparison",
-              ),
-          ),
+          "exact comparison",
+        ),
       ),
-      Step(
-          "The chain rule through $a$. Every $a_j$ depends on every $z_i$, "
-          "so the sum runs over all $j$; $C_j$ depends on $a_j$ alone.",
-          eq(D(C, z[i]), summation(Dot(D(Cj[j], a[j]), D(a[j], z[i])), j)),
-          (General(),),
+    ),
+    Step(
+      "The chain rule through $a$. Every $a_j$ depends on every $z_i$, "
+      "so the sum runs over all $j$; $C_j$ depends on $a_j$ alone.",
+      eq(D(C, z[i]), summation(Dot(D(Cj[j], a[j]), D(a[j], z[i])), j)),
+      (General(),),
+    ),
+    Step(
+      "The outer derivative.",
+      eq(D(Cj[j], a[j]), -y[j] / a[j]),
+      (General(),),
+      tag="Seed step 1",
+    ),
+    Step(
+      "Case $i = j$ (derived in the softmax section).",
+      eq(D(a[i], z[i]), Dot(a[i], 1 - a[i])),
+      (General(),),
+      tag="Seed step 2",
+    ),
+    Step(
+      r"Case $i \neq j$.",
+      eq(D(a[j], z[i]), -a[i] * a[j]),
+      (General(((delta(i, j), 0),), "i ≠ j, so δ_ij = 0"),),
+      tag="Seed step 3",
+    ),
+    Step(
+      r"Split the sum into $j = i$ and $j \neq i$ and "
+      "insert steps 1 to 3.",
+      eq(
+        D(C, z[i]),
+        Terms(
+          Prod(-y[i] / a[i], Dot(a[i], 1 - a[i])),
+          SumNe(Prod(-y[j] / a[j], -a[i] * a[j]), j, i),
+        ),
       ),
-      Step(
-          "**Seed step 1.** The outer derivative.",
-          eq(D(Cj[j], a[j]), -y[j] / a[j]),
-          (General(),),
+      (General(),),
+      tag="Seed step 4",
+    ),
+    Step(
+      "The $a_j$ cancel. Multiply out.",
+      eq(
+        D(C, z[i]),
+        Terms(-y[i], a[i] * y[i], Dot(a[i], SumNe(y[j], j, i))),
       ),
-      Step(
-          "**Seed step 2.** Case $i = j$ (derived in the softmax section).",
-          eq(D(a[i], z[i]), Dot(a[i], 1 - a[i])),
-          (General(),),
+      (General(),),
+    ),
+    Step(
+      "The $a_i y_i$ term completes the sum over $j \\neq i$ to the full sum.",
+      eq(D(C, z[i]), Terms(a[i] * sum_y, -y[i])),
+      (
+        General(),
+        Concrete(
+          lambda size: gradient(_ce_explicit(size), vec(z, size)),
+          (i,),
+        ),
       ),
-      Step(
-          r"**Seed step 3.** Case $i \neq j$.",
-          eq(D(a[j], z[i]), -a[i] * a[j]),
-          (General(((delta(i, j), 0),), "i ≠ j, so δ_ij = 0"),),
+      name="grad_z",
+      role="result",
+    ),
+    Step(
+      r"For one-hot $y$, $\sum_j y_j = 1$: the gradient "
+      "is prediction minus target.",
+      eq(D(C, z[i]), a[i] - y[i]),
+      (General(((sum_y, 1),), "Σ_j y_j = 1"),),
+      tag="Seed step 5",
+    ),
+    Step(
+      "jaxsmx also differentiates with respect to the labels (for "
+      "distillation, where they are predictions too).",
+      Chain(D(C, y[i]), -sp.log(a[i]), Terms(named(LSE, z), -z[i])),
+      (
+        General(),
+        Concrete(
+          lambda size: gradient(_ce_explicit(size), vec(y, size)),
+          (i,),
+        ),
       ),
-      Step(
-          r"**Seed step 4.** Split the sum into $j = i$ and $j \neq i$ and "
-          "insert steps 1 to 3.",
-          eq(
-              D(C, z[i]),
-              Terms(
-                  Prod(-y[i] / a[i], Dot(a[i], 1 - a[i])),
-                  SumNe(Prod(-y[j] / a[j], -a[i] * a[j]), j, i),
-              ),
-          ),
-          (General(),),
+      name="grad_y",
+      role="result",
+    ),
+    Step(
+      "**Second order.** Differentiate $a_i \\sum_j y_j - y_i$ once more: "
+      "the labels drop out and the softmax Jacobian remains.",
+      eq(D2(C, z[i], z[j]), Dot(summation(y[k]), a[i], delta(i, j) - a[j])),
+      (
+        General(),
+        Concrete(
+          _ce_hessian,
+          (i, j),
+          sizes=tuple(range(1, 7)),
+          what="sympy.hessian",
+        ),
       ),
-      Step(
-          "The $a_j$ cancel. Multiply out.",
-          eq(
-              D(C, z[i]),
-              Terms(-y[i], a[i] * y[i], a[i] * SumNe(y[j], j, i)),
-          ),
-          (General(),),
+      name="hessian",
+      role="result",
+    ),
+    Step(
+      "In matrix form. For $y \\ge 0$ it is positive semi-definite: the "
+      "loss is convex in the logits.",
+      eq(
+        label(r"\nabla^2_z C"),
+        Dot(
+          summation(y[k]),
+          Terms(Diag(sp.Symbol("a")), -Dot(sp.Symbol("a"), Transpose(sp.Symbol("a")))),
+        ),
       ),
-      Step(
-          "The $a_i y_i$ term completes the sum over $j \\neq i$ to the "
-          "full sum.",
-          eq(D(C, z[i]), Terms(a[i] * sum_y, -y[i])),
-          (
-              General(),
-              Concrete(
-                  lambda size: gradient(_ce_explicit(size), vec(z, size)),
-                  (i,),
-              ),
-          ),
-          name="grad_z",
-          role="result",
+      (Explicit(_ce_matrix_hessian, "n = 1..6 vs sympy.hessian"),),
+    ),
+    Step(
+      "The VJP with respect to the logits: the loss is one scalar per "
+      "example, so its cotangent $g$ scales the gradient.",
+      Chain(
+        label(r"\bar{z}_{i}"), gs * D(C, z[i]), Dot(gs, Terms(a[i] * sum_y, -y[i]))
       ),
-      Step(
-          r"**Seed step 5.** For one-hot $y$, $\sum_j y_j = 1$: the gradient "
-          "is prediction minus target.",
-          eq(D(C, z[i]), a[i] - y[i]),
-          (General(((sum_y, 1),), "Σ_j y_j = 1"),),
-      ),
-      Step(
-          "jaxsmx also differentiates with respect to the labels (for "
-          "distillation, where they are predictions too).",
-          Chain(D(C, y[i]), -sp.log(a[i]), Terms(named(LSE, z), -z[i])),
-          (
-              General(),
-              Concrete(
-                  lambda size: gradient(_ce_explicit(size), vec(y, size)),
-                  (i,),
-              ),
-          ),
-          name="grad_y",
-          role="result",
-      ),
-      Step(
-          "**Second order.** Differentiate $a_i \\sum_j y_j - y_i$ once more: "
-          "the labels drop out and the softmax Jacobian remains.",
-          eq(D2(C, z[i], z[j]), Dot(summation(y[k]), a[i], delta(i, j) - a[j])),
-          (
-              General(),
-              Concrete(
-                  _ce_hessian,
-                  (i, j),
-                  sizes=tuple(range(1, 7)),
-                  what="sympy.hessian",
-              ),
-          ),
-          name="hessian",
-          role="result",
-      ),
-      Step(
-          "In matrix form. For $y \\ge 0$ it is positive semi-definite: the "
-          "loss is convex in the logits.",
-          eq(
-              label(r"\nabla^2_z C"),
-              Dot(
-                  summation(y[k]),
-                  Terms(Diag(sp.Symbol("a")), -Dot(sp.Symbol("a"), Transpose(sp.Symbol("a")))),
-              ),
-          ),
-          (Explicit(_ce_matrix_hessian, "n = 1..6 vs sympy.hessian"),),
-      ),
-      Step(
-          "The VJP with respect to the logits: the loss is one scalar per "
-          "example, so its cotangent $g$ scales the gradient.",
-          Chain(label(r"\bar{z}_{i}"), gs * D(C, z[i]), Dot(gs, Terms(a[i] * sum_y, -y[i]))),
-          (General(),),
-          name="vjp_z",
-          role="vjp",
-      ),
-      Step(
-          "The VJP with respect to the labels.",
-          Chain(label(r"\bar{y}_{i}"), gs * D(C, y[i]), -gs * sp.log(a[i])),
-          (General(),),
-          name="vjp_y",
-          role="vjp",
-      ),
+      (General(),),
+      name="vjp_z",
+      role="vjp",
+    ),
+    Step(
+      "The VJP with respect to the labels.",
+      Chain(label(r"\bar{y}_{i}"), gs * D(C, y[i]), -gs * sp.log(a[i])),
+      (General(),),
+      name="vjp_y",
+      role="vjp",
+    ),
   )
   return Derivation(
-      key="softmax_cross_entropy",
-      title="Softmax cross-entropy: the seed's derivation",
-      functions=("softmax_cross_entropy",),
-      intro=(
-          "The seed's main result, step by step. The labels $y$ may be any "
-          "non-negative weights; the seed's one-hot case is the last step. "
-          "Each step is an identity that is checked, not just written down."
-      ),
-      ctx=CE_CTX,
-      steps=steps,
-      headline=eq(D(C, z[i]), Terms(a[i] * sum_y, -y[i])),
-      examples=tuple(_seed_example(pv) for pv in FIVE_CLASS),
+    key="softmax_cross_entropy",
+    title="Softmax cross-entropy: the seed's derivation",
+    functions=("softmax_cross_entropy",),
+    intro=(
+      "The seed's main result, step by step. The labels $y$ may be any "
+      "non-negative weights; the seed's one-hot case is the last step. "
+      "Each step is an identity that is checked, not just written down."
+    ),
+    ctx=CE_CTX,
+    steps=steps,
+    headline=eq(D(C, z[i]), Terms(a[i] * sum_y, -y[i])),
+    examples=tuple(_seed_example(pv) for pv in FIVE_CLASS),
   )
 
 
@@ -307,11 +311,11 @@ def softmax_cross_entropy_derivation() -> Derivation:
 # Integer labels with label smoothing.
 
 SMOOTH_CTX = Context(
-    {
-        **CE_CTX.defs,
-        y: lambda c: (1 - alpha) * delta(c, ell) + alpha / n,
-    },
-    "y = (1 - α) onehot(ℓ) + α/n",
+  {
+    **CE_CTX.defs,
+    y: lambda c: (1 - alpha) * delta(c, ell) + alpha / n,
+  },
+  "y = (1 - α) onehot(ℓ) + α/n",
 )
 
 
@@ -328,69 +332,69 @@ def _smooth_explicit(size: int) -> sp.Expr:
 
 def label_smoothing_derivation() -> Derivation:
   steps = (
-      Step(
-          r"Label smoothing with $\alpha \in [0, 1]$ moves mass $\alpha$ from "
-          "the label $\\ell$ to all $n$ classes evenly.",
-          eq(y[i], Terms((1 - alpha) * delta(i, ell), alpha / n)),
-          role="definition",
+    Step(
+      r"Label smoothing with $\alpha \in [0, 1]$ moves mass $\alpha$ from "
+      "the label $\\ell$ to all $n$ classes evenly.",
+      eq(y[i], Terms((1 - alpha) * delta(i, ell), alpha / n)),
+      role="definition",
+    ),
+    Step(
+      "The smoothed target still sums to one.",
+      eq(summation(y[k]), 1),
+      (General(),),
+    ),
+    Step(
+      "So the loss is the label's term plus a uniform term.",
+      Chain(
+        C,
+        -summation(y[k] * sp.log(a[k])),
+        Terms(-(1 - alpha) * sp.log(a[ell]), -alpha / n * summation(sp.log(a[k]))),
       ),
-      Step(
-          "The smoothed target still sums to one.",
-          eq(summation(y[k]), 1),
-          (General(),),
+      (General(),),
+    ),
+    Step(
+      "The softmax cross-entropy gradient $a_i \\sum_k y_k - y_i$ with "
+      "$\\sum_k y_k = 1$.",
+      Chain(
+        D(C, z[i]),
+        Terms(a[i] * summation(y[k]), -y[i]),
+        Terms(a[i], -(1 - alpha) * delta(i, ell), -alpha / n),
       ),
-      Step(
-          "So the loss is the label's term plus a uniform term.",
-          Chain(
-              C,
-              -summation(y[k] * sp.log(a[k])),
-              Terms(-(1 - alpha) * sp.log(a[ell]), -alpha / n * summation(sp.log(a[k]))),
-          ),
-          (General(),),
+      (
+        General(),
+        Concrete(
+          lambda size: gradient(_smooth_explicit(size), vec(z, size)),
+          (i,),
+          extra=_label_of,
+          what="Matrix.jacobian (ℓ = ⌈n/2⌉)",
+        ),
       ),
-      Step(
-          "The softmax cross-entropy gradient $a_i \\sum_k y_k - y_i$ with "
-          "$\\sum_k y_k = 1$.",
-          Chain(
-              D(C, z[i]),
-              Terms(a[i] * summation(y[k]), -y[i]),
-              Terms(a[i], -(1 - alpha) * delta(i, ell), -alpha / n),
-          ),
-          (
-              General(),
-              Concrete(
-                  lambda size: gradient(_smooth_explicit(size), vec(z, size)),
-                  (i,),
-                  extra=_label_of,
-                  what="Matrix.jacobian (ℓ = ⌈n/2⌉)",
-              ),
-          ),
-          name="grad_z",
-          role="result",
+      name="grad_z",
+      role="result",
+    ),
+    Step(
+      "The VJP; the integer labels get no cotangent.",
+      Chain(
+        label(r"\bar{z}_{i}"),
+        gs * D(C, z[i]),
+        Dot(gs, Terms(a[i], -(1 - alpha) * delta(i, ell), -alpha / n)),
       ),
-      Step(
-          "The VJP; the integer labels get no cotangent.",
-          Chain(
-              label(r"\bar{z}_{i}"),
-              gs * D(C, z[i]),
-              Dot(gs, Terms(a[i], -(1 - alpha) * delta(i, ell), -alpha / n)),
-          ),
-          (General(),),
-          name="vjp_z",
-          role="vjp",
-      ),
+      (General(),),
+      name="vjp_z",
+      role="vjp",
+    ),
   )
   return Derivation(
-      key="label_smoothing",
-      title="Integer labels and label smoothing",
-      functions=("softmax_cross_entropy_with_integer_labels",),
-      intro=(
-          "The integer-label loss is the previous one with a smoothed one-hot "
-          "target; $\\alpha = 0$ is the seed's case."
-      ),
-      ctx=SMOOTH_CTX,
-      steps=steps,
-      headline=eq(D(C, z[i]), Terms(a[i], -(1 - alpha) * delta(i, ell), -alpha / n)),
+    key="label_smoothing",
+    title="Integer labels and label smoothing",
+    functions=("softmax_cross_entropy_with_integer_labels",),
+    intro=(
+      "The integer-label loss is the previous one with a smoothed one-hot "
+      "target; $\\alpha = 0$ is the seed's case."
+    ),
+    ctx=SMOOTH_CTX,
+    steps=steps,
+    headline=eq(D(C, z[i]), Terms(a[i], -(1 - alpha) * delta(i, ell), -alpha / n)),
   )
 
 
@@ -406,12 +410,12 @@ def sigma(x):
 
 
 BCE_CTX = Context(
-    {
-        SIGMA: lambda x: 1 / (1 + sp.exp(-x)),
-        Cj: lambda t: -y[t] * sp.log(sigma(z[t])) - (1 - y[t]) * sp.log(1 - sigma(z[t])),
-        Q: lambda t: (sigma(z[t]) - y[t]) ** 2 / 2,
-    },
-    "σ(z) = 1/(1 + e^{-z})",
+  {
+    SIGMA: lambda x: 1 / (1 + sp.exp(-x)),
+    Cj: lambda t: -y[t] * sp.log(sigma(z[t])) - (1 - y[t]) * sp.log(1 - sigma(z[t])),
+    Q: lambda t: (sigma(z[t]) - y[t]) ** 2 / 2,
+  },
+  "σ(z) = 1/(1 + e^{-z})",
 )
 
 
@@ -429,103 +433,99 @@ def sigmoid_bce_derivation() -> Derivation:
   zeta = sp.Symbol("z", real=True)  # a scalar logit, for limits
   s = 1 / (1 + sp.exp(-zeta))
   steps = (
-      Step(
-          "The sigmoid, and the binary cross-entropy of one element with "
-          "target $y_i \\in [0, 1]$.",
-          eq(Cj[i], Terms(-y[i] * sp.log(s_i), -(1 - y[i]) * sp.log(1 - s_i))),
-          role="definition",
+    Step(
+      "The sigmoid, and the binary cross-entropy of one element with "
+      "target $y_i \\in [0, 1]$.",
+      eq(Cj[i], Terms(-y[i] * sp.log(s_i), -(1 - y[i]) * sp.log(1 - s_i))),
+      role="definition",
+    ),
+    Step(
+      "The sigmoid's derivative is a product of its outputs, like the "
+      "softmax case $i = j$.",
+      Chain(D(s_i, z[i]), sp.exp(-z[i]) / (1 + sp.exp(-z[i])) ** 2, Dot(s_i, 1 - s_i)),
+      (General(),),
+    ),
+    Step(
+      "The chain rule; the factor $\\sigma(1 - \\sigma)$ cancels the denominators.",
+      Chain(
+        D(Cj[i], z[i]),
+        Prod(Terms(-y[i] / s_i, (1 - y[i]) / (1 - s_i)), Dot(s_i, 1 - s_i)),
+        s_i - y[i],
       ),
-      Step(
-          "The sigmoid's derivative is a product of its outputs, like the "
-          "softmax case $i = j$.",
-          Chain(D(s_i, z[i]), sp.exp(-z[i]) / (1 + sp.exp(-z[i])) ** 2, Dot(s_i, 1 - s_i)),
-          (General(),),
-      ),
-      Step(
-          "The chain rule; the factor $\\sigma(1 - \\sigma)$ cancels the "
-          "denominators.",
-          Chain(
-              D(Cj[i], z[i]),
-              Prod(Terms(-y[i] / s_i, (1 - y[i]) / (1 - s_i)), Dot(s_i, 1 - s_i)),
-              s_i - y[i],
+      (
+        General(),
+        Concrete(
+          lambda size: sp.Matrix(
+            [_bce_explicit(size)[0][r].diff(vec(z, size)[r]) for r in range(size)]
           ),
-          (
-              General(),
-              Concrete(
-                  lambda size: sp.Matrix(
-                      [_bce_explicit(size)[0][r].diff(vec(z, size)[r]) for r in range(size)]
-                  ),
-                  (i,),
-                  what="sympy.diff",
-              ),
-          ),
-          name="grad_z",
-          role="result",
+          (i,),
+          what="sympy.diff",
+        ),
       ),
-      Step(
-          "With respect to the target: the log-odds, with a minus sign.",
-          Chain(D(Cj[i], y[i]), Terms(-sp.log(s_i), sp.log(1 - s_i)), -z[i]),
-          (General(),),
-          name="grad_y",
-          role="result",
-      ),
-      Step(
-          "The second derivative, for the Hessian (diagonal: the loss is "
-          "elementwise).",
-          eq(D2(Cj[i], z[i], z[i]), Dot(s_i, 1 - s_i)),
-          (General(),),
-          name="hessian",
-          role="result",
-      ),
-      Step(
-          "The contrast the seed draws: sigmoid with squared error keeps the "
-          "factor $\\sigma(1 - \\sigma)$.",
-          eq(D(Q[i], z[i]), Dot(s_i - y[i], s_i, 1 - s_i)),
-          (General(),),
-      ),
-      Step(
-          "That factor is at most $1/4$, reached at $z = 0$ ...",
-          eq(at(Dot(sigma(zeta), 1 - sigma(zeta)), (zeta, 0)), sp.Rational(1, 4)),
-          (General(),),
-      ),
-      Step(
-          "... and vanishes as the sigmoid saturates. A confidently wrong "
-          "output ($\\sigma \\to 1$ with $y = 0$) learns slowly under squared "
-          "error, while the cross-entropy gradient stays $\\sigma - y \\to 1$.",
-          eq(sp.Limit(Dot(sigma(zeta), 1 - sigma(zeta)), zeta, sp.oo), 0),
-          (Limit(),),
-      ),
-      Step(
-          "The VJPs; the cotangent $g_i$ is elementwise.",
-          Chain(label(r"\bar{z}_{i}"), g[i] * D(Cj[i], z[i]),
-                Dot(g[i], s_i - y[i])),
-          (General(),),
-          name="vjp_z",
-          role="vjp",
-      ),
-      Step(
-          "",
-          Chain(label(r"\bar{y}_{i}"), g[i] * D(Cj[i], y[i]),
-                -g[i] * z[i]),
-          (General(),),
-          name="vjp_y",
-          role="vjp",
-      ),
+      name="grad_z",
+      role="result",
+    ),
+    Step(
+      "With respect to the target: the log-odds, with a minus sign.",
+      Chain(D(Cj[i], y[i]), Terms(-sp.log(s_i), sp.log(1 - s_i)), -z[i]),
+      (General(),),
+      name="grad_y",
+      role="result",
+    ),
+    Step(
+      "The second derivative, for the Hessian (diagonal: the loss is elementwise).",
+      eq(D2(Cj[i], z[i], z[i]), Dot(s_i, 1 - s_i)),
+      (General(),),
+      name="hessian",
+      role="result",
+    ),
+    Step(
+      "The contrast the seed draws: sigmoid with squared error keeps the "
+      "factor $\\sigma(1 - \\sigma)$.",
+      eq(D(Q[i], z[i]), Dot(s_i - y[i], s_i, 1 - s_i)),
+      (General(),),
+    ),
+    Step(
+      "That factor is at most $1/4$, reached at $z = 0$ ...",
+      eq(at(Dot(sigma(zeta), 1 - sigma(zeta)), (zeta, 0)), sp.Rational(1, 4)),
+      (General(),),
+    ),
+    Step(
+      "... and vanishes as the sigmoid saturates. A confidently wrong "
+      "output ($\\sigma \\to 1$ with $y = 0$) learns slowly under squared "
+      "error, while the cross-entropy gradient stays $\\sigma - y \\to 1$.",
+      eq(sp.Limit(Dot(sigma(zeta), 1 - sigma(zeta)), zeta, sp.oo), 0),
+      (Limit(),),
+    ),
+    Step(
+      "The VJPs; the cotangent $g_i$ is elementwise.",
+      Chain(label(r"\bar{z}_{i}"), g[i] * D(Cj[i], z[i]), Dot(g[i], s_i - y[i])),
+      (General(),),
+      name="vjp_z",
+      role="vjp",
+    ),
+    Step(
+      "",
+      Chain(label(r"\bar{y}_{i}"), g[i] * D(Cj[i], y[i]), -g[i] * z[i]),
+      (General(),),
+      name="vjp_y",
+      role="vjp",
+    ),
   )
   del s
   return Derivation(
-      key="sigmoid_binary_cross_entropy",
-      title="Sigmoid binary cross-entropy",
-      functions=("sigmoid_binary_cross_entropy",),
-      intro=(
-          "The seed's remark on the learning slowdown: with a sigmoid output, "
-          "cross-entropy's gradient is the error itself, while squared "
-          "error's gradient carries a factor that vanishes when the unit "
-          "saturates."
-      ),
-      ctx=BCE_CTX,
-      steps=steps,
-      headline=eq(D(Cj[i], z[i]), s_i - y[i]),
+    key="sigmoid_binary_cross_entropy",
+    title="Sigmoid binary cross-entropy",
+    functions=("sigmoid_binary_cross_entropy",),
+    intro=(
+      "The seed's remark on the learning slowdown: with a sigmoid output, "
+      "cross-entropy's gradient is the error itself, while squared "
+      "error's gradient carries a factor that vanishes when the unit "
+      "saturates."
+    ),
+    ctx=BCE_CTX,
+    steps=steps,
+    headline=eq(D(Cj[i], z[i]), s_i - y[i]),
   )
 
 
@@ -534,12 +534,12 @@ def sigmoid_bce_derivation() -> Derivation:
 
 L = sp.Symbol("L")
 LINEAR_CTX = Context(
-    {
-        **SMOOTH_CTX.defs,
-        z: lambda t: cap * sp.tanh(u[t] / cap),
-        L: C + lam * named(LSE, z) ** 2,
-    },
-    "z = c tanh(u/c), a = softmax(z), L = C + λ lse(z)²",
+  {
+    **SMOOTH_CTX.defs,
+    z: lambda t: cap * sp.tanh(u[t] / cap),
+    L: C + lam * named(LSE, z) ** 2,
+  },
+  "z = c tanh(u/c), a = softmax(z), L = C + λ lse(z)²",
 )
 
 
@@ -553,7 +553,9 @@ def _linear_explicit_grad(size: int) -> sp.Matrix:
   total = sum(sp.exp(x) for x in zs)
   logs = [x - sp.log(total) for x in zs]
   ys = [(1 - alpha) * (1 if r == 0 else 0) + alpha / size for r in range(size)]
-  loss = -sum(yv * lv for yv, lv in zip(ys, logs, strict=True)) + lam * sp.log(total) ** 2
+  loss = (
+    -sum(yv * lv for yv, lv in zip(ys, logs, strict=True)) + lam * sp.log(total) ** 2
+  )
   return gradient(loss, us)
 
 
@@ -578,107 +580,111 @@ def linear_cross_entropy_derivation() -> Derivation:
   lse_z = named(LSE, z)
   sech2 = 1 - sp.tanh(u[i] / cap) ** 2
   dz = Terms(a[i] * (1 + 2 * lam * lse_z), -(1 - alpha) * delta(i, ell), -alpha / n)
-  ubar, W, x, b = (sp.Symbol(s) for s in (r"\bar{u}", "W", "x", "b"))
+  ubar, W, x = (sp.Symbol(s) for s in (r"\bar{u}", "W", "x"))
   steps = (
-      Step(
-          "The logits are $u = x W + b$, capped softly at $\\pm c$ (Gemma 2).",
-          eq(z[i], cap * sp.tanh(u[i] / cap)),
-          role="definition",
+    Step(
+      "The logits are $u = x W + b$, capped softly at $\\pm c$ (Gemma 2).",
+      eq(z[i], cap * sp.tanh(u[i] / cap)),
+      role="definition",
+    ),
+    Step(
+      "The loss adds the z-loss $\\lambda\\,\\operatorname{lse}(z)^2$ "
+      "(PaLM) to the smoothed integer-label cross-entropy.",
+      eq(L, Terms(C, lam * lse_z**2)),
+      role="definition",
+    ),
+    Step(
+      "The soft cap's chain rule: $\\tanh' = 1 - \\tanh^2$.",
+      eq(D(z[i], u[i]), sech2),
+      (General(),),
+    ),
+    Step(
+      "It is elementwise, so its Jacobian is diagonal.",
+      eq(D(z[j], u[i]), Dot(delta(i, j), 1 - sp.tanh(u[j] / cap) ** 2)),
+      (General(),),
+    ),
+    Step(
+      "As $c \\to \\infty$ the cap is the identity.",
+      eq(sp.Limit(cap * sp.tanh(u[i] / cap), cap, sp.oo), u[i]),
+      (Limit(),),
+    ),
+    Step(
+      "The z-loss gradient: the gradient of logsumexp is softmax.",
+      Chain(
+        D(lam * lse_z**2, z[i]),
+        Dot(2 * lam, lse_z, D(lse_z, z[i])),
+        2 * lam * lse_z * a[i],
       ),
-      Step(
-          "The loss adds the z-loss $\\lambda\\,\\operatorname{lse}(z)^2$ "
-          "(PaLM) to the smoothed integer-label cross-entropy.",
-          eq(L, Terms(C, lam * lse_z**2)),
-          role="definition",
+      (General(),),
+      name="zloss",
+      role="result",
+    ),
+    Step(
+      "The gradient with respect to the capped logits: the label-smoothing "
+      "gradient plus the z-loss term.",
+      eq(D(L, z[i]), dz),
+      (General(),),
+      name="grad_z",
+      role="result",
+    ),
+    Step(
+      "Through the cap, by the chain rule; only $j = i$ survives.",
+      Chain(
+        D(L, u[i]),
+        summation(Dot(D(L, z[j]), D(z[j], u[i])), j),
+        Prod(dz, sech2),
       ),
-      Step(
-          "The soft cap's chain rule: $\\tanh' = 1 - \\tanh^2$.",
-          eq(D(z[i], u[i]), sech2),
-          (General(),),
+      (
+        General(),
+        Concrete(
+          _linear_explicit_grad,
+          (i,),
+          sizes=tuple(range(1, 5)),
+          extra=_linear_label,
+          what="Matrix.jacobian (ℓ = 1)",
+        ),
       ),
-      Step(
-          "It is elementwise, so its Jacobian is diagonal.",
-          eq(D(z[j], u[i]), Dot(delta(i, j), 1 - sp.tanh(u[j] / cap) ** 2)),
-          (General(),),
+      name="grad_u",
+      role="result",
+    ),
+    Step(
+      "Through the matmul: with $\\bar u = g\\,\\partial L/\\partial u$ "
+      "per example, $\\bar x = \\bar u W^{\\mathsf T}$, "
+      "$\\bar W = x^{\\mathsf T} \\bar u$ and $\\bar b = \\bar u$ (summed "
+      "over examples).",
+      sp.Tuple(
+        eq(label(r"\bar{x}"), Dot(ubar, Transpose(W))),
+        eq(label(r"\bar{W}"), Dot(Transpose(x), ubar)),
+        eq(label(r"\bar{b}"), ubar),
       ),
-      Step(
-          "As $c \\to \\infty$ the cap is the identity.",
-          eq(sp.Limit(cap * sp.tanh(u[i] / cap), cap, sp.oo), u[i]),
-          (Limit(),),
-      ),
-      Step(
-          "The z-loss gradient: the gradient of logsumexp is softmax.",
-          Chain(D(lam * lse_z**2, z[i]), Dot(2 * lam, lse_z, D(lse_z, z[i])), 2 * lam * lse_z * a[i]),
-          (General(),),
-          name="zloss",
-          role="result",
-      ),
-      Step(
-          "The gradient with respect to the capped logits: the label-smoothing "
-          "gradient plus the z-loss term.",
-          eq(D(L, z[i]), dz),
-          (General(),),
-          name="grad_z",
-          role="result",
-      ),
-      Step(
-          "Through the cap, by the chain rule; only $j = i$ survives.",
-          Chain(
-              D(L, u[i]),
-              summation(Dot(D(L, z[j]), D(z[j], u[i])), j),
-              Prod(dz, sech2),
-          ),
-          (
-              General(),
-              Concrete(
-                  _linear_explicit_grad,
-                  (i,),
-                  sizes=tuple(range(1, 5)),
-                  extra=_linear_label,
-                  what="Matrix.jacobian (ℓ = 1)",
-              ),
-          ),
-          name="grad_u",
-          role="result",
-      ),
-      Step(
-          "Through the matmul: with $\\bar u = g\\,\\partial L/\\partial u$ "
-          "per example, $\\bar x = \\bar u W^{\\mathsf T}$, "
-          "$\\bar W = x^{\\mathsf T} \\bar u$ and $\\bar b = \\bar u$ (summed "
-          "over examples).",
-          sp.Tuple(
-              eq(label(r"\bar{x}"), Dot(ubar, Transpose(W))),
-              eq(label(r"\bar{W}"), Dot(Transpose(x), ubar)),
-              eq(label(r"\bar{b}"), ubar),
-          ),
-          (Explicit(_matmul_vjp_holds, "d = 2, n = 3 vs Matrix.jacobian"),),
-      ),
-      Step(
-          "The VJP with respect to the uncapped logits.",
-          Chain(label(r"\bar{u}_{i}"), gs * D(L, u[i]), Dot(gs, Prod(dz, sech2))),
-          (General(),),
-          name="vjp_u",
-          role="vjp",
-      ),
+      (Explicit(_matmul_vjp_holds, "d = 2, n = 3 vs Matrix.jacobian"),),
+    ),
+    Step(
+      "The VJP with respect to the uncapped logits.",
+      Chain(label(r"\bar{u}_{i}"), gs * D(L, u[i]), Dot(gs, Prod(dz, sech2))),
+      (General(),),
+      name="vjp_u",
+      role="vjp",
+    ),
   )
   return Derivation(
-      key="linear_softmax_cross_entropy",
-      title="Fused linear cross-entropy: z-loss and soft cap",
-      functions=("linear_softmax_cross_entropy",),
-      intro=(
-          "The fused loss never materialises the logits, but its gradient "
-          "is the same closed form, chunk by chunk."
-      ),
-      ctx=LINEAR_CTX,
-      steps=steps,
-      headline=eq(D(L, u[i]), Prod(dz, sech2)),
+    key="linear_softmax_cross_entropy",
+    title="Fused linear cross-entropy: z-loss and soft cap",
+    functions=("linear_softmax_cross_entropy",),
+    intro=(
+      "The fused loss never materialises the logits, but its gradient "
+      "is the same closed form, chunk by chunk."
+    ),
+    ctx=LINEAR_CTX,
+    steps=steps,
+    headline=eq(D(L, u[i]), Prod(dz, sech2)),
   )
 
 
 def derivations() -> tuple[Derivation, ...]:
   return (
-      softmax_cross_entropy_derivation(),
-      label_smoothing_derivation(),
-      sigmoid_bce_derivation(),
-      linear_cross_entropy_derivation(),
+    softmax_cross_entropy_derivation(),
+    label_smoothing_derivation(),
+    sigmoid_bce_derivation(),
+    linear_cross_entropy_derivation(),
   )

@@ -25,7 +25,7 @@ import numpy as np
 import sympy as sp
 
 from derivations import _core
-from derivations._core import Derivation, i, j, lp, p, q, t, u, vec
+from derivations._core import Derivation, i, j, lp, p, q, t, u
 
 TOLERANCE = 1e-10
 
@@ -174,7 +174,9 @@ class _AxisPrinter:
 
       def _print_Sum(self, expr):
         if len(expr.limits) != 1:
-          return self._print(sp.Sum(sp.Sum(expr.function, *expr.limits[:-1]), expr.limits[-1]))
+          return self._print(
+            sp.Sum(sp.Sum(expr.function, *expr.limits[:-1]), expr.limits[-1])
+          )
         idx, lo, hi = expr.limits[0]
         if lo != 1 or hi != sp.Symbol("n"):
           raise ValueError(f"only sums over 1..n are lambdified, got {expr.limits}")
@@ -221,11 +223,11 @@ def _helpers(batch: int, width: int) -> dict:
 
 
 def lambdify_general(
-    expr: sp.Expr,
-    free: Sequence[sp.Symbol],
-    inputs: Sequence[Any],
-    batch: int,
-    width: int,
+  expr: sp.Expr,
+  free: Sequence[sp.Symbol],
+  inputs: Sequence[Any],
+  batch: int,
+  width: int,
 ):
   """Lambdifies a general-n expression for a batch of sizes.
 
@@ -256,7 +258,9 @@ def lambdify_general(
   expr = expr.xreplace({_core.n: nn, _core.ell: el})
   free_args = [sp.Symbol(f"_i{r}") for r in range(len(free))]
   expr = expr.xreplace(dict(zip(free, free_args, strict=True)))
-  args = [nn, el, *free_args] + [names[x].label if isinstance(x, sp.IndexedBase) else names[x] for x in inputs]
+  args = [nn, el, *free_args] + [
+    names[x].label if isinstance(x, sp.IndexedBase) else names[x] for x in inputs
+  ]
   printer = _AxisPrinter(free_args, width)
   f = sp.lambdify(args, expr, modules=[_helpers(batch, width), "jax"], printer=printer)
   grids = [_grid(-(len(free) - r), width) for r in range(len(free))]
@@ -287,7 +291,9 @@ def _formula(check: Numeric, d: Derivation):
   return expr
 
 
-def _expected_all(check: Numeric, d: Derivation, sizes: Sequence[int]) -> list[np.ndarray]:
+def _expected_all(
+  check: Numeric, d: Derivation, sizes: Sequence[int]
+) -> list[np.ndarray]:
   """The closed form at every size, from one lambdified general-n formula."""
   expr = _formula(check, d)
   inputs = list(check.formula_inputs or [b for b, _ in check.inputs])
@@ -298,12 +304,20 @@ def _expected_all(check: Numeric, d: Derivation, sizes: Sequence[int]) -> list[n
     out = []
     f = lambdify_general(expr, check.index, inputs, 1, width)
     for size, ell_ in zip(sizes, ells, strict=True):
+
       def formula(*arrays, size=size, ell_=ell_):
-        padded = [_pad(np.asarray(a_)[None], width) if isinstance(b, sp.IndexedBase)
-                  else np.asarray(a_).reshape(1) for b, a_ in zip(inputs, arrays, strict=True)]
+        padded = [
+          _pad(np.asarray(a_)[None], width)
+          if isinstance(b, sp.IndexedBase)
+          else np.asarray(a_).reshape(1)
+          for b, a_ in zip(inputs, arrays, strict=True)
+        ]
         full = f(np.array([size]), np.array([ell_]), *padded)[0]
         return full[(slice(0, size),) * len(check.index)]
-      out.append(np.asarray(check.expected(formula, *_arrays(check, size)), dtype=np.float64))
+
+      out.append(
+        np.asarray(check.expected(formula, *_arrays(check, size)), dtype=np.float64)
+      )
     return out
   f = lambdify_general(expr, check.index, inputs, len(sizes), width)
   per_size = [_arrays(check, size) for size in sizes]
@@ -326,8 +340,8 @@ def _pad(x: np.ndarray, width: int) -> np.ndarray:
 # its cheapest optimisation level compiles them several times faster and does
 # not change float64 results beyond round-off.
 _COMPILER_OPTIONS = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
+  "xla_backend_optimization_level": 0,
+  "xla_llvm_disable_expensive_passes": True,
 }
 
 
@@ -340,12 +354,14 @@ def _autodiff_all(checks, fns, sizes):
   import jax
   import jax.numpy as jnp
 
-  inputs = [[[jnp.asarray(x) for x in _arrays(c, size)] for c in checks] for size in sizes]
+  inputs = [
+    [[jnp.asarray(x) for x in _arrays(c, size)] for c in checks] for size in sizes
+  ]
 
   def table(inputs):
     return [
-        [c.autodiff(f, *xs) for c, f, xs in zip(checks, fns, row, strict=True)]
-        for row in inputs
+      [c.autodiff(f, *xs) for c, f, xs in zip(checks, fns, row, strict=True)]
+      for row in inputs
     ]
 
   compiled = jax.jit(table).lower(inputs).compile(_COMPILER_OPTIONS)
@@ -354,10 +370,10 @@ def _autodiff_all(checks, fns, sizes):
 
 
 def run_numerics(
-    checks: Sequence[Numeric],
-    derivations: Mapping[str, Derivation],
-    fns: Mapping[str, Callable] | None = None,
-    sizes: Sequence[int] = tuple(range(2, 9)),
+  checks: Sequence[Numeric],
+  derivations: Mapping[str, Derivation],
+  fns: Mapping[str, Callable] | None = None,
+  sizes: Sequence[int] = tuple(range(2, 9)),
 ) -> list[NumericResult]:
   """Compares each closed form with JAX autodiff of the function under test.
 
@@ -383,13 +399,17 @@ def run_numerics(
 
       fn = getattr(jaxsmx, c.function, None)
     if fn is None:
-      results[c.name] = NumericResult(c, float("nan"), tuple(sizes), f"jaxsmx.{c.function} not found")
+      results[c.name] = NumericResult(
+        c, float("nan"), tuple(sizes), f"jaxsmx.{c.function} not found"
+      )
     resolved.append(fn)
   runnable = [(c, f) for c, f in zip(checks, resolved, strict=True) if f is not None]
   with jax.enable_x64(True):
     try:
       table = _autodiff_all([c for c, _ in runnable], [f for _, f in runnable], sizes)
-      per_check = {c.name: [row[r] for row in table] for r, (c, _) in enumerate(runnable)}
+      per_check = {
+        c.name: [row[r] for row in table] for r, (c, _) in enumerate(runnable)
+      }
     except Exception:  # find the culprit: one program per check
       per_check = {}
       for c, f in runnable:
@@ -398,7 +418,7 @@ def run_numerics(
           per_check[c.name] = [row[0] for row in got]
         except Exception as e:
           results[c.name] = NumericResult(
-              c, float("nan"), tuple(sizes), f"{type(e).__name__}: {e}"[:300]
+            c, float("nan"), tuple(sizes), f"{type(e).__name__}: {e}"[:300]
           )
     for c, _ in runnable:
       if c.name in results:
@@ -411,12 +431,17 @@ def _compare(check, d, sizes, got_by_size) -> NumericResult:
   try:
     wanted = _expected_all(check, d, sizes)
   except Exception as e:  # a formula that cannot be evaluated fails its check
-    return NumericResult(check, float("nan"), tuple(sizes), f"{type(e).__name__}: {e}"[:300])
+    return NumericResult(
+      check, float("nan"), tuple(sizes), f"{type(e).__name__}: {e}"[:300]
+    )
   worst = 0.0
   for size, want, got in zip(sizes, wanted, got_by_size, strict=True):
     if want.size != got.size:
       return NumericResult(
-          check, float("nan"), tuple(sizes), f"n={size}: shape {want.shape} vs {got.shape}"
+        check,
+        float("nan"),
+        tuple(sizes),
+        f"n={size}: shape {want.shape} vs {got.shape}",
       )
     err = float(np.max(np.abs(want.reshape(got.shape) - got))) if got.size else 0.0
     if not np.isfinite(err):
@@ -426,10 +451,10 @@ def _compare(check, d, sizes, got_by_size) -> NumericResult:
 
 
 def run_numeric(
-    check: Numeric,
-    derivation: Derivation,
-    fn: Callable | None = None,
-    sizes: Sequence[int] = tuple(range(2, 9)),
+  check: Numeric,
+  derivation: Derivation,
+  fn: Callable | None = None,
+  sizes: Sequence[int] = tuple(range(2, 9)),
 ) -> NumericResult:
   """One check; ``fn`` replaces ``jaxsmx.<check.function>`` when given."""
   fns = {check.function: fn} if fn is not None else None
@@ -510,9 +535,9 @@ def _diag_expected(formula, *arrays):
 # The fused loss: x [2, 3], w [3, n], bias [n], label 0 for both rows.
 _ROWS, _HIDDEN = 2, 3
 _LINEAR_PARAMS = {
-    sp.Symbol(r"\alpha", nonnegative=True): 0.1,
-    sp.Symbol(r"\lambda", nonnegative=True): 0.05,
-    sp.Symbol("c", positive=True): 2.0,
+  sp.Symbol(r"\alpha", nonnegative=True): 0.1,
+  sp.Symbol(r"\lambda", nonnegative=True): 0.05,
+  sp.Symbol("c", positive=True): 2.0,
 }
 _LINEAR_KW = dict(label_smoothing=0.1, z_loss=0.05, softcap=2.0)
 
@@ -535,7 +560,9 @@ def _linear_expected(formula, x, w, b):
 
   uu = x @ w + b
   ubar = np.stack([np.asarray(formula(jnp.asarray(row))).reshape(-1) for row in uu])
-  return np.concatenate([(ubar @ w.T).ravel(), (x.T @ ubar).ravel(), ubar.sum(0).ravel()])
+  return np.concatenate(
+    [(ubar @ w.T).ravel(), (x.T @ ubar).ravel(), ubar.sum(0).ravel()]
+  )
 
 
 def numeric_checks() -> tuple[Numeric, ...]:
@@ -544,110 +571,323 @@ def numeric_checks() -> tuple[Numeric, ...]:
   gs = sp.Symbol("g", real=True)
   alpha = sp.Symbol(r"\alpha", nonnegative=True)
   checks = [
-      Numeric("softmax", "jacobian", "Jacobian", "softmax", (i, j), ((z, LOGITS),), _jac(), "jax.jacrev"),
-      Numeric("softmax", "vjp", "VJP", "softmax", (i,), ((z, LOGITS), (g, COTANGENT)), _vjp(), "jax.vjp"),
-      Numeric("log_softmax", "jacobian", "Jacobian", "log_softmax", (i, j), ((z, LOGITS),), _jac(), "jax.jacrev"),
-      Numeric("log_softmax", "vjp", "VJP", "log_softmax", (j,), ((z, LOGITS), (g, COTANGENT)), _vjp(), "jax.vjp"),
-      Numeric("logsumexp", "gradient", "gradient", "logsumexp", (i,), ((z, LOGITS),), _grad(), "jax.grad"),
-      Numeric("logsumexp", "hessian", "Hessian", "logsumexp", (i, j), ((z, LOGITS),), _hess(), "jax.hessian"),
-      Numeric("logsumexp", "vjp", "VJP", "logsumexp", (i,), ((z, LOGITS), (gs, COTANGENT)), _vjp(), "jax.vjp"),
-      Numeric(
-          "softmax_cross_entropy", "grad_z", "gradient wrt logits", "softmax_cross_entropy",
-          (i,), ((z, LOGITS), (y, WEIGHTS)), _grad(0, 2), "jax.grad",
+    Numeric(
+      "softmax",
+      "jacobian",
+      "Jacobian",
+      "softmax",
+      (i, j),
+      ((z, LOGITS),),
+      _jac(),
+      "jax.jacrev",
+    ),
+    Numeric(
+      "softmax",
+      "vjp",
+      "VJP",
+      "softmax",
+      (i,),
+      ((z, LOGITS), (g, COTANGENT)),
+      _vjp(),
+      "jax.vjp",
+    ),
+    Numeric(
+      "log_softmax",
+      "jacobian",
+      "Jacobian",
+      "log_softmax",
+      (i, j),
+      ((z, LOGITS),),
+      _jac(),
+      "jax.jacrev",
+    ),
+    Numeric(
+      "log_softmax",
+      "vjp",
+      "VJP",
+      "log_softmax",
+      (j,),
+      ((z, LOGITS), (g, COTANGENT)),
+      _vjp(),
+      "jax.vjp",
+    ),
+    Numeric(
+      "logsumexp",
+      "gradient",
+      "gradient",
+      "logsumexp",
+      (i,),
+      ((z, LOGITS),),
+      _grad(),
+      "jax.grad",
+    ),
+    Numeric(
+      "logsumexp",
+      "hessian",
+      "Hessian",
+      "logsumexp",
+      (i, j),
+      ((z, LOGITS),),
+      _hess(),
+      "jax.hessian",
+    ),
+    Numeric(
+      "logsumexp",
+      "vjp",
+      "VJP",
+      "logsumexp",
+      (i,),
+      ((z, LOGITS), (gs, COTANGENT)),
+      _vjp(),
+      "jax.vjp",
+    ),
+    Numeric(
+      "softmax_cross_entropy",
+      "grad_z",
+      "gradient wrt logits",
+      "softmax_cross_entropy",
+      (i,),
+      ((z, LOGITS), (y, WEIGHTS)),
+      _grad(0, 2),
+      "jax.grad",
+    ),
+    Numeric(
+      "softmax_cross_entropy",
+      "grad_y",
+      "gradient wrt labels",
+      "softmax_cross_entropy",
+      (i,),
+      ((z, LOGITS), (y, WEIGHTS)),
+      _grad(1, 2),
+      "jax.grad",
+    ),
+    Numeric(
+      "softmax_cross_entropy",
+      "hessian",
+      "Hessian wrt logits",
+      "softmax_cross_entropy",
+      (i, j),
+      ((z, LOGITS), (y, WEIGHTS)),
+      lambda fn, z_, y_: _hess(1)(lambda zz: fn(zz, y_), z_),
+      "jax.hessian",
+    ),
+    Numeric(
+      "softmax_cross_entropy",
+      "vjp_z",
+      "VJP wrt logits",
+      "softmax_cross_entropy",
+      (i,),
+      ((z, LOGITS), (y, WEIGHTS), (gs, COTANGENT)),
+      _vjp(0, 2),
+      "jax.vjp",
+    ),
+    Numeric(
+      "softmax_cross_entropy",
+      "vjp_y",
+      "VJP wrt labels",
+      "softmax_cross_entropy",
+      (i,),
+      ((z, LOGITS), (y, WEIGHTS), (gs, COTANGENT)),
+      _vjp(1, 2),
+      "jax.vjp",
+    ),
+    Numeric(
+      "label_smoothing",
+      "grad_z",
+      "gradient, α = 0",
+      "softmax_cross_entropy_with_integer_labels",
+      (i,),
+      ((z, LOGITS),),
+      _with_label(_grad(), lambda size: (size + 1) // 2 - 1),
+      "jax.grad",
+      params={alpha: 0.0},
+      extra=_smooth_label,
+    ),
+    Numeric(
+      "label_smoothing",
+      "grad_z",
+      "gradient, α = 0.1",
+      "softmax_cross_entropy_with_integer_labels",
+      (i,),
+      ((z, LOGITS),),
+      _with_label(_grad(label_smoothing=0.1), lambda size: (size + 1) // 2 - 1),
+      "jax.grad",
+      params={alpha: 0.1},
+      extra=_smooth_label,
+    ),
+    Numeric(
+      "label_smoothing",
+      "vjp_z",
+      "VJP, α = 0.3",
+      "softmax_cross_entropy_with_integer_labels",
+      (i,),
+      ((z, LOGITS), (gs, COTANGENT)),
+      _with_label(_vjp(label_smoothing=0.3), lambda size: (size + 1) // 2 - 1),
+      "jax.vjp",
+      params={alpha: 0.3},
+      extra=_smooth_label,
+    ),
+    Numeric(
+      "sigmoid_binary_cross_entropy",
+      "vjp_z",
+      "VJP wrt logits",
+      "sigmoid_binary_cross_entropy",
+      (i,),
+      ((z, LOGITS), (y, UNIT), (g, COTANGENT)),
+      _vjp(0, 2),
+      "jax.vjp",
+    ),
+    Numeric(
+      "sigmoid_binary_cross_entropy",
+      "vjp_y",
+      "VJP wrt labels",
+      "sigmoid_binary_cross_entropy",
+      (i,),
+      ((z, LOGITS), (y, UNIT), (g, COTANGENT)),
+      _vjp(1, 2),
+      "jax.vjp",
+    ),
+    Numeric(
+      "sigmoid_binary_cross_entropy",
+      "hessian",
+      "Hessian of the sum",
+      "sigmoid_binary_cross_entropy",
+      (i,),
+      ((z, LOGITS), (y, UNIT)),
+      _bce_hessian,
+      "jax.hessian",
+      expected=_diag_expected,
+    ),
+    Numeric(
+      "softmax_entropy",
+      "grad",
+      "gradient",
+      "softmax_entropy",
+      (i,),
+      ((z, LOGITS),),
+      _grad(),
+      "jax.grad",
+    ),
+    Numeric(
+      "softmax_entropy",
+      "hessian",
+      "Hessian",
+      "softmax_entropy",
+      (i, j),
+      ((z, LOGITS),),
+      _hess(),
+      "jax.hessian",
+    ),
+    Numeric(
+      "softmax_entropy",
+      "vjp",
+      "VJP",
+      "softmax_entropy",
+      (i,),
+      ((z, LOGITS), (gs, COTANGENT)),
+      _vjp(),
+      "jax.vjp",
+    ),
+    Numeric(
+      "entropy", "grad", "gradient", "entropy", (i,), ((p, PROBS),), _grad(), "jax.grad"
+    ),
+    Numeric(
+      "entropy",
+      "hessian",
+      "Hessian",
+      "entropy",
+      (i, j),
+      ((p, PROBS),),
+      _hess(),
+      "jax.hessian",
+    ),
+    Numeric(
+      "entropy",
+      "vjp",
+      "VJP",
+      "entropy",
+      (i,),
+      ((p, POSITIVE), (gs, COTANGENT)),
+      _vjp(),
+      "jax.vjp",
+    ),
+    Numeric(
+      "cross_entropy",
+      "grad_p",
+      "gradient wrt p",
+      "cross_entropy",
+      (i,),
+      ((p, PROBS), (q, PROBS)),
+      _grad(0, 2),
+      "jax.grad",
+    ),
+    Numeric(
+      "cross_entropy",
+      "grad_q",
+      "gradient wrt q",
+      "cross_entropy",
+      (i,),
+      ((p, PROBS), (q, PROBS)),
+      _grad(1, 2),
+      "jax.grad",
+    ),
+    Numeric(
+      "cross_entropy",
+      "vjp_q",
+      "VJP wrt q",
+      "cross_entropy",
+      (i,),
+      ((p, POSITIVE), (q, POSITIVE), (gs, COTANGENT)),
+      _vjp(1, 2),
+      "jax.vjp",
+    ),
+    Numeric(
+      "kl_divergence",
+      "grad_l",
+      "gradient wrt log-predictions",
+      "kl_divergence",
+      (i,),
+      ((lp, LOGITS), (t, PROBS)),
+      _grad(0, 2),
+      "jax.grad",
+    ),
+    Numeric(
+      "kl_divergence",
+      "grad_t",
+      "gradient wrt targets",
+      "kl_divergence",
+      (i,),
+      ((lp, LOGITS), (t, PROBS)),
+      _grad(1, 2),
+      "jax.grad",
+    ),
+    Numeric(
+      "kl_divergence",
+      "vjp_t",
+      "VJP wrt targets",
+      "kl_divergence",
+      (i,),
+      ((lp, LOGITS), (t, POSITIVE), (gs, COTANGENT)),
+      _vjp(1, 2),
+      "jax.vjp",
+    ),
+    Numeric(
+      "linear_softmax_cross_entropy",
+      "grad_u",
+      "gradients wrt x, w, bias",
+      "linear_softmax_cross_entropy",
+      (i,),
+      (
+        (("x", lambda size: (_ROWS, _HIDDEN)), LOGITS),
+        (("w", lambda size: (_HIDDEN, size)), LOGITS),
+        (("b", lambda size: (size,)), LOGITS),
       ),
-      Numeric(
-          "softmax_cross_entropy", "grad_y", "gradient wrt labels", "softmax_cross_entropy",
-          (i,), ((z, LOGITS), (y, WEIGHTS)), _grad(1, 2), "jax.grad",
-      ),
-      Numeric(
-          "softmax_cross_entropy", "hessian", "Hessian wrt logits", "softmax_cross_entropy",
-          (i, j), ((z, LOGITS), (y, WEIGHTS)),
-          lambda fn, z_, y_: _hess(1)(lambda zz: fn(zz, y_), z_), "jax.hessian",
-      ),
-      Numeric(
-          "softmax_cross_entropy", "vjp_z", "VJP wrt logits", "softmax_cross_entropy",
-          (i,), ((z, LOGITS), (y, WEIGHTS), (gs, COTANGENT)), _vjp(0, 2), "jax.vjp",
-      ),
-      Numeric(
-          "softmax_cross_entropy", "vjp_y", "VJP wrt labels", "softmax_cross_entropy",
-          (i,), ((z, LOGITS), (y, WEIGHTS), (gs, COTANGENT)), _vjp(1, 2), "jax.vjp",
-      ),
-      Numeric(
-          "label_smoothing", "grad_z", "gradient, α = 0", "softmax_cross_entropy_with_integer_labels",
-          (i,), ((z, LOGITS),), _with_label(_grad(), lambda size: (size + 1) // 2 - 1),
-          "jax.grad", params={alpha: 0.0}, extra=_smooth_label,
-      ),
-      Numeric(
-          "label_smoothing", "grad_z", "gradient, α = 0.1", "softmax_cross_entropy_with_integer_labels",
-          (i,), ((z, LOGITS),),
-          _with_label(_grad(label_smoothing=0.1), lambda size: (size + 1) // 2 - 1),
-          "jax.grad", params={alpha: 0.1}, extra=_smooth_label,
-      ),
-      Numeric(
-          "label_smoothing", "vjp_z", "VJP, α = 0.3", "softmax_cross_entropy_with_integer_labels",
-          (i,), ((z, LOGITS), (gs, COTANGENT)),
-          _with_label(_vjp(label_smoothing=0.3), lambda size: (size + 1) // 2 - 1),
-          "jax.vjp", params={alpha: 0.3}, extra=_smooth_label,
-      ),
-      Numeric(
-          "sigmoid_binary_cross_entropy", "vjp_z", "VJP wrt logits", "sigmoid_binary_cross_entropy",
-          (i,), ((z, LOGITS), (y, UNIT), (g, COTANGENT)), _vjp(0, 2), "jax.vjp",
-      ),
-      Numeric(
-          "sigmoid_binary_cross_entropy", "vjp_y", "VJP wrt labels", "sigmoid_binary_cross_entropy",
-          (i,), ((z, LOGITS), (y, UNIT), (g, COTANGENT)), _vjp(1, 2), "jax.vjp",
-      ),
-      Numeric(
-          "sigmoid_binary_cross_entropy", "hessian", "Hessian of the sum", "sigmoid_binary_cross_entropy",
-          (i,), ((z, LOGITS), (y, UNIT)), _bce_hessian, "jax.hessian", expected=_diag_expected,
-      ),
-      Numeric(
-          "softmax_entropy", "grad", "gradient", "softmax_entropy", (i,), ((z, LOGITS),), _grad(), "jax.grad",
-      ),
-      Numeric(
-          "softmax_entropy", "hessian", "Hessian", "softmax_entropy", (i, j), ((z, LOGITS),), _hess(), "jax.hessian",
-      ),
-      Numeric(
-          "softmax_entropy", "vjp", "VJP", "softmax_entropy", (i,), ((z, LOGITS), (gs, COTANGENT)), _vjp(), "jax.vjp",
-      ),
-      Numeric("entropy", "grad", "gradient", "entropy", (i,), ((p, PROBS),), _grad(), "jax.grad"),
-      Numeric("entropy", "hessian", "Hessian", "entropy", (i, j), ((p, PROBS),), _hess(), "jax.hessian"),
-      Numeric("entropy", "vjp", "VJP", "entropy", (i,), ((p, POSITIVE), (gs, COTANGENT)), _vjp(), "jax.vjp"),
-      Numeric(
-          "cross_entropy", "grad_p", "gradient wrt p", "cross_entropy", (i,), ((p, PROBS), (q, PROBS)),
-          _grad(0, 2), "jax.grad",
-      ),
-      Numeric(
-          "cross_entropy", "grad_q", "gradient wrt q", "cross_entropy", (i,), ((p, PROBS), (q, PROBS)),
-          _grad(1, 2), "jax.grad",
-      ),
-      Numeric(
-          "cross_entropy", "vjp_q", "VJP wrt q", "cross_entropy", (i,),
-          ((p, POSITIVE), (q, POSITIVE), (gs, COTANGENT)), _vjp(1, 2), "jax.vjp",
-      ),
-      Numeric(
-          "kl_divergence", "grad_l", "gradient wrt log-predictions", "kl_divergence", (i,),
-          ((lp, LOGITS), (t, PROBS)), _grad(0, 2), "jax.grad",
-      ),
-      Numeric(
-          "kl_divergence", "grad_t", "gradient wrt targets", "kl_divergence", (i,),
-          ((lp, LOGITS), (t, PROBS)), _grad(1, 2), "jax.grad",
-      ),
-      Numeric(
-          "kl_divergence", "vjp_t", "VJP wrt targets", "kl_divergence", (i,),
-          ((lp, LOGITS), (t, POSITIVE), (gs, COTANGENT)), _vjp(1, 2), "jax.vjp",
-      ),
-      Numeric(
-          "linear_softmax_cross_entropy", "grad_u", "gradients wrt x, w, bias",
-          "linear_softmax_cross_entropy", (i,),
-          (
-              (("x", lambda size: (_ROWS, _HIDDEN)), LOGITS),
-              (("w", lambda size: (_HIDDEN, size)), LOGITS),
-              (("b", lambda size: (size,)), LOGITS),
-          ),
-          _linear_autodiff, "jax.grad", params=_LINEAR_PARAMS,
-          extra=lambda size: {_core.ell: 1},
-          expected=_linear_expected, formula_inputs=(u,),
-      ),
+      _linear_autodiff,
+      "jax.grad",
+      params=_LINEAR_PARAMS,
+      extra=lambda size: {_core.ell: 1},
+      expected=_linear_expected,
+      formula_inputs=(u,),
+    ),
   ]
   return tuple(checks)

@@ -117,7 +117,9 @@ def _run_example(ex: Example, fns: Mapping[str, Callable] | None) -> ExampleResu
     module = _Module(fns)
     try:
       with jax.enable_x64(True):
-        values = tuple(float(v) for v in np.asarray(ex.call(module), dtype=np.float64).ravel())
+        values = tuple(
+          float(v) for v in np.asarray(ex.call(module), dtype=np.float64).ravel()
+        )
     except Exception as e:  # report, do not crash
       return ExampleResult(ex, exact, None, False, f"{type(e).__name__}: {e}")
     for got, want in zip(values, exact, strict=True):
@@ -142,9 +144,9 @@ class _Module:
 
 
 def build(
-    derivations: Sequence[Derivation] | None = None,
-    checks: Sequence[Numeric] | None = None,
-    fns: Mapping[str, Callable] | None = None,
+  derivations: Sequence[Derivation] | None = None,
+  checks: Sequence[Numeric] | None = None,
+  fns: Mapping[str, Callable] | None = None,
 ) -> Report:
   """Re-derives everything: symbolic checks, numeric checks, examples.
 
@@ -260,9 +262,9 @@ def render_markdown(report: Report) -> str:
   w(_INTRO)
   status = "✅ all checks pass" if report.ok else "❌ some checks FAIL"
   w(
-      f"**Status: {status}.** {n_ok} of {n_steps} checked steps verified "
-      f"symbolically; {sum(r.ok for r in numerics)} of {len(numerics)} numeric "
-      "comparisons with jaxsmx within tolerance.\n"
+    f"**Status: {status}.** {n_ok} of {n_steps} checked steps verified "
+    f"symbolically; {sum(r.ok for r in numerics)} of {len(numerics)} numeric "
+    "comparisons with jaxsmx within tolerance.\n"
   )
   w("## Contents\n")
   for num, sec in enumerate(report.sections, 1):
@@ -289,8 +291,11 @@ def _section_markdown(out: list[str], num: int, sec: Section) -> None:
     step = s.step
     if step.role == "vjp":
       continue
-    step_no += 1
-    tag = "Definition" if step.role == "definition" else f"Step {step_no}"
+    if step.role == "definition":
+      tag = "Definition"
+    else:
+      step_no += 1
+      tag = step.tag or f"Step {step_no}"
     label = f" {step.label}" if step.label else ""
     w(f"**{tag}.**{label}\n")
     w(f"$$\n{tex_block(step.expr)}\n$$\n")
@@ -300,8 +305,8 @@ def _section_markdown(out: list[str], num: int, sec: Section) -> None:
   if vjps:
     w("### Reverse-mode rule\n")
     w(
-        "The closed form jaxsmx's `custom_vjp` backward rule implements, "
-        "derived as $J^{\\mathsf T} g$ and proved equal to it:\n"
+      "The closed form jaxsmx's `custom_vjp` backward rule implements, "
+      "derived as $J^{\\mathsf T} g$ and proved equal to it:\n"
     )
     for s in vjps:
       if s.step.label:
@@ -319,14 +324,15 @@ def _section_markdown(out: list[str], num: int, sec: Section) -> None:
       mark = "✅" if r.ok else "❌"
       err = r.bucket if not r.error else f"{r.bucket}: {r.error}"
       lo, hi = min(r.sizes), max(r.sizes)
-      w(f"| {c.what} | `{c.reference}` of `jaxsmx.{c.function}` | {lo}..{hi} | {err} | {mark} |")
+      ref = f"`{c.reference}` of `jaxsmx.{c.function}`"
+      w(f"| {c.what} | {ref} | {lo}..{hi} | {err} | {mark} |")
     w("")
   mark = "✅" if sec.ok else "❌"
   checked = sec.checked_steps
   w(
-      f"**Verdict: {mark}** {sum(s.ok for s in checked)}/{len(checked)} steps "
-      f"verified; {sum(r.ok for r in sec.numerics)}/{len(sec.numerics)} numeric "
-      "checks agree.\n"
+    f"**Verdict: {mark}** {sum(s.ok for s in checked)}/{len(checked)} steps "
+    f"verified; {sum(r.ok for r in sec.numerics)}/{len(sec.numerics)} numeric "
+    "checks agree.\n"
   )
 
 
@@ -358,7 +364,8 @@ def _summary_markdown(out: list[str], report: Report) -> None:
     sym = f"{sum(s.ok for s in checked)}/{len(checked)} steps"
     mark = "✅ pass" if sec.ok else "❌ FAIL"
     fns = ", ".join(f"`{f}`" for f in d.functions)
-    w(f"| [{fns}](#{_anchor(d.key)}) | ${tex(d.headline)}$ | {sym} | {sec.worst_numeric} | {mark} |")
+    link = f"[{fns}](#{_anchor(d.key)})"
+    w(f"| {link} | ${tex(d.headline)}$ | {sym} | {sec.worst_numeric} | {mark} |")
   w("")
 
 
@@ -366,26 +373,26 @@ def _summary_markdown(out: list[str], report: Report) -> None:
 # LaTeX.
 
 _TEX_TEXT = {
-    "\\": r"\textbackslash{}",
-    "_": r"\_",
-    "%": r"\%",
-    "&": r"\&",
-    "#": r"\#",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "≠": r"$\neq$",
-    "δ": r"$\delta$",
-    "Σ": r"$\Sigma$",
-    "ℓ": r"$\ell$",
-    "α": r"$\alpha$",
-    "λ": r"$\lambda$",
-    "⌈": r"$\lceil$",
-    "⌉": r"$\rceil$",
-    "—": "---",
-    "✅": "pass",
-    "❌": "FAIL",
+  "\\": r"\textbackslash{}",
+  "_": r"\_",
+  "%": r"\%",
+  "&": r"\&",
+  "#": r"\#",
+  "{": r"\{",
+  "}": r"\}",
+  "~": r"\textasciitilde{}",
+  "^": r"\textasciicircum{}",
+  "≠": r"$\neq$",
+  "δ": r"$\delta$",
+  "Σ": r"$\Sigma$",
+  "ℓ": r"$\ell$",
+  "α": r"$\alpha$",
+  "λ": r"$\lambda$",
+  "⌈": r"$\lceil$",
+  "⌉": r"$\rceil$",
+  "—": "---",
+  "✅": "pass",
+  "❌": "FAIL",
 }
 
 
@@ -417,7 +424,7 @@ def render_latex(report: Report) -> str:
   w(r"\maketitle")
   status = "all checks pass" if report.ok else "some checks FAIL"
   w(_tex_text(f"Generated by `python -m derivations`. Status: {status}.") + "\n")
-  for num, sec in enumerate(report.sections, 1):
+  for sec in report.sections:
     d = sec.derivation
     w(f"\\section{{{_tex_text(d.title)}}}")
     fns = ", ".join(f"`jaxsmx.{f}`" for f in d.functions)
@@ -435,8 +442,8 @@ def render_latex(report: Report) -> str:
         tag = "Definition"
       else:
         step_no += 1
-        tag = f"Step {step_no}"
-      w(f"\\paragraph{{{tag}.}} " + _tex_text(step.label))
+        tag = step.tag or f"Step {step_no}"
+      w(f"\\paragraph{{{_tex_text(tag)}.}} " + _tex_text(step.label))
       w("\\[\n" + tex_block(step.expr) + "\n\\]")
       if s.verdicts:
         w(_tex_text(_verdict_line(s)) + "\n")
@@ -447,7 +454,10 @@ def render_latex(report: Report) -> str:
         c = r.check
         err = _tex_text(r.bucket)
         lo, hi = min(r.sizes), max(r.sizes)
-        w(_tex_text(f"{c.what} & `{c.reference}` of `{c.function}` & ") + f"{lo}--{hi} & {err} \\\\")
+        w(
+          _tex_text(f"{c.what} & `{c.reference}` of `{c.function}` & ")
+          + f"{lo}--{hi} & {err} \\\\"
+        )
       w(r"\end{tabular}\end{center}")
   w(r"\section{Summary}")
   w(r"\begin{longtable}{p{4cm}p{6.5cm}p{2cm}p{2cm}l}")
@@ -458,7 +468,8 @@ def render_latex(report: Report) -> str:
     sym = f"{sum(s.ok for s in checked)}/{len(checked)}"
     fns = _tex_text(", ".join(d.functions))
     verdict = "pass" if sec.ok else "FAIL"
-    w(f"{fns} & ${tex(d.headline)}$ & {sym} & {_tex_text(sec.worst_numeric)} & {verdict} \\\\")
+    err = _tex_text(sec.worst_numeric)
+    w(f"{fns} & ${tex(d.headline)}$ & {sym} & {err} & {verdict} \\\\")
   w(r"\end{longtable}")
   w(r"\end{document}")
   return "\n".join(out) + "\n"
@@ -477,9 +488,9 @@ def summary(report: Report) -> str:
     errs = [r.max_error for r in sec.numerics if not r.error]
     worst = f"{max(errs):.1e}" if errs else "  -    "
     lines.append(
-        f"{mark} {d.key:30s} steps {sum(s.ok for s in checked):2d}/{len(checked):<2d}"
-        f"  numeric {sum(r.ok for r in sec.numerics)}/{len(sec.numerics)}"
-        f"  max err {worst}"
+      f"{mark} {d.key:30s} steps {sum(s.ok for s in checked):2d}/{len(checked):<2d}"
+      f"  numeric {sum(r.ok for r in sec.numerics)}/{len(sec.numerics)}"
+      f"  max err {worst}"
     )
   fails = report.failures
   for f in fails[:10]:

@@ -5,38 +5,36 @@ from __future__ import annotations
 import sympy as sp
 
 from derivations._core import (
-    D,
-    D2,
-    Chain,
-    Concrete,
-    Context,
-    Derivation,
-    Diag,
-    Dot,
-    Example,
-    Explicit,
-    General,
-    Prod,
-    Step,
-    Terms,
-    Transpose,
-    a,
-    concrete_zero,
-    eq,
-    explicit_softmax,
-    g,
-    gradient,
-    i,
-    j,
-    k,
-    keep,
-    label,
-    n,
-    named,
-    softmax_of,
-    summation,
-    vec,
-    z,
+  D2,
+  Chain,
+  Concrete,
+  Context,
+  D,
+  Derivation,
+  Diag,
+  Dot,
+  Example,
+  Explicit,
+  General,
+  Prod,
+  Step,
+  Terms,
+  Transpose,
+  a,
+  concrete_zero,
+  eq,
+  explicit_softmax,
+  g,
+  gradient,
+  i,
+  j,
+  k,
+  label,
+  named,
+  softmax_of,
+  summation,
+  vec,
+  z,
 )
 
 delta = sp.KroneckerDelta
@@ -45,8 +43,8 @@ S = summation(sp.exp(z[k]))  # the normaliser, as displayed
 LSE = r"\operatorname{lse}"
 
 SOFTMAX_CTX = Context(
-    {a: softmax_of(z), LSE: lambda base: sp.log(summation(sp.exp(base[k])))},
-    "a = softmax(z)",
+  {a: softmax_of(z), LSE: lambda base: sp.log(summation(sp.exp(base[k])))},
+  "a = softmax(z)",
 )
 
 
@@ -71,98 +69,97 @@ def _softmax_vjp_ref(size: int) -> sp.Matrix:
 def softmax_derivation() -> Derivation:
   bar_z = label(r"\bar{z}_{i}")
   e_i, e_j = sp.exp(z[i]), sp.exp(z[j])
-  quotient_ii = keep((Prod(e_i, S) - Prod(e_i, e_i)) / S**2)
-  quotient_ij = keep((Prod(0, S) - Prod(e_j, e_i)) / S**2)
+  quotient_ii = Terms(Prod(e_i, S), -Prod(e_i, e_i)) / S**2
+  quotient_ij = Terms(Prod(0, S), -Prod(e_j, e_i)) / S**2
   steps = (
-      Step(
-          "Softmax maps logits $z$ to probabilities $a$.",
-          eq(a[i], sp.exp(z[i]) / S),
-          role="definition",
+    Step(
+      "Softmax maps logits $z$ to probabilities $a$.",
+      eq(a[i], sp.exp(z[i]) / S),
+      role="definition",
+    ),
+    Step(
+      "They sum to one.",
+      eq(summation(a[k]), 1),
+      (General(),),
+    ),
+    Step(
+      "Case $i = j$. The quotient rule; $z_i$ appears in the numerator and in the sum.",
+      Chain(
+        D(a[i], z[i]),
+        quotient_ii,
+        Terms(a[i], -(a[i] ** 2)),
+        Dot(a[i], 1 - a[i]),
       ),
-      Step(
-          "They sum to one.",
-          eq(summation(a[k]), 1),
-          (General(),),
+      (General(),),
+    ),
+    Step(
+      r"Case $i \neq j$. The numerator $e^{z_j}$ does not depend on "
+      "$z_i$; only the sum does.",
+      Chain(D(a[j], z[i]), quotient_ij, -a[i] * a[j]),
+      (General(NE, "i ≠ j, so δ_ij = 0"),),
+    ),
+    Step(
+      r"Both cases in one formula, with the Kronecker delta "
+      r"$\delta_{ij}$. This is the Jacobian $J_{ij} = "
+      r"\partial a_i / \partial z_j$.",
+      eq(D(a[i], z[j]), Dot(a[i], delta(i, j) - a[j])),
+      (General(), Concrete(softmax_jacobian_ref, (i, j))),
+      name="jacobian",
+      role="result",
+    ),
+    Step(
+      "In matrix form. $J$ is symmetric, so it is also its own transpose.",
+      eq(
+        sp.Symbol("J"),
+        Terms(Diag(sp.Symbol("a")), -Dot(sp.Symbol("a"), Transpose(sp.Symbol("a")))),
       ),
-      Step(
-          "Case $i = j$. The quotient rule; $z_i$ appears in the numerator "
-          "and in the sum.",
-          Chain(
-              D(a[i], z[i]),
-              quotient_ii,
-              Terms(a[i], -a[i] ** 2),
-              Dot(a[i], 1 - a[i]),
-          ),
-          (General(),),
+      (Explicit(_matrix_form_holds, "n = 1..8 vs Matrix.jacobian"),),
+    ),
+    Step(
+      r"Reverse mode needs $J^{\mathsf T} g$ for a cotangent $g$, "
+      r"never $J$ itself: $O(n)$ work instead of $O(n^2)$.",
+      Chain(
+        bar_z,
+        summation(Dot(g[j], D(a[j], z[i])), j),
+        summation(Prod(g[j], a[j], delta(i, j) - a[i]), j),
+        Dot(a[i], g[i] - summation(g[k] * a[k])),
       ),
-      Step(
-          r"Case $i \neq j$. The numerator $e^{z_j}$ does not depend on "
-          "$z_i$; only the sum does.",
-          Chain(D(a[j], z[i]), quotient_ij, -a[i] * a[j]),
-          (General(NE, "i ≠ j, so δ_ij = 0"),),
+      (
+        General(),
+        Concrete(
+          _softmax_vjp_ref,
+          (i,),
+          sizes=tuple(range(1, 7)),
+          what="Matrix.jacobian(...).T g",
+        ),
       ),
-      Step(
-          r"Both cases in one formula, with the Kronecker delta "
-          r"$\delta_{ij}$. This is the Jacobian $J_{ij} = "
-          r"\partial a_i / \partial z_j$.",
-          eq(D(a[i], z[j]), Dot(a[i], delta(i, j) - a[j])),
-          (General(), Concrete(softmax_jacobian_ref, (i, j))),
-          name="jacobian",
-          role="result",
-      ),
-      Step(
-          "In matrix form. $J$ is symmetric, so it is also its own "
-          "transpose.",
-          eq(sp.Symbol("J"), Terms(Diag(sp.Symbol("a")), -Dot(
-              sp.Symbol("a"), Transpose(sp.Symbol("a"))))),
-          (Explicit(_matrix_form_holds, "n = 1..8 vs Matrix.jacobian"),),
-      ),
-      Step(
-          r"Reverse mode needs $J^{\mathsf T} g$ for a cotangent $g$, "
-          r"never $J$ itself: $O(n)$ work instead of $O(n^2)$.",
-          Chain(
-              bar_z,
-              summation(Dot(g[j], D(a[j], z[i])), j),
-              summation(Prod(g[j], a[j], delta(i, j) - a[i]), j),
-              Dot(a[i], g[i] - summation(g[k] * a[k])),
-          ),
-          (
-              General(),
-              Concrete(
-                  _softmax_vjp_ref,
-                  (i,),
-                  sizes=tuple(range(1, 7)),
-                  what="Matrix.jacobian(...).T g",
-              ),
-          ),
-          name="vjp",
-          role="vjp",
-      ),
+      name="vjp",
+      role="vjp",
+    ),
   )
   examples = (
-      Example(
-          "The seed's example: the outputs $(3, 1, -3)$.",
-          tuple(
-              sp.exp(v) / sum(sp.exp(w) for w in (3, 1, -3)) for v in (3, 1, -3)
-          ),
-          (0.8789, 0.1190, 0.0022),
-          lambda m: m.softmax(_f64([3.0, 1.0, -3.0])),
-          "jaxsmx.softmax(jnp.array([3.0, 1.0, -3.0]))",
-      ),
+    Example(
+      "The seed's example: the outputs $(3, 1, -3)$. (The seed prints "
+      "0.1190 for 0.11894.)",
+      tuple(sp.exp(v) / sum(sp.exp(w) for w in (3, 1, -3)) for v in (3, 1, -3)),
+      (0.8789, 0.1190, 0.0022),
+      lambda m: m.softmax(_f64([3.0, 1.0, -3.0])),
+      "jaxsmx.softmax(jnp.array([3.0, 1.0, -3.0]))",
+    ),
   )
   return Derivation(
-      key="softmax",
-      title="Softmax",
-      functions=("softmax",),
-      intro=(
-          "The seed's first object. Its Jacobian has two cases, which the "
-          "seed derives separately and which combine into "
-          r"$\operatorname{diag}(a) - a a^{\mathsf T}$."
-      ),
-      ctx=SOFTMAX_CTX,
-      steps=steps,
-      headline=eq(D(a[i], z[j]), Dot(a[i], delta(i, j) - a[j])),
-      examples=examples,
+    key="softmax",
+    title="Softmax",
+    functions=("softmax",),
+    intro=(
+      "The seed's first object. Its Jacobian has two cases, which the "
+      "seed derives separately and which combine into "
+      r"$\operatorname{diag}(a) - a a^{\mathsf T}$."
+    ),
+    ctx=SOFTMAX_CTX,
+    steps=steps,
+    headline=eq(D(a[i], z[j]), Dot(a[i], delta(i, j) - a[j])),
+    examples=examples,
   )
 
 
@@ -185,68 +182,68 @@ def log_softmax_derivation() -> Derivation:
   bar_z = label(r"\bar{z}_{j}")
   lse_z = named(LSE, z)
   steps = (
-      Step(
-          "Log-softmax is the log of softmax, computed as a difference so "
-          "that no probability is ever rounded to zero.",
-          Chain(sp.log(a[i]), Terms(z[i], -sp.log(S)), Terms(z[i], -lse_z)),
-          (General(),),
+    Step(
+      "Log-softmax is the log of softmax, computed as a difference so "
+      "that no probability is ever rounded to zero.",
+      Chain(sp.log(a[i]), Terms(z[i], -sp.log(S)), Terms(z[i], -lse_z)),
+      (General(),),
+    ),
+    Step(
+      "The first term gives the identity, the second the gradient of "
+      "logsumexp, which is softmax.",
+      Chain(
+        D(sp.log(a[i]), z[j]),
+        Terms(delta(i, j), -sp.exp(z[j]) / S),
+        delta(i, j) - a[j],
       ),
-      Step(
-          "The first term gives the identity, the second the gradient of "
-          "logsumexp, which is softmax.",
-          Chain(
-              D(sp.log(a[i]), z[j]),
-              Terms(delta(i, j), -sp.exp(z[j]) / S),
-              delta(i, j) - a[j],
-          ),
-          (
-              General(),
-              Concrete(_log_softmax_ref, (i, j)),
-          ),
-          name="jacobian",
-          role="result",
+      (
+        General(),
+        Concrete(_log_softmax_ref, (i, j)),
       ),
-      Step(
-          "In matrix form.",
-          eq(
-              sp.Symbol("J"),
-              Terms(sp.Symbol("I"), -Dot(sp.Symbol(r"\mathbf{1}"),
-                                         Transpose(sp.Symbol("a")))),
-          ),
-          (Explicit(_log_softmax_matrix_form, "n = 1..8 vs Matrix.jacobian"),),
+      name="jacobian",
+      role="result",
+    ),
+    Step(
+      "In matrix form.",
+      eq(
+        sp.Symbol("J"),
+        Terms(
+          sp.Symbol("I"), -Dot(sp.Symbol(r"\mathbf{1}"), Transpose(sp.Symbol("a")))
+        ),
       ),
-      Step(
-          "The VJP contracts over the output index $i$.",
-          Chain(
-              bar_z,
-              summation(Dot(g[i], D(sp.log(a[i]), z[j])), i),
-              Terms(g[j], -a[j] * summation(g[i], i)),
-          ),
-          (
-              General(),
-              Concrete(
-                  lambda size: _log_softmax_ref(size).T
-                  * sp.Matrix(vec(g, size)),
-                  (j,),
-                  sizes=tuple(range(1, 7)),
-                  what="Matrix.jacobian(...).T g",
-              ),
-          ),
-          name="vjp",
-          role="vjp",
+      (Explicit(_log_softmax_matrix_form, "n = 1..8 vs Matrix.jacobian"),),
+    ),
+    Step(
+      "The VJP contracts over the output index $i$.",
+      Chain(
+        bar_z,
+        summation(Dot(g[i], D(sp.log(a[i]), z[j])), i),
+        Terms(g[j], -a[j] * summation(g[i], i)),
       ),
+      (
+        General(),
+        Concrete(
+          lambda size: _log_softmax_ref(size).T * sp.Matrix(vec(g, size)),
+          (j,),
+          sizes=tuple(range(1, 7)),
+          what="Matrix.jacobian(...).T g",
+        ),
+      ),
+      name="vjp",
+      role="vjp",
+    ),
   )
   return Derivation(
-      key="log_softmax",
-      title="Log-softmax",
-      functions=("log_softmax",),
-      intro=(
-          "The seed recommends log-softmax for numerical stability. Its "
-          "Jacobian is simpler than softmax's: no product of probabilities."
-      ),
-      ctx=SOFTMAX_CTX,
-      steps=steps,
-      headline=eq(D(sp.log(a[i]), z[j]), delta(i, j) - a[j]),
+    key="log_softmax",
+    title="Log-softmax",
+    functions=("log_softmax",),
+    intro=(
+      "The seed recommends log-softmax for numerical stability. Its "
+      "Jacobian is simpler than softmax's: no product of probabilities."
+    ),
+    ctx=SOFTMAX_CTX,
+    steps=steps,
+    headline=eq(D(sp.log(a[i]), z[j]), delta(i, j) - a[j]),
   )
 
 
@@ -258,56 +255,56 @@ def logsumexp_derivation() -> Derivation:
   lse_z = named(LSE, z)
   gs = sp.Symbol("g", real=True)
   steps = (
-      Step(
-          "The log-normaliser of softmax.",
-          eq(lse_z, sp.log(S)),
-          role="definition",
+    Step(
+      "The log-normaliser of softmax.",
+      eq(lse_z, sp.log(S)),
+      role="definition",
+    ),
+    Step(
+      "Its gradient is softmax.",
+      Chain(D(lse_z, z[i]), sp.exp(z[i]) / S, a[i]),
+      (
+        General(),
+        Concrete(
+          lambda size: gradient(_lse_explicit(size), vec(z, size)),
+          (i,),
+        ),
       ),
-      Step(
-          "Its gradient is softmax.",
-          Chain(D(lse_z, z[i]), sp.exp(z[i]) / S, a[i]),
-          (
-              General(),
-              Concrete(
-                  lambda size: gradient(_lse_explicit(size), vec(z, size)),
-                  (i,),
-              ),
-          ),
-          name="gradient",
-          role="result",
+      name="gradient",
+      role="result",
+    ),
+    Step(
+      "So its Hessian is the softmax Jacobian. It is positive "
+      "semi-definite: logsumexp is convex.",
+      eq(D2(lse_z, z[i], z[j]), Dot(a[i], delta(i, j) - a[j])),
+      (
+        General(),
+        Concrete(
+          lambda size: sp.hessian(_lse_explicit(size), vec(z, size)),
+          (i, j),
+          what="sympy.hessian",
+        ),
       ),
-      Step(
-          "So its Hessian is the softmax Jacobian. It is positive "
-          "semi-definite: logsumexp is convex.",
-          eq(D2(lse_z, z[i], z[j]), Dot(a[i], delta(i, j) - a[j])),
-          (
-              General(),
-              Concrete(
-                  lambda size: sp.hessian(_lse_explicit(size), vec(z, size)),
-                  (i, j),
-                  what="sympy.hessian",
-              ),
-          ),
-          name="hessian",
-          role="result",
-      ),
-      Step(
-          "The output is a scalar per slice, so the cotangent $g$ is a "
-          "scalar and the VJP scales the gradient.",
-          Chain(label(r"\bar{z}_{i}"), gs * D(lse_z, z[i]), gs * a[i]),
-          (General(),),
-          name="vjp",
-          role="vjp",
-      ),
+      name="hessian",
+      role="result",
+    ),
+    Step(
+      "The output is a scalar per slice, so the cotangent $g$ is a "
+      "scalar and the VJP scales the gradient.",
+      Chain(label(r"\bar{z}_{i}"), gs * D(lse_z, z[i]), gs * a[i]),
+      (General(),),
+      name="vjp",
+      role="vjp",
+    ),
   )
   return Derivation(
-      key="logsumexp",
-      title="Logsumexp",
-      functions=("logsumexp",),
-      intro="The normaliser shared by every function in jaxsmx.",
-      ctx=SOFTMAX_CTX,
-      steps=steps,
-      headline=eq(D(lse_z, z[i]), a[i]),
+    key="logsumexp",
+    title="Logsumexp",
+    functions=("logsumexp",),
+    intro="The normaliser shared by every function in jaxsmx.",
+    ctx=SOFTMAX_CTX,
+    steps=steps,
+    headline=eq(D(lse_z, z[i]), a[i]),
   )
 
 
