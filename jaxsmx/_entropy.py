@@ -14,9 +14,11 @@ import jax.numpy as jnp
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
 from jaxsmx._numerics import (
+    exp_normalizer,
+    log_of_sum,
     log_probs,
     masked,
-    normalizer,
+    ratio,
     times_cotangent,
     upcast,
 )
@@ -82,8 +84,11 @@ def softmax_entropy(
   nothing, with gradient 0. An all :math:`-\infty` or fully masked slice gives
   0 with gradient 0. A :math:`+\infty` or NaN logit makes the slice NaN.
 
-  Gradient: :math:`\partial H/\partial z_i = -a_i(\log a_i + H)`. Residuals:
-  the logits, two per-slice normaliser scalars and :math:`H`.
+  Gradient: :math:`\partial H/\partial z_i = -a_i(\log a_i + H)`. As the
+  cotangent of :math:`H` is one scalar per slice, the forward pass forms this
+  gradient from its one exponential per element and saves it as the only
+  residual (the size of the logits, which are not kept); the backward pass is
+  one multiply.
 
   Example:
     >>> import jax.numpy as jnp, jaxsmx
@@ -99,36 +104,24 @@ def _softmax_entropy(logits, where, axes):
   return _softmax_entropy_fwd(logits, where, axes)[0]
 
 
-def _plogp(z, shift, log_norm):
-  """(a, log a with -inf replaced by 0, a log a), so a log a = 0 where a = 0.
-
-  Replacing -inf before the product, rather than the product after it, keeps
-  the derivative of this function (taken in second-order differentiation)
-  free of 0 * inf = NaN.
-  """
-  lp = log_probs(z, shift, log_norm)
-  a = jnp.exp(lp)
-  lp = jnp.where(lp == -jnp.inf, 0.0, lp)
-  return a, lp, a * lp
-
-
 def _softmax_entropy_fwd(logits, where, axes):
   z = masked(upcast(logits), where)
-  shift, log_norm = normalizer(z, axes)
-  _, _, alpa = _plogp(z, shift, log_norm)
-  h = -jnp.sum(alpa, axes, keepdims=True)
+  e, s, shift = exp_normalizer(z, axes)
+  a = ratio(e, s)
+  # log a with -inf replaced by 0 before the product, so that a log a = 0
+  # where a = 0 and its derivative (second-order rules take it) has no 0 * inf
+  lp = log_probs(z, shift, log_of_sum(s))
+  lp = jnp.where(lp == -jnp.inf, 0.0, lp)
+  h = -jnp.sum(a * lp, axes, keepdims=True)
   out = jnp.squeeze(h, axes).astype(logits.dtype)
-  # saves logits, shift, log_norm and H [..., 1]; recomputes a
-  return out, (logits, where, shift, log_norm, h)
+  # d/dz: -a * (log a + H), formed here, as the cotangent is one scalar per
+  # slice; saves that [..., C] and nothing else, so the bwd is one multiply
+  return out, -a * (lp + h)
 
 
-def _softmax_entropy_bwd(axes, res, g):
-  # d/dz: -a * (log a + H)
-  logits, where, shift, log_norm, h = res
-  a, lp, _ = _plogp(masked(upcast(logits), where), shift, log_norm)
-  g = jnp.expand_dims(upcast(g), axes)
-  dz = -g * a * (lp + h)  # a = 0 at -inf logits, and lp is finite there
-  return dz.astype(logits.dtype), None
+def _softmax_entropy_bwd(axes, grad, g):
+  dz = jnp.expand_dims(upcast(g), axes) * grad
+  return dz.astype(g.dtype), None
 
 
 _softmax_entropy.defvjp(_softmax_entropy_fwd, _softmax_entropy_bwd)

@@ -16,11 +16,12 @@ from jax.experimental import checkify
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
 from jaxsmx._numerics import (
+    exp_normalizer,
     is_empty,
+    log_of_sum,
     log_probs,
     masked,
-    normalizer,
-    probs,
+    ratio,
     times_cotangent,
     upcast,
 )
@@ -70,8 +71,11 @@ def softmax_cross_entropy(
   seed's result, before one-hot) and :math:`\partial L/\partial y_i =
   -\log a_i`, with :math:`a = \mathrm{softmax}(z)`; with label smoothing,
   :math:`y` is the smoothed label in the first and the second is scaled by
-  :math:`1 - \alpha`. Residuals: the inputs and two per-example normaliser
-  scalars; :math:`a` is recomputed.
+  :math:`1 - \alpha`. The cotangent of a per-example loss is one scalar per
+  example, so the forward pass forms both gradients up to that scalar, from
+  its one exponential per element, and saves them instead of the inputs;
+  the backward pass is a multiply. Under ``jax.jit`` an unused one (say the
+  labels' gradient) is never computed.
 
   Example:
     >>> import jax.numpy as jnp, numpy as np, jaxsmx
@@ -113,13 +117,22 @@ def _softmax_ce(logits, labels, where, axes, alpha):
 def _softmax_ce_fwd(logits, labels, where, axes, alpha):
   z = masked(upcast(logits), where)
   y = _smoothed(upcast(labels), where, axes, alpha)
-  shift, log_norm = normalizer(z, axes)
-  lp = log_probs(z, shift, log_norm)
+  e, s, shift = exp_normalizer(z, axes)
+  lp = log_probs(z, shift, log_of_sum(s))
+  live = s != 0.0  # not an empty slice (NaN slices stay live, and NaN)
   loss = -jnp.sum(jnp.where(y == 0, 0.0, y * lp), axes, keepdims=True)
-  loss = jnp.where(is_empty(log_norm), 0.0, loss)
+  loss = jnp.where(live, loss, 0.0)
   out = jnp.squeeze(loss, axes).astype(jnp.result_type(logits, labels))
-  # saves logits, labels, mask and the normaliser [..., 1] x 2; recomputes a
-  return out, (logits, labels, where, shift, log_norm)
+  # d/dz: a * sum(y) - y, y smoothed;  d/dy: -(1 - alpha) log a. Both are
+  # formed here from the one exp per element, as the cotangent is one scalar
+  # per example. log a is -inf at masked entries and in empty slices: it is
+  # selected away before the product, or the second derivative is 0 * inf.
+  keep = live if where is None else live & where
+  dz = jnp.where(live, ratio(e, s) * jnp.sum(y, axes, keepdims=True) - y, 0.0)
+  dy = jnp.where(keep, -(1.0 - alpha) * lp, 0.0)
+  # saves dz, dy [..., C] in the inputs' dtypes, the per-example live flag and
+  # the mask; logits and labels are not kept
+  return out, (dz.astype(logits.dtype), dy.astype(labels.dtype), live, where)
 
 
 def masked_labels(y: jax.Array, where: jax.Array | None) -> jax.Array:
@@ -128,21 +141,12 @@ def masked_labels(y: jax.Array, where: jax.Array | None) -> jax.Array:
 
 
 def _softmax_ce_bwd(axes, alpha, res, g):
-  # d/dz: a * sum(y) - y, y smoothed;  d/dy: -(1 - alpha) log a
-  logits, labels, where, shift, log_norm = res
-  z = masked(upcast(logits), where)
-  y = _smoothed(upcast(labels), where, axes, alpha)
-  lp = log_probs(z, shift, log_norm)
+  dz, dy, live, where = res
   g = jnp.expand_dims(upcast(g), axes)
-  live = ~is_empty(log_norm)
-  dz = jnp.exp(lp) * jnp.sum(y, axes, keepdims=True) - y
-  dz = jnp.where(live, g * dz, 0.0)
-  # log a is -inf at masked entries and in empty slices: select it away before
-  # the product too, or the second derivative is 0 * inf = NaN there
   keep = live if where is None else live & where
-  dy = times_cotangent(g, jnp.where(keep, -(1.0 - alpha) * lp, 0.0))
-  dy = jnp.where(keep, dy, 0.0)
-  return dz.astype(logits.dtype), dy.astype(labels.dtype), None
+  dz_out = jnp.where(live, g * upcast(dz), 0.0).astype(dz.dtype)
+  dy_out = jnp.where(keep, times_cotangent(g, upcast(dy)), 0.0).astype(dy.dtype)
+  return dz_out, dy_out, None
 
 
 _softmax_ce.defvjp(_softmax_ce_fwd, _softmax_ce_bwd)
@@ -209,8 +213,11 @@ def softmax_cross_entropy_with_integer_labels(
   gradient 0. A :math:`+\infty` or NaN logit makes the example NaN.
 
   Gradient: :math:`\partial L/\partial z = a - (1-\alpha)\,\mathrm{onehot}(c)
-  - \alpha/C`, with :math:`a = \mathrm{softmax}(z)`. Residuals: the logits,
-  the labels and two per-example normaliser scalars; no N x C softmax is kept.
+  - \alpha/C`, with :math:`a = \mathrm{softmax}(z)`. The cotangent is one
+  scalar per example, so the forward pass forms this gradient, from its one
+  exponential per element, and saves it in place of the logits (same size,
+  the logits' dtype), with two per-example flags; no softmax is kept beside
+  the logits, and the backward pass is one multiply.
 
   Example:
     >>> import jax.numpy as jnp, numpy as np, jaxsmx
@@ -309,43 +316,58 @@ def _integer_ce(logits, labels, where, axes, alpha, ignore_index):
   return _integer_ce_fwd(logits, labels, where, axes, alpha, ignore_index)[0]
 
 
-def _finish(values, empty, dropped, invalid):
+def _finish(values, void, invalid):
   """0 for dropped or empty rows, NaN for invalid labels."""
-  values = jnp.where(dropped | empty, 0.0, values)
-  return jnp.where(invalid, jnp.nan, values)
+  return jnp.where(invalid, jnp.nan, jnp.where(void, 0.0, values))
+
+
+def target_logit(z, labels, onehot, axes):
+  """z at the label's class, keepdims (any value for out-of-range labels).
+
+  A gather along one class axis costs O(N). Under explicit sharding JAX
+  refuses a gather whose output sharding it cannot infer, so there, and for
+  tuple axes, the target is a masked sum, which partitions into one
+  all-reduce of N values.
+  """
+  spec = getattr(getattr(jax.typeof(z), "sharding", None), "spec", None)
+  if len(axes) == 1 and not (spec and any(s is not None for s in spec)):
+    (axis,) = axes
+    index = jnp.clip(labels, 0, z.shape[axis] - 1)
+    return jnp.take_along_axis(z, jnp.expand_dims(index, axis), axis, mode="clip")
+  return jnp.sum(jnp.where(onehot, z, 0.0), axes, keepdims=True)
 
 
 def _integer_ce_fwd(logits, labels, where, axes, alpha, ignore_index):
   z = masked(upcast(logits), where)
-  shift, log_norm = normalizer(z, axes)
+  e, s, shift = exp_normalizer(z, axes)
+  log_norm = log_of_sum(s)
   onehot, dropped, invalid, _ = targets(z.shape, labels, where, axes, ignore_index)
   # -log a_c as (shift - z_c) + log_norm, not lse - z_c: exact for |z| ~ 1e30
-  lp = log_probs(z, shift, log_norm)
-  loss = -jnp.sum(jnp.where(onehot, lp, 0.0), axes, keepdims=True)
+  loss = (shift - target_logit(z, labels, onehot, axes)) + log_norm
   if alpha:
+    lp = log_probs(z, shift, log_norm)
     kept_lp = lp if where is None else jnp.where(where, lp, 0.0)
     mean_nll = -jnp.sum(kept_lp, axes, keepdims=True) / _num_classes(
         z.shape, axes, where
     )
     loss = (1.0 - alpha) * loss + alpha * mean_nll
-  loss = _finish(loss, is_empty(log_norm), dropped, invalid)
-  out = jnp.squeeze(loss, axes).astype(logits.dtype)
-  # saves logits, labels, mask and the normaliser [..., 1] x 2; recomputes a
-  return out, (logits, labels, where, shift, log_norm)
+  void = dropped | is_empty(log_norm)
+  out = jnp.squeeze(_finish(loss, void, invalid), axes).astype(logits.dtype)
+  # d/dz: a - (1 - alpha) * onehot - alpha / C, formed here from the one exp
+  # per element, as the cotangent is one scalar per example
+  grad = ratio(e, s) - (1.0 - alpha) * onehot
+  if alpha:
+    spread = alpha / _num_classes(z.shape, axes, where)
+    grad = grad - (spread if where is None else jnp.where(where, spread, 0.0))
+  # saves that gradient [..., C] in the logits' dtype and two per-example
+  # flags; the logits are not kept, and the bwd is one multiply
+  return out, (grad.astype(logits.dtype), void, invalid)
 
 
 def _integer_ce_bwd(axes, alpha, ignore_index, res, g):
-  # d/dz: a - (1 - alpha) * onehot - alpha / C
-  logits, labels, where, shift, log_norm = res
-  z = masked(upcast(logits), where)
-  onehot, dropped, invalid, _ = targets(z.shape, labels, where, axes, ignore_index)
-  dz = probs(z, shift, log_norm) - (1.0 - alpha) * onehot
-  if alpha:
-    spread = alpha / _num_classes(z.shape, axes, where)
-    dz = dz - (spread if where is None else jnp.where(where, spread, 0.0))
-  dz = jnp.expand_dims(upcast(g), axes) * dz
-  dz = _finish(dz, is_empty(log_norm), dropped, invalid)
-  return dz.astype(logits.dtype), None, None
+  grad, void, invalid = res
+  dz = jnp.expand_dims(upcast(g), axes) * upcast(grad)
+  return _finish(dz, void, invalid).astype(grad.dtype), None, None
 
 
 _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)

@@ -37,18 +37,42 @@ def masked(x: jax.Array, where: jax.Array | None) -> jax.Array:
   return x if where is None else jnp.where(where, x, -jnp.inf)
 
 
+def exp_normalizer(
+    z: jax.Array, axes: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Returns (e, s, shift) for already masked logits: e = exp(z - shift).
+
+  s = sum(e) and shift are keepdims. One exp per element: every rule derives
+  what else it needs from e by division (softmax = e / s) and from s by one
+  log per slice, so that XLA computes, and materialises, exp once.
+  """
+  m = jnp.max(z, axes, keepdims=True)
+  shift = jnp.where(m == -jnp.inf, 0.0, m)
+  e = jnp.exp(z - shift)
+  return e, jnp.sum(e, axes, keepdims=True), shift
+
+
+def log_of_sum(s: jax.Array) -> jax.Array:
+  """log(s), -inf for an empty slice (s = 0).
+
+  log(0) is taken as log(1) behind a where, so that differentiating this
+  (second-order rules do) gives 0, not 0 * inf = NaN.
+  """
+  empty = s == 0.0
+  return jnp.where(empty, -jnp.inf, jnp.log(jnp.where(empty, 1.0, s)))
+
+
+def ratio(e: jax.Array, s: jax.Array) -> jax.Array:
+  """softmax as e / s: 0 throughout an empty slice."""
+  return e / jnp.where(s == 0.0, 1.0, s)
+
+
 def normalizer(
     z: jax.Array, axes: tuple[int, ...]
 ) -> tuple[jax.Array, jax.Array]:
   """Returns (shift, log_norm), both keepdims, for already masked logits."""
-  m = jnp.max(z, axes, keepdims=True)
-  m = jnp.where(m == -jnp.inf, 0.0, m)
-  s = jnp.sum(jnp.exp(z - m), axes, keepdims=True)
-  # log(0) = -inf for an empty slice, taken as log(1) behind a where so that
-  # differentiating this (second-order rules do) gives 0, not 0 * inf = NaN
-  empty = s == 0.0
-  log_norm = jnp.where(empty, -jnp.inf, jnp.log(jnp.where(empty, 1.0, s)))
-  return m, log_norm
+  _, s, shift = exp_normalizer(z, axes)
+  return shift, log_of_sum(s)
 
 
 def logsumexp_of(shift: jax.Array, log_norm: jax.Array) -> jax.Array:

@@ -16,7 +16,14 @@ import jax.numpy as jnp
 
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
-from jaxsmx._numerics import log_probs, masked, normalizer, probs, upcast
+from jaxsmx._numerics import (
+    exp_normalizer,
+    log_of_sum,
+    log_probs,
+    masked,
+    ratio,
+    upcast,
+)
 
 # ---------------------------------------------------------------------------
 # softmax
@@ -69,11 +76,8 @@ def _softmax(x, where, axes):
 
 
 def _softmax_fwd(x, where, axes):
-  z = masked(upcast(x), where)
-  m = jnp.max(z, axes, keepdims=True)
-  e = jnp.exp(z - jnp.where(m == -jnp.inf, 0.0, m))
-  s = jnp.sum(e, axes, keepdims=True)
-  a = (e / jnp.where(s == 0.0, 1.0, s)).astype(x.dtype)
+  e, s, _ = exp_normalizer(masked(upcast(x), where), axes)
+  a = ratio(e, s).astype(x.dtype)
   # saves the output a
   return a, a
 
@@ -119,8 +123,8 @@ def log_softmax(
   :math:`+\infty` or NaN logit makes its slice NaN.
 
   Gradient: :math:`\bar z = g - \mathrm{softmax}(z) \sum_k g_k`; the
-  residuals are the input and two per-slice scalars (shift and log-norm), from
-  which softmax is recomputed; masked entries get 0.
+  residual is softmax(z), which the forward pass forms anyway from the one
+  exponential per element; masked entries get 0.
 
   Example:
     >>> import jax.numpy as jnp, jaxsmx
@@ -140,21 +144,20 @@ def _log_softmax(x, where, axes):
 
 def _log_softmax_fwd(x, where, axes):
   z = masked(upcast(x), where)
-  shift, log_norm = normalizer(z, axes)
-  out = log_probs(z, shift, log_norm).astype(x.dtype)
-  # saves x, the normaliser [..., 1] x 2 and the mask; recomputes softmax
-  return out, (x, shift, log_norm, where)
+  e, s, shift = exp_normalizer(z, axes)
+  out = log_probs(z, shift, log_of_sum(s)).astype(x.dtype)
+  # saves softmax(z), e / s, and the mask: the bwd needs no exp
+  return out, (ratio(e, s), where)
 
 
 def _log_softmax_bwd(axes, res, g):
   # d/dz: g - softmax(z) * sum(g)
-  x, shift, log_norm, where = res
+  a, where = res
   g32 = upcast(g)
   if where is not None:
     g32 = jnp.where(where, g32, 0.0)
-  a = probs(masked(upcast(x), where), shift, log_norm)
   dz = g32 - a * jnp.sum(g32, axes, keepdims=True)
-  return dz.astype(x.dtype), None
+  return dz.astype(g.dtype), None
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
@@ -194,8 +197,8 @@ def logsumexp(
   :math:`-\infty` with gradient 0. A :math:`+\infty` or NaN entry gives NaN
   (``jax.nn.logsumexp`` gives :math:`+\infty` for :math:`+\infty`).
 
-  Gradient: :math:`\bar z = g\,\mathrm{softmax}(z)`; the residuals are the
-  input and two per-slice scalars, from which softmax is recomputed.
+  Gradient: :math:`\bar z = g\,\mathrm{softmax}(z)`; the residual is
+  softmax(z), formed in the forward pass from its one exponential per element.
 
   Example:
     >>> import jax.numpy as jnp, jaxsmx
@@ -215,17 +218,14 @@ def _logsumexp(x, where, axes):
 
 
 def _logsumexp_fwd(x, where, axes):
-  z = masked(upcast(x), where)
-  shift, log_norm = normalizer(z, axes)
-  # saves x, the normaliser [..., 1] x 2 and the mask; recomputes softmax
-  return (shift + log_norm).astype(x.dtype), (x, shift, log_norm, where)
+  e, s, shift = exp_normalizer(masked(upcast(x), where), axes)
+  # saves softmax(z), e / s: the bwd needs no exp
+  return (shift + log_of_sum(s)).astype(x.dtype), ratio(e, s)
 
 
-def _logsumexp_bwd(axes, res, g):
+def _logsumexp_bwd(axes, a, g):
   # d/dz: g * softmax(z)
-  x, shift, log_norm, where = res
-  a = probs(masked(upcast(x), where), shift, log_norm)
-  return (upcast(g) * a).astype(x.dtype), None
+  return (upcast(g) * a).astype(g.dtype), None
 
 
 _logsumexp.defvjp(_logsumexp_fwd, _logsumexp_bwd)
