@@ -201,11 +201,12 @@ def test_chunk_size_changes_nothing(chunk_size):
 
 def test_default_chunk_rule():
   chunk = _linear._chunk
-  assert chunk(None, 4096, 512, 32768) == 256  # 4 MiB block, divides V
+  assert chunk(None, 4096, 512, 32768) == 1024  # 16 MiB block, divides V
   assert chunk(None, 1024, 64, 8192) == 256  # at most V / 32
   assert chunk(None, 8, 64, 50) == 50  # small V: one chunk
   assert chunk(None, 4096, 512, 50257) % 128 == 0  # GPT-2: a short tail
   assert chunk(None, 10**6, 64, 32768) == 128  # at least 128
+  assert chunk(None, 4096, 512, 131072) == 1024
   assert chunk(300, 16, 8, 50) == 50
 
 
