@@ -227,6 +227,16 @@ class Dot(Display):
     return sp.Mul(*self.args)
 
 
+class Group(Display):
+  r"""Parentheses for display: :math:`\left(x\right)`."""
+
+  def _latex_body(self, printer):
+    return rf"\left({printer._print(self.args[0])}\right)"
+
+  def plain(self):
+    return self.args[0]
+
+
 class Hadamard(Display):
   r"""Display node for an elementwise product, printed with :math:`\odot`."""
 

@@ -13,6 +13,7 @@ from derivations._core import (
   Derivation,
   Dot,
   General,
+  Group,
   Limit,
   Prod,
   Step,
@@ -67,15 +68,14 @@ def _softmax_entropy_explicit(size: int) -> sp.Expr:
 
 
 def softmax_entropy_derivation() -> Derivation:
-  big_l = lambda idx: sp.log(a[idx]) + H
   hess = Terms(
-    -delta(i, j) * a[i] * (big_l(i) + 1),
-    a[i] * a[j] * (big_l(i) + big_l(j) + 1),
+    -Dot(delta(i, j), a[i], Terms(sp.log(a[i]), H, 1)),
+    Dot(a[i], a[j], Terms(sp.log(a[i]), sp.log(a[j]), 2 * H, 1)),
   )
   steps = (
     Step(
       "The entropy of the softmax of the logits.",
-      eq(H, -summation(a[k] * sp.log(a[k]))),
+      eq(H, -summation(Dot(a[k], sp.log(a[k])))),
       role="definition",
     ),
     Step(
@@ -88,7 +88,9 @@ def softmax_entropy_derivation() -> Derivation:
       eq(
         D(H, z[i]),
         -summation(
-          Terms(Dot(D(a[k], z[i]), sp.log(a[k])), Dot(a[k], D(sp.log(a[k]), z[i]))),
+          Group(
+            Terms(Dot(D(a[k], z[i]), sp.log(a[k])), Dot(a[k], D(sp.log(a[k]), z[i])))
+          ),
         ),
       ),
       (General(),),
@@ -118,8 +120,8 @@ def softmax_entropy_derivation() -> Derivation:
       "The first sum gives the closed form.",
       Chain(
         D(H, z[i]),
-        Terms(-a[i] * sp.log(a[i]), a[i] * summation(a[k] * sp.log(a[k]))),
-        -Dot(a[i], sp.log(a[i]) + H),
+        Terms(-Dot(a[i], sp.log(a[i])), Dot(a[i], summation(Dot(a[k], sp.log(a[k]))))),
+        -Dot(a[i], Terms(sp.log(a[i]), H)),
       ),
       (
         General(),
@@ -149,7 +151,9 @@ def softmax_entropy_derivation() -> Derivation:
     ),
     Step(
       "The VJP scales the gradient by the per-slice cotangent.",
-      Chain(label(r"\bar{z}_{i}"), gs * D(H, z[i]), -Dot(gs, a[i], sp.log(a[i]) + H)),
+      Chain(
+        label(r"\bar{z}_{i}"), gs * D(H, z[i]), -Dot(gs, a[i], Terms(sp.log(a[i]), H))
+      ),
       (General(),),
       name="vjp",
       role="vjp",
@@ -167,7 +171,7 @@ def softmax_entropy_derivation() -> Derivation:
     ),
     ctx=SOFTMAX_ENTROPY_CTX,
     steps=steps,
-    headline=eq(D(H, z[i]), -Dot(a[i], sp.log(a[i]) + H)),
+    headline=eq(D(H, z[i]), -Dot(a[i], Terms(sp.log(a[i]), H))),
   )
 
 
@@ -190,7 +194,7 @@ def entropy_derivation() -> Derivation:
   steps = (
     Step(
       "The Shannon entropy of a distribution $p$.",
-      eq(hp, -summation(p[k] * sp.log(p[k]))),
+      eq(hp, -summation(Dot(p[k], sp.log(p[k])))),
       role="definition",
     ),
     Step(
@@ -201,7 +205,7 @@ def entropy_derivation() -> Derivation:
     ),
     Step(
       "Only the $k = i$ term depends on $p_i$.",
-      eq(D(hp, p[i]), -(sp.log(p[i]) + 1)),
+      eq(D(hp, p[i]), Terms(-sp.log(p[i]), -1)),
       (
         General(),
         Concrete(lambda size: gradient(_entropy_explicit(size), vec(p, size)), (i,)),
@@ -230,7 +234,7 @@ def entropy_derivation() -> Derivation:
     ),
     Step(
       "The VJP.",
-      Chain(label(r"\bar{p}_{i}"), gs * D(hp, p[i]), -Dot(gs, sp.log(p[i]) + 1)),
+      Chain(label(r"\bar{p}_{i}"), gs * D(hp, p[i]), -Dot(gs, Terms(sp.log(p[i]), 1))),
       (General(),),
       name="vjp",
       role="vjp",
@@ -243,7 +247,7 @@ def entropy_derivation() -> Derivation:
     intro="The seed's $H(p) = -\\sum_i p_i \\log p_i$, on probabilities.",
     ctx=PROBS_CTX,
     steps=steps,
-    headline=eq(D(hp, p[i]), -(sp.log(p[i]) + 1)),
+    headline=eq(D(hp, p[i]), Terms(-sp.log(p[i]), -1)),
   )
 
 
@@ -267,7 +271,7 @@ def cross_entropy_derivation() -> Derivation:
   steps = (
     Step(
       "The cross-entropy of an estimate $q$ against the true $p$.",
-      eq(hpq, -summation(p[k] * sp.log(q[k]))),
+      eq(hpq, -summation(Dot(p[k], sp.log(q[k])))),
       role="definition",
     ),
     Step(

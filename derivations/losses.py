@@ -335,7 +335,7 @@ def label_smoothing_derivation() -> Derivation:
     Step(
       r"Label smoothing with $\alpha \in [0, 1]$ moves mass $\alpha$ from "
       "the label $\\ell$ to all $n$ classes evenly.",
-      eq(y[i], Terms((1 - alpha) * delta(i, ell), alpha / n)),
+      eq(y[i], Terms(Dot(1 - alpha, delta(i, ell)), alpha / n)),
       role="definition",
     ),
     Step(
@@ -347,8 +347,10 @@ def label_smoothing_derivation() -> Derivation:
       "So the loss is the label's term plus a uniform term.",
       Chain(
         C,
-        -summation(y[k] * sp.log(a[k])),
-        Terms(-(1 - alpha) * sp.log(a[ell]), -alpha / n * summation(sp.log(a[k]))),
+        -summation(Dot(y[k], sp.log(a[k]))),
+        Terms(
+          -Dot(1 - alpha, sp.log(a[ell])), -Dot(alpha / n, summation(sp.log(a[k])))
+        ),
       ),
       (General(),),
     ),
@@ -358,7 +360,7 @@ def label_smoothing_derivation() -> Derivation:
       Chain(
         D(C, z[i]),
         Terms(a[i] * summation(y[k]), -y[i]),
-        Terms(a[i], -(1 - alpha) * delta(i, ell), -alpha / n),
+        Terms(a[i], -Dot(1 - alpha, delta(i, ell)), -alpha / n),
       ),
       (
         General(),
@@ -377,7 +379,7 @@ def label_smoothing_derivation() -> Derivation:
       Chain(
         label(r"\bar{z}_{i}"),
         gs * D(C, z[i]),
-        Dot(gs, Terms(a[i], -(1 - alpha) * delta(i, ell), -alpha / n)),
+        Dot(gs, Terms(a[i], -Dot(1 - alpha, delta(i, ell)), -alpha / n)),
       ),
       (General(),),
       name="vjp_z",
@@ -394,7 +396,7 @@ def label_smoothing_derivation() -> Derivation:
     ),
     ctx=SMOOTH_CTX,
     steps=steps,
-    headline=eq(D(C, z[i]), Terms(a[i], -(1 - alpha) * delta(i, ell), -alpha / n)),
+    headline=eq(D(C, z[i]), Terms(a[i], -Dot(1 - alpha, delta(i, ell)), -alpha / n)),
   )
 
 
@@ -431,12 +433,16 @@ def _bce_explicit(size):
 def sigmoid_bce_derivation() -> Derivation:
   s_i = sigma(z[i])
   zeta = sp.Symbol("z", real=True)  # a scalar logit, for limits
-  s = 1 / (1 + sp.exp(-zeta))
+  s_z = sigma(zeta)
   steps = (
     Step(
-      "The sigmoid, and the binary cross-entropy of one element with "
-      "target $y_i \\in [0, 1]$.",
-      eq(Cj[i], Terms(-y[i] * sp.log(s_i), -(1 - y[i]) * sp.log(1 - s_i))),
+      "The sigmoid squashes a logit into $(0, 1)$.",
+      eq(s_i, 1 / (1 + sp.exp(-z[i]))),
+      role="definition",
+    ),
+    Step(
+      "The binary cross-entropy of one element with target $y_i \\in [0, 1]$.",
+      eq(Cj[i], Terms(-Dot(y[i], sp.log(s_i)), -Dot(1 - y[i], sp.log(1 - s_i)))),
       role="definition",
     ),
     Step(
@@ -480,21 +486,30 @@ def sigmoid_bce_derivation() -> Derivation:
       role="result",
     ),
     Step(
-      "The contrast the seed draws: sigmoid with squared error keeps the "
-      "factor $\\sigma(1 - \\sigma)$.",
+      "The alternative the seed compares with: squared error on the sigmoid.",
+      eq(Q[i], Dot(sp.Rational(1, 2), (s_i - y[i]) ** 2)),
+      role="definition",
+    ),
+    Step(
+      "Its gradient keeps the factor $\\sigma(1 - \\sigma)$.",
       eq(D(Q[i], z[i]), Dot(s_i - y[i], s_i, 1 - s_i)),
       (General(),),
     ),
     Step(
-      "That factor is at most $1/4$, reached at $z = 0$ ...",
-      eq(at(Dot(sigma(zeta), 1 - sigma(zeta)), (zeta, 0)), sp.Rational(1, 4)),
+      "That factor is at most $1/4$, ...",
+      eq(Terms(sp.Rational(1, 4), -Dot(s_z, 1 - s_z)), (s_z - sp.Rational(1, 2)) ** 2),
+      (General(),),
+    ),
+    Step(
+      "... reached at $z = 0$ ...",
+      eq(at(Dot(s_z, 1 - s_z), (zeta, 0)), sp.Rational(1, 4)),
       (General(),),
     ),
     Step(
       "... and vanishes as the sigmoid saturates. A confidently wrong "
       "output ($\\sigma \\to 1$ with $y = 0$) learns slowly under squared "
       "error, while the cross-entropy gradient stays $\\sigma - y \\to 1$.",
-      eq(sp.Limit(Dot(sigma(zeta), 1 - sigma(zeta)), zeta, sp.oo), 0),
+      eq(sp.Limit(Dot(s_z, 1 - s_z), zeta, sp.oo), 0),
       (Limit(),),
     ),
     Step(
@@ -512,7 +527,6 @@ def sigmoid_bce_derivation() -> Derivation:
       role="vjp",
     ),
   )
-  del s
   return Derivation(
     key="sigmoid_binary_cross_entropy",
     title="Sigmoid binary cross-entropy",
@@ -579,7 +593,9 @@ def _matmul_vjp_holds() -> bool:
 def linear_cross_entropy_derivation() -> Derivation:
   lse_z = named(LSE, z)
   sech2 = 1 - sp.tanh(u[i] / cap) ** 2
-  dz = Terms(a[i] * (1 + 2 * lam * lse_z), -(1 - alpha) * delta(i, ell), -alpha / n)
+  dz = Terms(
+    Dot(a[i], Terms(1, 2 * lam * lse_z)), -Dot(1 - alpha, delta(i, ell)), -alpha / n
+  )
   ubar, W, x = (sp.Symbol(s) for s in (r"\bar{u}", "W", "x"))
   steps = (
     Step(
