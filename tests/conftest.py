@@ -62,9 +62,9 @@ def f64(x) -> np.ndarray:
 
 
 TRANSFORMS = {
-    "eager": lambda f: f,
-    "jit": jax.jit,
-    "vmap": jax.vmap,
+  "eager": lambda f: f,
+  "jit": jax.jit,
+  "vmap": jax.vmap,
 }
 
 
@@ -115,5 +115,5 @@ def assert_vjp_matches(f, ref, args, *, rtol, atol=0.0, seed=0):
   np.testing.assert_allclose(f64(out), f64(ref_out), rtol=rtol, atol=atol)
   for i, (a, b) in enumerate(zip(got, want, strict=True)):
     np.testing.assert_allclose(
-        f64(a), f64(b), rtol=rtol, atol=atol, err_msg=f"cotangent of argument {i}"
+      f64(a), f64(b), rtol=rtol, atol=atol, err_msg=f"cotangent of argument {i}"
     )

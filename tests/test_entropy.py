@@ -7,7 +7,6 @@ compiles as few programs as it can.
 from __future__ import annotations
 
 import doctest
-import functools
 
 import hypothesis.extra.numpy as hnp
 import jax
@@ -145,7 +144,7 @@ def test_entropy_matches_scipy(transform):
   # no renormalisation: unnormalised inputs too
   p = 3.0 * probs(seed=4)
   np.testing.assert_allclose(
-      transform(jaxsmx.entropy)(p), scipy.special.entr(f64(p)).sum(-1), rtol=1e-6
+    transform(jaxsmx.entropy)(p), scipy.special.entr(f64(p)).sum(-1), rtol=1e-6
   )
 
 
@@ -161,24 +160,26 @@ def test_kl_divergence_matches_optax(transform):
   lq, t = inputs("kl_divergence")
   m = row_mask()
   got = transform(jaxsmx.kl_divergence)(lq, t)
-  np.testing.assert_allclose(got, optax.losses.kl_divergence(lq, t), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    got, optax.losses.kl_divergence(lq, t), rtol=1e-5, atol=1e-6
+  )
   np.testing.assert_allclose(got, np_ref("kl_divergence", lq, t), rtol=1e-5, atol=1e-6)
   got = transform(lambda lq, t, m: jaxsmx.kl_divergence(lq, t, where=m))(lq, t, m)
   np.testing.assert_allclose(
-      got, optax.losses.kl_divergence(lq, t, where=m), rtol=1e-5, atol=1e-6
+    got, optax.losses.kl_divergence(lq, t, where=m), rtol=1e-5, atol=1e-6
   )
 
 
 def test_kl_is_cross_entropy_minus_entropy():
   p, q = inputs("cross_entropy")
   np.testing.assert_allclose(
-      jaxsmx.kl_divergence(np.log(q), p),
-      jaxsmx.cross_entropy(p, q) - jaxsmx.entropy(p),
-      atol=1e-6,
+    jaxsmx.kl_divergence(np.log(q), p),
+    jaxsmx.cross_entropy(p, q) - jaxsmx.entropy(p),
+    atol=1e-6,
   )
   z = logits()
   np.testing.assert_allclose(
-      jaxsmx.softmax_entropy(z), jaxsmx.entropy(jaxsmx.softmax(z)), rtol=1e-5
+    jaxsmx.softmax_entropy(z), jaxsmx.entropy(jaxsmx.softmax(z)), rtol=1e-5
   )
 
 
@@ -192,7 +193,7 @@ def test_float64_matches_float64_reference(x64):
     got = ours(name)(*args)
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(
-        got, np_ref(name, *args), rtol=1e-12, atol=1e-12, err_msg=name
+      got, np_ref(name, *args), rtol=1e-12, atol=1e-12, err_msg=name
     )
 
 
@@ -204,7 +205,7 @@ def test_low_precision_within_two_eps(low, transform):
     assert got.dtype == jnp.dtype(low)
     ref = np_ref(name, *args)  # float64, from the same low-precision inputs
     np.testing.assert_array_less(
-        np.abs(f64(got) - ref), 2 * eps(low) * np.abs(ref), err_msg=name
+      np.abs(f64(got) - ref), 2 * eps(low) * np.abs(ref), err_msg=name
     )
 
 
@@ -226,7 +227,7 @@ def test_low_precision_gradients(low):
     for g, w, a in zip(got[n], want[n], all_args[n], strict=True):
       assert g.dtype == a.dtype
       np.testing.assert_allclose(
-          f64(g), w, rtol=4 * eps(low), atol=4 * eps(low), err_msg=n
+        f64(g), w, rtol=4 * eps(low), atol=4 * eps(low), err_msg=n
       )
 
 
@@ -267,11 +268,11 @@ def test_checks_catch_a_wrong_bwd():
   z = logits()
   with pytest.raises(AssertionError, match="cotangent of argument 0"):
     assert_vjp_matches(
-        _wrong_softmax_entropy, plain("softmax_entropy"), (z,), rtol=1e-6, atol=1e-6
+      _wrong_softmax_entropy, plain("softmax_entropy"), (z,), rtol=1e-6, atol=1e-6
     )
   with jax.enable_x64(True), pytest.raises(AssertionError):
     check_grads(
-        _wrong_softmax_entropy, (logits((2, 4), dtype=np.float64),), 1, ("rev",)
+      _wrong_softmax_entropy, (logits((2, 4), dtype=np.float64),), 1, ("rev",)
     )
 
 
@@ -319,12 +320,12 @@ def test_grad_vjp_jacrev(name):
   @jax.jit
   def all_three(*args):
     return [
-        (
-            jax.grad(weighted(f), argnums)(*args),
-            jax.vjp(f, *args)[1](ct),
-            jax.jacrev(f, argnums)(*args),
-        )
-        for f in (ours(name), plain(name))
+      (
+        jax.grad(weighted(f), argnums)(*args),
+        jax.vjp(f, *args)[1](ct),
+        jax.jacrev(f, argnums)(*args),
+      )
+      for f in (ours(name), plain(name))
     ]
 
   got, want = all_three(*args)
@@ -344,9 +345,9 @@ def test_hessian_and_jacrev_jacrev(name, x64):
   @jax.jit
   def second_derivatives(*args):
     return (
-        jax.hessian(f, argnums)(*args),
-        jax.jacrev(jax.jacrev(f, argnums), argnums)(*args),
-        jax.hessian(ref, argnums)(*args),
+      jax.hessian(f, argnums)(*args),
+      jax.jacrev(jax.jacrev(f, argnums), argnums)(*args),
+      jax.hessian(ref, argnums)(*args),
     )
 
   h, rr, want = second_derivatives(*args)
@@ -368,13 +369,13 @@ def test_jit_nested_vmap_checkpoint_scan(name):
   @jax.jit
   def everything(*args):
     return {
-        "vmap2": jax.vmap(jax.vmap(ours(name)))(*args),
-        "grad_checkpoint": jax.grad(jax.checkpoint(f), argnums)(*args),
-        "grad_vmap2": jax.grad(
-            lambda *a: jnp.sum(jax.vmap(jax.vmap(ours(name)))(*a)), argnums
-        )(*args),
-        "scan": scanned(*args),
-        "grad_scan": jax.grad(scanned, argnums)(*args),
+      "vmap2": jax.vmap(jax.vmap(ours(name)))(*args),
+      "grad_checkpoint": jax.grad(jax.checkpoint(f), argnums)(*args),
+      "grad_vmap2": jax.grad(
+        lambda *a: jnp.sum(jax.vmap(jax.vmap(ours(name)))(*a)), argnums
+      )(*args),
+      "scan": scanned(*args),
+      "grad_scan": jax.grad(scanned, argnums)(*args),
     }
 
   got = everything(*args)
@@ -451,7 +452,9 @@ def test_softmax_entropy_minus_inf_logits(transform):
   np.testing.assert_allclose(h, torch_entropy(z), rtol=1e-6)
   # each slice equals the slice without its -inf logits
   for i in range(3):
-    np.testing.assert_allclose(h[i], np_ref("softmax_entropy", z[i][finite[i]]), rtol=1e-6)
+    np.testing.assert_allclose(
+      h[i], np_ref("softmax_entropy", z[i][finite[i]]), rtol=1e-6
+    )
 
 
 def test_softmax_entropy_minus_inf_gradients():
@@ -461,7 +464,9 @@ def test_softmax_entropy_minus_inf_gradients():
   # the naive formula is NaN in value and gradient; jaxsmx is finite
   naive = lambda z: -jnp.sum(jax.nn.softmax(z) * jax.nn.log_softmax(z), -1)
   f = lambda z: jnp.sum(jaxsmx.softmax_entropy(z) * jnp.arange(1.0, 4.0))
-  nv, ng, g = jax.jit(lambda z: (naive(z), jax.grad(lambda z: naive(z).sum())(z), jax.grad(f)(z)))(z)
+  nv, ng, g = jax.jit(
+    lambda z: (naive(z), jax.grad(lambda z: naive(z).sum())(z), jax.grad(f)(z))
+  )(z)
   assert np.all(np.isnan(nv)) and np.all(np.isnan(ng))
   g = np.asarray(g)
   assert np.all(np.isfinite(g))
@@ -490,19 +495,19 @@ def test_empty_slices_are_zero(transform):
   got = transform(all_of_them)(m, all_args, z) if transform is not jax.vmap else None
   if got is None:  # vmap over rows: the mask and the logits have one row each
     got = {
-        n: jax.vmap(lambda m, *a, n=n: ours(n, m)(*a))(m, *all_args[n]) for n in NAMES
+      n: jax.vmap(lambda m, *a, n=n: ours(n, m)(*a))(m, *all_args[n]) for n in NAMES
     }
     got["all_minus_inf"] = jax.vmap(jaxsmx.softmax_entropy)(z)
   for n in NAMES:
     h = np.asarray(got[n])
     assert h[2] == 0.0, n
     np.testing.assert_allclose(
-        np.delete(h, 2), np.delete(np.asarray(ours(n, m)(*all_args[n])), 2), rtol=1e-6
+      np.delete(h, 2), np.delete(np.asarray(ours(n, m)(*all_args[n])), 2), rtol=1e-6
     )
   h = np.asarray(got["all_minus_inf"])
   assert h[3] == 0.0
   np.testing.assert_allclose(
-      np.delete(h, 3), np_ref("softmax_entropy", np.delete(z, 3, axis=0)), rtol=1e-6
+    np.delete(h, 3), np_ref("softmax_entropy", np.delete(z, 3, axis=0)), rtol=1e-6
   )
 
 
@@ -566,8 +571,10 @@ def test_nan_gradients_stay_in_their_slice():
   for (name, k, _), gs, ws in zip(cases, got, want, strict=True):
     for g, w in zip(gs, ws, strict=True):
       np.testing.assert_allclose(
-          np.delete(np.asarray(g), 1, axis=0), np.delete(np.asarray(w), 1, axis=0),
-          atol=1e-6, err_msg=f"{name} argument {k}",
+        np.delete(np.asarray(g), 1, axis=0),
+        np.delete(np.asarray(w), 1, axis=0),
+        atol=1e-6,
+        err_msg=f"{name} argument {k}",
       )
 
 
@@ -588,7 +595,9 @@ def test_plus_inf_logit_poisons_only_its_slice(transform):
   z[1, 3] = np.inf
   got = np.asarray(transform(jaxsmx.softmax_entropy)(z))
   assert np.isnan(got[1])
-  np.testing.assert_allclose(got[[0, 2]], np_ref("softmax_entropy", z[[0, 2]]), rtol=1e-6)
+  np.testing.assert_allclose(
+    got[[0, 2]], np_ref("softmax_entropy", z[[0, 2]]), rtol=1e-6
+  )
   g = np.asarray(jgrad(lambda z: jnp.sum(jaxsmx.softmax_entropy(z)))(z))
   assert np.all(np.isnan(g[1])) and np.all(np.isfinite(g[[0, 2]]))
 
@@ -609,13 +618,13 @@ def test_plus_inf_probability_is_not_hidden():
 def test_entropy_zero_probability():
   p = np.array([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8]], np.float32)
   np.testing.assert_allclose(
-      jaxsmx.entropy(p), scipy.special.entr(f64(p)).sum(-1), rtol=1e-6
+    jaxsmx.entropy(p), scipy.special.entr(f64(p)).sum(-1), rtol=1e-6
   )
   g, g_row1 = jax.jit(
-      lambda p: (
-          jax.grad(lambda p: jaxsmx.entropy(p).sum())(p),
-          jax.grad(lambda p: jaxsmx.entropy(p)[1])(p),
-      )
+    lambda p: (
+      jax.grad(lambda p: jaxsmx.entropy(p).sum())(p),
+      jax.grad(lambda p: jaxsmx.entropy(p)[1])(p),
+    )
   )(p)
   g = np.asarray(g)
   assert not np.any(np.isnan(g))
@@ -658,7 +667,7 @@ def test_kl_divergence_zero_target_gradients_vs_optax():
   assert np.isneginf(gt[0, 2]) and np.isposinf(gt[1, 2])
   np.testing.assert_allclose(glq, -t)
   np.testing.assert_allclose(
-      gt[0, :2], np.log([0.5, 0.5]) + 1 - np.log([0.5, 0.25]), rtol=1e-6
+    gt[0, :2], np.log([0.5, 0.5]) + 1 - np.log([0.5, 0.25]), rtol=1e-6
   )
 
 
@@ -709,7 +718,9 @@ def test_masked_zeros_second_order(name, x64):
 
   @jax.jit
   def second(*args):
-    return jax.jacrev(jax.jacrev(f, argnums), argnums)(*args), jax.hessian(f, argnums)(*args)
+    return jax.jacrev(jax.jacrev(f, argnums), argnums)(*args), jax.hessian(f, argnums)(
+      *args
+    )
 
   rr, fr = second(*args)
   safe = [np.where(m, a, 0.5) for a in args]  # plain autodiff needs finite logs
@@ -731,9 +742,9 @@ def test_cross_entropy_second_order_at_zero_p(x64):
   @jax.jit
   def second(p, q):
     return (
-        jax.jacrev(jax.jacrev(f, (0, 1)), (0, 1))(p, q),
-        jax.hessian(f, (0, 1))(p, q),
-        jax.hessian(ref, (0, 1))(p, q),
+      jax.jacrev(jax.jacrev(f, (0, 1)), (0, 1))(p, q),
+      jax.hessian(f, (0, 1))(p, q),
+      jax.hessian(ref, (0, 1))(p, q),
     )
 
   rr, fr, want = second(p, q)
@@ -748,19 +759,19 @@ def test_cross_entropy_second_order_at_zero_p(x64):
 
 def _distribution(n):
   return (
-      hnp.arrays(np.float64, n, elements=st.one_of(st.just(0.0), st.floats(1e-6, 1.0)))
-      .filter(lambda w: w.sum() > 0)
-      .map(lambda w: w / w.sum())
+    hnp.arrays(np.float64, n, elements=st.one_of(st.just(0.0), st.floats(1e-6, 1.0)))
+    .filter(lambda w: w.sum() > 0)
+    .map(lambda w: w / w.sum())
   )
 
 
 @jax.jit
 def _information(p, q):
   return (
-      jaxsmx.entropy(p),
-      jaxsmx.cross_entropy(p, q),
-      jaxsmx.kl_divergence(jnp.log(q), p),
-      jaxsmx.cross_entropy(p, p),
+    jaxsmx.entropy(p),
+    jaxsmx.cross_entropy(p, q),
+    jaxsmx.kl_divergence(jnp.log(q), p),
+    jaxsmx.cross_entropy(p, p),
   )
 
 
@@ -816,7 +827,9 @@ def test_per_row_where_selects_slices(name):
   rows = np.array([True, False, True, True, False])
   got = np.asarray(ours(name, rows)(*args))
   np.testing.assert_array_equal(got[~rows], 0.0)
-  np.testing.assert_allclose(got[rows], np_ref(name, *[a[rows] for a in args]), rtol=1e-6)
+  np.testing.assert_allclose(
+    got[rows], np_ref(name, *[a[rows] for a in args]), rtol=1e-6
+  )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -855,11 +868,11 @@ def test_bad_input_messages(name):
   with pytest.raises(ValueError, match=r"names the same axis twice"):
     f(*args, axis=(0, -2))
   with pytest.raises(
-      TypeError, match=r"where must be a boolean mask; got dtype float32"
+    TypeError, match=r"where must be a boolean mask; got dtype float32"
   ):
     f(*args, where=np.ones((4, 7), np.float32))
   with pytest.raises(
-      ValueError, match=r"broadcast to the input's shape \(4, 7\).*got \(3,\)"
+    ValueError, match=r"broadcast to the input's shape \(4, 7\).*got \(3,\)"
   ):
     f(*args, where=np.ones(3, bool))
   with pytest.raises(ValueError, match=r"got \(4, 6\)"):
@@ -870,9 +883,11 @@ def test_bad_input_messages(name):
 def test_shape_mismatch_shows_both_shapes(name):
   a, b = inputs(name, (4, 7))
   first, second = (
-      ("p", "q") if name == "cross_entropy" else ("log_predictions", "targets")
+    ("p", "q") if name == "cross_entropy" else ("log_predictions", "targets")
   )
-  msg = rf"{second} must have the same shape as {first}: {first} \(4, 7\), {second} \(7,\)"
+  msg = (
+    rf"{second} must have the same shape as {first}: {first} \(4, 7\), {second} \(7,\)"
+  )
   with pytest.raises(ValueError, match=msg):
     getattr(jaxsmx, name)(a, b[0])
 

@@ -28,14 +28,14 @@ NAMES = ("softmax", "log_softmax", "logsumexp")
 
 # Ours and jax.nn's, both reducing over the last axis.
 OURS = {
-    "softmax": jaxsmx.softmax,
-    "log_softmax": jaxsmx.log_softmax,
-    "logsumexp": functools.partial(jaxsmx.logsumexp, axis=-1),
+  "softmax": jaxsmx.softmax,
+  "log_softmax": jaxsmx.log_softmax,
+  "logsumexp": functools.partial(jaxsmx.logsumexp, axis=-1),
 }
 JAX_NN = {
-    "softmax": jax.nn.softmax,
-    "log_softmax": jax.nn.log_softmax,
-    "logsumexp": functools.partial(jax.nn.logsumexp, axis=-1),
+  "softmax": jax.nn.softmax,
+  "log_softmax": jax.nn.log_softmax,
+  "logsumexp": functools.partial(jax.nn.logsumexp, axis=-1),
 }
 
 
@@ -60,9 +60,9 @@ def plain_logsumexp(x, where=None):
 
 
 PLAIN = {
-    "softmax": plain_softmax,
-    "log_softmax": plain_log_softmax,
-    "logsumexp": plain_logsumexp,
+  "softmax": plain_softmax,
+  "log_softmax": plain_log_softmax,
+  "logsumexp": plain_logsumexp,
 }
 
 
@@ -148,16 +148,16 @@ def test_axes_match_jax_nn(axis):
   @jax.jit
   def both(x):
     return [
-        (ours(x, axis=axis), ref(x, axis=axis))
-        for ours, ref in [
-            (jaxsmx.softmax, jax.nn.softmax),
-            (jaxsmx.log_softmax, jax.nn.log_softmax),
-            (jaxsmx.logsumexp, jax.nn.logsumexp),
-            (
-                functools.partial(jaxsmx.logsumexp, keepdims=True),
-                functools.partial(jax.nn.logsumexp, keepdims=True),
-            ),
-        ]
+      (ours(x, axis=axis), ref(x, axis=axis))
+      for ours, ref in [
+        (jaxsmx.softmax, jax.nn.softmax),
+        (jaxsmx.log_softmax, jax.nn.log_softmax),
+        (jaxsmx.logsumexp, jax.nn.logsumexp),
+        (
+          functools.partial(jaxsmx.logsumexp, keepdims=True),
+          functools.partial(jax.nn.logsumexp, keepdims=True),
+        ),
+      ]
     ]
 
   for got, want in both(x):
@@ -256,7 +256,11 @@ def test_bwd_matches_autodiff(name, dtype):
     x = logits(dtype=dtype)
     for m in (None, row_mask()):
       assert_vjp_matches(
-          ours_where(name, m), lambda x: PLAIN[name](x, m), (x,), rtol=tol, atol=tol
+        ours_where(name, m),
+        lambda x, m=m: PLAIN[name](x, m),
+        (x,),
+        rtol=tol,
+        atol=tol,
       )
 
 
@@ -315,17 +319,15 @@ def test_grad_vjp_jacrev(name):
   @jax.jit
   def all_three(x):
     return [
-        (jax.grad(weighted_sum(f))(x), jax.vjp(f, x)[1](ct)[0], jax.jacrev(f)(x))
-        for f in (OURS[name], JAX_NN[name])
+      (jax.grad(weighted_sum(f))(x), jax.vjp(f, x)[1](ct)[0], jax.jacrev(f)(x))
+      for f in (OURS[name], JAX_NN[name])
     ]
 
   ours, ref = all_three(x)
   for got, want in zip(ours, ref, strict=True):
     np.testing.assert_allclose(got, want, atol=1e-6)
   # and once eagerly
-  np.testing.assert_allclose(
-      jax.grad(weighted_sum(OURS[name]))(x), ref[0], atol=1e-6
-  )
+  np.testing.assert_allclose(jax.grad(weighted_sum(OURS[name]))(x), ref[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -336,12 +338,12 @@ def test_hessian_and_jacrev_jacrev(name, x64):
   @jax.jit
   def second_derivatives(x):
     return [
-        (jax.hessian(ours)(x), jax.hessian(ref)(x)),
-        (jax.jacrev(jax.jacrev(ours))(x), jax.hessian(ref)(x)),
-        (
-            jax.jacrev(jax.jacrev(OURS[name]))(x),
-            jax.jacrev(jax.jacrev(JAX_NN[name]))(x),
-        ),
+      (jax.hessian(ours)(x), jax.hessian(ref)(x)),
+      (jax.jacrev(jax.jacrev(ours))(x), jax.hessian(ref)(x)),
+      (
+        jax.jacrev(jax.jacrev(OURS[name]))(x),
+        jax.jacrev(jax.jacrev(JAX_NN[name]))(x),
+      ),
     ]
 
   for got, want in second_derivatives(x):
@@ -352,9 +354,9 @@ def test_logsumexp_hessian_closed_form(x64):
   x = logits((6,), dtype=np.float64)
   a = np.exp(np_log_softmax(x))
   np.testing.assert_allclose(
-      jax.jit(jax.hessian(jaxsmx.logsumexp))(x),
-      np.diag(a) - np.outer(a, a),
-      atol=1e-14,
+    jax.jit(jax.hessian(jaxsmx.logsumexp))(x),
+    np.diag(a) - np.outer(a, a),
+    atol=1e-14,
   )
 
 
@@ -370,12 +372,12 @@ def test_jit_nested_vmap_checkpoint_scan(name):
   @jax.jit
   def everything(x):
     return {
-        "vmap2": jax.vmap(jax.vmap(OURS[name]))(x),
-        "vmap2_axes": jax.vmap(jax.vmap(OURS[name]), in_axes=1, out_axes=1)(x),
-        "grad_checkpoint": jax.grad(jax.checkpoint(ours))(x),
-        "grad_vmap2": jax.grad(lambda x: jnp.sum(jax.vmap(jax.vmap(ours))(x)))(x),
-        "scan": scanned(ours, x),
-        "grad_scan": jax.grad(functools.partial(scanned, ours))(x),
+      "vmap2": jax.vmap(jax.vmap(OURS[name]))(x),
+      "vmap2_axes": jax.vmap(jax.vmap(OURS[name]), in_axes=1, out_axes=1)(x),
+      "grad_checkpoint": jax.grad(jax.checkpoint(ours))(x),
+      "grad_vmap2": jax.grad(lambda x: jnp.sum(jax.vmap(jax.vmap(ours))(x)))(x),
+      "scan": scanned(ours, x),
+      "grad_scan": jax.grad(functools.partial(scanned, ours))(x),
     }
 
   got = everything(x)
@@ -407,7 +409,7 @@ def test_huge_logits_float32():
   x = np.array([1e30, -1e30, 1e30, 0.0], np.float32)
   np.testing.assert_array_equal(jaxsmx.softmax(x), [0.5, 0.0, 0.5, 0.0])
   np.testing.assert_allclose(
-      jaxsmx.log_softmax(x), [-np.log(2), -2e30, -np.log(2), -1e30], rtol=1e-6
+    jaxsmx.log_softmax(x), [-np.log(2), -2e30, -np.log(2), -1e30], rtol=1e-6
   )
   np.testing.assert_allclose(jaxsmx.logsumexp(x), 1e30, rtol=1e-6)
   np.testing.assert_allclose(jaxsmx.logsumexp(-x), 1e30, rtol=1e-6)
@@ -449,8 +451,8 @@ def test_minus_inf_logit_gradients():
   @jax.jit
   def grads(x):
     return [
-        (jax.grad(weighted_sum(OURS[n]))(x), jax.grad(weighted_sum(JAX_NN[n]))(x))
-        for n in NAMES
+      (jax.grad(weighted_sum(OURS[n]))(x), jax.grad(weighted_sum(JAX_NN[n]))(x))
+      for n in NAMES
     ]
 
   for g, want in grads(x):
@@ -531,12 +533,12 @@ def test_nan_or_plus_inf_gradients_stay_in_their_slice(bad):
   @jax.jit
   def grads(x):
     return [
-        (
-            jax.grad(lambda x: jnp.sum(OURS[n](x)[rows]))(x),
-            jax.grad(lambda x: jnp.sum(OURS[n](x)))(x),
-            jax.grad(lambda x: jnp.sum(JAX_NN[n](x)))(x[rows]),
-        )
-        for n in NAMES
+      (
+        jax.grad(lambda x, n=n: jnp.sum(OURS[n](x)[rows]))(x),
+        jax.grad(lambda x, n=n: jnp.sum(OURS[n](x)))(x),
+        jax.grad(lambda x, n=n: jnp.sum(JAX_NN[n](x)))(x[rows]),
+      )
+      for n in NAMES
     ]
 
   for unused, used, want in grads(x):
@@ -553,7 +555,7 @@ def test_masked_nan_is_ignored():
   np.testing.assert_allclose(a[m], np_ref("softmax", x[m]), rtol=1e-6)
   np.testing.assert_array_equal(a[~m], 0.0)
   np.testing.assert_allclose(
-      jaxsmx.logsumexp(x, where=m), np_ref("logsumexp", x[m]), rtol=1e-6
+    jaxsmx.logsumexp(x, where=m), np_ref("logsumexp", x[m]), rtol=1e-6
   )
   g = np.asarray(jgrad(lambda x: jaxsmx.logsumexp(x, where=m))(x))
   np.testing.assert_allclose(g[m], np_ref("softmax", x[m]), rtol=1e-6)
@@ -598,23 +600,23 @@ def test_second_order_at_the_edges(name, x64):
 @functools.partial(jax.jit, static_argnums=())
 def _shift_checks(x, shift):
   return (
-      jaxsmx.softmax(x),
-      jaxsmx.softmax(x + shift),
-      jaxsmx.log_softmax(x),
-      jaxsmx.log_softmax(x + shift),
-      jaxsmx.logsumexp(x),
-      jaxsmx.logsumexp(x + shift),
+    jaxsmx.softmax(x),
+    jaxsmx.softmax(x + shift),
+    jaxsmx.log_softmax(x),
+    jaxsmx.log_softmax(x + shift),
+    jaxsmx.logsumexp(x),
+    jaxsmx.logsumexp(x + shift),
   )
 
 
 @settings(max_examples=30, deadline=None)
 @given(
-    x=hnp.arrays(
-        np.float64,
-        st.sampled_from([1, 3, 8]),
-        elements=st.floats(-40, 40, allow_nan=False, allow_infinity=False),
-    ),
-    shift=st.floats(-100, 100),
+  x=hnp.arrays(
+    np.float64,
+    st.sampled_from([1, 3, 8]),
+    elements=st.floats(-40, 40, allow_nan=False, allow_infinity=False),
+  ),
+  shift=st.floats(-100, 100),
 )
 def test_softmax_sums_to_one_and_is_shift_invariant(x, shift):
   with jax.enable_x64(True):
@@ -631,8 +633,8 @@ _masked_softmax = jax.jit(lambda x, m: jaxsmx.softmax(x, where=m))
 
 @settings(max_examples=30, deadline=None)
 @given(
-    x=hnp.arrays(np.float32, (3, 6), elements=st.floats(-30, 30, width=32)),
-    m=hnp.arrays(np.bool_, (3, 6)),
+  x=hnp.arrays(np.float32, (3, 6), elements=st.floats(-30, 30, width=32)),
+  m=hnp.arrays(np.bool_, (3, 6)),
 )
 def test_masked_softmax_sums_to_one(x, m):
   a = np.asarray(_masked_softmax(x, m))
@@ -714,7 +716,7 @@ def test_bad_input_messages(name):
   with pytest.raises(TypeError, match=r"where must be a boolean mask; got dtype int"):
     f(x, axis=-1, where=np.ones((4, 7), np.int32))
   with pytest.raises(
-      ValueError, match=r"broadcast to the input's shape \(4, 7\).*got \(3,\)"
+    ValueError, match=r"broadcast to the input's shape \(4, 7\).*got \(3,\)"
   ):
     f(x, axis=-1, where=np.ones(3, bool))
   with pytest.raises(TypeError, match=r"axis must be an int"):
