@@ -22,7 +22,7 @@ from derivations._core import (
   at,
   eq,
   explicit_softmax,
-  gradient,
+  gradient_ref,
   i,
   j,
   k,
@@ -35,6 +35,7 @@ from derivations._core import (
   summation,
   t,
   vec,
+  vjp_check,
   z,
 )
 
@@ -126,7 +127,7 @@ def softmax_entropy_derivation() -> Derivation:
       (
         General(),
         Concrete(
-          lambda size: gradient(_softmax_entropy_explicit(size), vec(z, size)),
+          gradient_ref(_softmax_entropy_explicit, z),
           (i,),
         ),
       ),
@@ -154,7 +155,7 @@ def softmax_entropy_derivation() -> Derivation:
       Chain(
         label(r"\bar{z}_{i}"), gs * D(H, z[i]), -Dot(gs, a[i], Terms(sp.log(a[i]), H))
       ),
-      (General(),),
+      (General(), vjp_check(_softmax_entropy_explicit, z, gs)),
       name="vjp",
       role="vjp",
     ),
@@ -208,7 +209,7 @@ def entropy_derivation() -> Derivation:
       eq(D(hp, p[i]), Terms(-sp.log(p[i]), -1)),
       (
         General(),
-        Concrete(lambda size: gradient(_entropy_explicit(size), vec(p, size)), (i,)),
+        Concrete(gradient_ref(_entropy_explicit, p), (i,)),
       ),
       name="grad",
       role="result",
@@ -235,7 +236,7 @@ def entropy_derivation() -> Derivation:
     Step(
       "The VJP.",
       Chain(label(r"\bar{p}_{i}"), gs * D(hp, p[i]), -Dot(gs, Terms(sp.log(p[i]), 1))),
-      (General(),),
+      (General(), vjp_check(_entropy_explicit, p, gs)),
       name="vjp",
       role="vjp",
     ),
@@ -279,7 +280,7 @@ def cross_entropy_derivation() -> Derivation:
       eq(D(hpq, p[i]), -sp.log(q[i])),
       (
         General(),
-        Concrete(lambda size: gradient(_cross_explicit(size), vec(p, size)), (i,)),
+        Concrete(gradient_ref(_cross_explicit, p), (i,)),
       ),
       name="grad_p",
       role="result",
@@ -289,7 +290,7 @@ def cross_entropy_derivation() -> Derivation:
       eq(D(hpq, q[i]), -p[i] / q[i]),
       (
         General(),
-        Concrete(lambda size: gradient(_cross_explicit(size), vec(q, size)), (i,)),
+        Concrete(gradient_ref(_cross_explicit, q), (i,)),
       ),
       name="grad_q",
       role="result",
@@ -316,14 +317,14 @@ def cross_entropy_derivation() -> Derivation:
     Step(
       "The VJPs.",
       Chain(label(r"\bar{p}_{i}"), gs * D(hpq, p[i]), -gs * sp.log(q[i])),
-      (General(),),
+      (General(), vjp_check(_cross_explicit, p, gs)),
       name="vjp_p",
       role="vjp",
     ),
     Step(
       "",
       Chain(label(r"\bar{q}_{i}"), gs * D(hpq, q[i]), -gs * p[i] / q[i]),
-      (General(),),
+      (General(), vjp_check(_cross_explicit, q, gs)),
       name="vjp_q",
       role="vjp",
     ),
@@ -377,7 +378,7 @@ def kl_divergence_derivation() -> Derivation:
       eq(D(kl, lp[i]), -t[i]),
       (
         General(),
-        Concrete(lambda size: gradient(_kl_explicit(size), vec(lp, size)), (i,)),
+        Concrete(gradient_ref(_kl_explicit, lp), (i,)),
       ),
       name="grad_l",
       role="result",
@@ -387,7 +388,7 @@ def kl_divergence_derivation() -> Derivation:
       eq(D(kl, t[i]), Terms(sp.log(t[i]), 1, -lp[i])),
       (
         General(),
-        Concrete(lambda size: gradient(_kl_explicit(size), vec(t, size)), (i,)),
+        Concrete(gradient_ref(_kl_explicit, t), (i,)),
       ),
       name="grad_t",
       role="result",
@@ -395,7 +396,7 @@ def kl_divergence_derivation() -> Derivation:
     Step(
       "The VJPs.",
       Chain(label(r"\bar{\ell}_{i}"), gs * D(kl, lp[i]), -gs * t[i]),
-      (General(),),
+      (General(), vjp_check(_kl_explicit, lp, gs)),
       name="vjp_l",
       role="vjp",
     ),
@@ -404,7 +405,7 @@ def kl_divergence_derivation() -> Derivation:
       Chain(
         label(r"\bar{t}_{i}"), gs * D(kl, t[i]), Dot(gs, Terms(sp.log(t[i]), 1, -lp[i]))
       ),
-      (General(),),
+      (General(), vjp_check(_kl_explicit, t, gs)),
       name="vjp_t",
       role="vjp",
     ),

@@ -33,7 +33,7 @@ from derivations._core import (
   eq,
   explicit_softmax,
   g,
-  gradient,
+  gradient_ref,
   i,
   j,
   k,
@@ -44,6 +44,7 @@ from derivations._core import (
   summation,
   u,
   vec,
+  vjp_check,
   y,
   z,
 )
@@ -217,7 +218,7 @@ def softmax_cross_entropy_derivation() -> Derivation:
       (
         General(),
         Concrete(
-          lambda size: gradient(_ce_explicit(size), vec(z, size)),
+          gradient_ref(_ce_explicit, z),
           (i,),
         ),
       ),
@@ -238,7 +239,7 @@ def softmax_cross_entropy_derivation() -> Derivation:
       (
         General(),
         Concrete(
-          lambda size: gradient(_ce_explicit(size), vec(y, size)),
+          gradient_ref(_ce_explicit, y),
           (i,),
         ),
       ),
@@ -279,14 +280,14 @@ def softmax_cross_entropy_derivation() -> Derivation:
       Chain(
         label(r"\bar{z}_{i}"), gs * D(C, z[i]), Dot(gs, Terms(a[i] * sum_y, -y[i]))
       ),
-      (General(),),
+      (General(), vjp_check(_ce_explicit, z, gs)),
       name="vjp_z",
       role="vjp",
     ),
     Step(
       "The VJP with respect to the labels.",
       Chain(label(r"\bar{y}_{i}"), gs * D(C, y[i]), -gs * sp.log(a[i])),
-      (General(),),
+      (General(), vjp_check(_ce_explicit, y, gs)),
       name="vjp_y",
       role="vjp",
     ),
@@ -365,7 +366,7 @@ def label_smoothing_derivation() -> Derivation:
       (
         General(),
         Concrete(
-          lambda size: gradient(_smooth_explicit(size), vec(z, size)),
+          gradient_ref(_smooth_explicit, z),
           (i,),
           extra=_label_of,
           what="Matrix.jacobian (ℓ = ⌈n/2⌉)",
@@ -381,7 +382,7 @@ def label_smoothing_derivation() -> Derivation:
         gs * D(C, z[i]),
         Dot(gs, Terms(a[i], -Dot(1 - alpha, delta(i, ell)), -alpha / n)),
       ),
-      (General(),),
+      (General(), vjp_check(_smooth_explicit, z, gs, extra=_label_of)),
       name="vjp_z",
       role="vjp",
     ),
@@ -419,6 +420,10 @@ BCE_CTX = Context(
   },
   "σ(z) = 1/(1 + e^{-z})",
 )
+
+
+def _bce_vector(size: int) -> sp.Matrix:
+  return _bce_explicit(size)[0]
 
 
 def _bce_explicit(size):
@@ -515,14 +520,14 @@ def sigmoid_bce_derivation() -> Derivation:
     Step(
       "The VJPs; the cotangent $g_i$ is elementwise.",
       Chain(label(r"\bar{z}_{i}"), g[i] * D(Cj[i], z[i]), Dot(g[i], s_i - y[i])),
-      (General(),),
+      (General(), vjp_check(_bce_vector, z, g)),
       name="vjp_z",
       role="vjp",
     ),
     Step(
       "",
       Chain(label(r"\bar{y}_{i}"), g[i] * D(Cj[i], y[i]), -g[i] * z[i]),
-      (General(),),
+      (General(), vjp_check(_bce_vector, y, g)),
       name="vjp_y",
       role="vjp",
     ),
@@ -561,16 +566,14 @@ def _linear_label(size):
   return {ell: 1}
 
 
-def _linear_explicit_grad(size: int) -> sp.Matrix:
+def _linear_explicit(size: int) -> sp.Expr:
   us = vec(u, size)
   zs = [cap * sp.tanh(x / cap) for x in us]
   total = sum(sp.exp(x) for x in zs)
   logs = [x - sp.log(total) for x in zs]
   ys = [(1 - alpha) * (1 if r == 0 else 0) + alpha / size for r in range(size)]
-  loss = (
-    -sum(yv * lv for yv, lv in zip(ys, logs, strict=True)) + lam * sp.log(total) ** 2
-  )
-  return gradient(loss, us)
+  ce = -sum(yv * lv for yv, lv in zip(ys, logs, strict=True))
+  return ce + lam * sp.log(total) ** 2
 
 
 def _matmul_vjp_holds() -> bool:
@@ -653,7 +656,7 @@ def linear_cross_entropy_derivation() -> Derivation:
       (
         General(),
         Concrete(
-          _linear_explicit_grad,
+          gradient_ref(_linear_explicit, u),
           (i,),
           sizes=tuple(range(1, 5)),
           extra=_linear_label,
@@ -678,7 +681,12 @@ def linear_cross_entropy_derivation() -> Derivation:
     Step(
       "The VJP with respect to the uncapped logits.",
       Chain(label(r"\bar{u}_{i}"), gs * D(L, u[i]), Dot(gs, Prod(dz, sech2))),
-      (General(),),
+      (
+        General(),
+        vjp_check(
+          _linear_explicit, u, gs, sizes=tuple(range(1, 5)), extra=_linear_label
+        ),
+      ),
       name="vjp_u",
       role="vjp",
     ),

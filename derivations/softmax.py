@@ -25,7 +25,7 @@ from derivations._core import (
   eq,
   explicit_softmax,
   g,
-  gradient,
+  gradient_ref,
   i,
   j,
   k,
@@ -34,6 +34,7 @@ from derivations._core import (
   softmax_of,
   summation,
   vec,
+  vjp_check,
   z,
 )
 
@@ -266,7 +267,7 @@ def logsumexp_derivation() -> Derivation:
       (
         General(),
         Concrete(
-          lambda size: gradient(_lse_explicit(size), vec(z, size)),
+          gradient_ref(_lse_explicit, z),
           (i,),
         ),
       ),
@@ -292,7 +293,7 @@ def logsumexp_derivation() -> Derivation:
       "The output is a scalar per slice, so the cotangent $g$ is a "
       "scalar and the VJP scales the gradient.",
       Chain(label(r"\bar{z}_{i}"), gs * D(lse_z, z[i]), gs * a[i]),
-      (General(),),
+      (General(), vjp_check(_lse_explicit, z, gs)),
       name="vjp",
       role="vjp",
     ),
