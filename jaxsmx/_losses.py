@@ -127,8 +127,10 @@ def _softmax_ce_fwd(logits, labels, where, axes, alpha):
   # formed here from the one exp per element, as the cotangent is one scalar
   # per example. log a is -inf at masked entries and in empty slices: it is
   # selected away before the product, or the second derivative is 0 * inf.
+  # (The bwd zeroes empty slices: selecting here too measurably slows XLA's
+  # fusion of this pass with the bwd multiply.)
   keep = live if where is None else live & where
-  dz = jnp.where(live, ratio(e, s) * jnp.sum(y, axes, keepdims=True) - y, 0.0)
+  dz = ratio(e, s) * jnp.sum(y, axes, keepdims=True) - y
   dy = jnp.where(keep, -(1.0 - alpha) * lp, 0.0)
   # saves dz, dy [..., C] in the inputs' dtypes, the per-example live flag and
   # the mask; logits and labels are not kept
