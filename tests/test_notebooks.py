@@ -18,6 +18,7 @@ Dependencies: the ``notebooks`` extra in pyproject.toml.
 from __future__ import annotations
 
 import pathlib
+import resource
 import shutil
 import sys
 import time
@@ -56,7 +57,11 @@ def execute(path: pathlib.Path, workdir: pathlib.Path) -> nbformat.NotebookNode:
       kernel_name="python3",
       resources={"metadata": {"path": str(workdir)}},
   )
-  client.execute()
+  try:
+    client.execute()
+  finally:  # nbclient leaves a kernel it did not create running
+    if km.has_kernel:
+      km.shutdown_kernel(now=True)
   return nb
 
 
@@ -86,11 +91,19 @@ def _main(argv: list[str]) -> None:
   paths = [pathlib.Path(a).resolve() for a in argv] or PATHS
   for path in paths:
     start = time.perf_counter()
+    cpu_start = _children_cpu_s()
     nb = execute(path, workdir=path.parent)
     nbformat.write(nb, path)
-    size_kb = path.stat().st_size / 1024
     seconds = time.perf_counter() - start
-    print(f"{path.name}: executed in {seconds:.1f} s, {size_kb:.0f} KB")
+    cpu = _children_cpu_s() - cpu_start
+    size_kb = path.stat().st_size / 1024
+    print(f"{path.name}: {seconds:.1f} s wall, {cpu:.1f} s CPU, {size_kb:.0f} KB")
+
+
+def _children_cpu_s() -> float:
+  """CPU seconds of finished child processes (the kernels), user + system."""
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":
