@@ -238,16 +238,6 @@ class Group(Display):
     return self.args[0]
 
 
-class Hadamard(Display):
-  r"""Display node for an elementwise product, printed with :math:`\odot`."""
-
-  def _latex_body(self, printer):
-    return r" \odot ".join(_group(printer, e, first=True) for e in self.args)
-
-  def plain(self):
-    return sp.Mul(*self.args)
-
-
 class Chain(Display):
   r"""A chain of equalities :math:`e_1 = e_2 = \dots`; each link is checked."""
 

@@ -2,16 +2,22 @@ r"""Numeric agreement: each closed form against JAX autodiff of jaxsmx.
 
 A :class:`Numeric` names a step of a derivation (its closed form, for general
 :math:`n`), the jaxsmx function, and how JAX differentiates that function
-(``jax.jacrev``, ``jax.grad``, ``jax.hessian`` or ``jax.vjp``). For each
-:math:`n = 2 \dots 8` the closed form is specialised to :math:`n`,
-lambdified with ``modules="jax"`` and evaluated at a random point; the
-function's derivative is taken at the same point, in float64, and the largest
-absolute difference is recorded.
+(``jax.jacrev``, ``jax.grad``, ``jax.hessian`` or ``jax.vjp``).
+
+* The closed form is lambdified once, for general :math:`n`, with
+  ``modules="jax"`` (see :func:`lambdify_general`), and evaluated for
+  :math:`n = 2 \dots 8` in one batched call.
+* The jaxsmx function is differentiated by JAX at the same points, in float64,
+  all checks and sizes in one ``jax.jit`` program (one compile).
+* The largest absolute difference over all sizes is the check's result; it
+  must be at most :data:`TOLERANCE`.
 
 The random points come from a NumPy generator seeded from the check's name and
-:math:`n`, so every run sees the same points. The function under test is a
-parameter of :func:`run_numeric`, so a test can pass a function with a wrong
-``bwd`` rule and watch the check fail.
+:math:`n` (``zlib.crc32``, not ``hash``), so every run sees the same points.
+The function under test is a parameter of :func:`run_numeric` and
+:func:`run_numerics`, so a test can pass a function with a wrong ``bwd`` rule
+and watch the check fail. Float64 is switched on only inside these functions
+(``jax.enable_x64``), never globally.
 """
 
 from __future__ import annotations

@@ -221,9 +221,11 @@ How each step is checked:
   and `Sum`), the sums over Kronecker deltas are closed by the targeted
   rewriting in `derivations/_core.py`, and the difference must reduce to 0.
   Free indices range over $1, \\dots, n$.
-- **n = 1..8 vs Matrix.jacobian**: the general result, specialised to each
-  concrete $n$, must equal the Jacobian (or `sympy.hessian`) of the explicit
-  function of $z_1, \\dots, z_n$, entry by entry.
+- **n = 1..8 vs Matrix.jacobian** (or the range stated): the general result,
+  specialised to each concrete $n$, must equal the Jacobian (or
+  `sympy.hessian`) of the explicit function of $z_1, \\dots, z_n$, entry by
+  entry. For a reverse-mode rule the reference is
+  `Matrix.jacobian(...).T` times a symbolic cotangent, for $n = 1, \\dots, 6$.
 - **numeric**: the closed form is lambdified (`modules="jax"`) and compared
   in float64 with `jax.jacrev`, `jax.grad`, `jax.hessian` or `jax.vjp` of the
   jaxsmx function, which uses the hand-written `custom_vjp` rule, for
