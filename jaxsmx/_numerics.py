@@ -46,7 +46,8 @@ def exp_normalizer(
   what else it needs from e by division (softmax = e / s) and from s by one
   log per slice, so that XLA computes, and materialises, exp once.
   """
-  m = jnp.max(z, axes, keepdims=True)
+  # initial=-inf: a zero-size class axis is an empty slice, as in jax.nn
+  m = jnp.max(z, axes, keepdims=True, initial=-jnp.inf)
   shift = jnp.where(m == -jnp.inf, 0.0, m)
   e = jnp.exp(z - shift)
   return e, jnp.sum(e, axes, keepdims=True), shift

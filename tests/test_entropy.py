@@ -511,6 +511,12 @@ def test_empty_slices_are_zero(transform):
   )
 
 
+def test_zero_size_class_axis_is_zero():
+  for name in NAMES:
+    args = inputs(name, (3, 0))
+    np.testing.assert_array_equal(ours(name)(*args), np.zeros(3), err_msg=name)
+
+
 def test_empty_slices_have_zero_gradient():
   m = row_mask()
   m[2] = False

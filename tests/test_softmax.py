@@ -548,6 +548,18 @@ def test_nan_or_plus_inf_gradients_stay_in_their_slice(bad):
     assert np.all(np.isnan(used[1]))
 
 
+def test_zero_size_class_axis_is_an_empty_slice():
+  # as jax.nn: no classes at all is a slice without mass
+  x = np.zeros((3, 0), np.float32)
+  for name in NAMES:
+    got, want = OURS[name](x), JAX_NN[name](x)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+  assert np.all(np.isneginf(jaxsmx.logsumexp(x, axis=-1)))
+  g = jgrad(lambda x: jnp.sum(jaxsmx.logsumexp(x, axis=-1)))(x)
+  assert g.shape == (3, 0)
+
+
 def test_masked_nan_is_ignored():
   x = np.array([1.0, np.nan, 2.0, np.inf], np.float32)
   m = np.array([True, False, True, False])
