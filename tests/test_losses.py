@@ -9,6 +9,7 @@ import contextlib
 import doctest
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -1123,9 +1124,10 @@ def test_error_where_not_broadcastable():
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
 def test_error_label_smoothing_outside_unit_interval(alpha):
-  with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\]"):
+  rule = r"label_smoothing must lie in \[0, 1\]; got " + re.escape(repr(alpha))
+  with pytest.raises(ValueError, match=rule):
     sce(logits((2, 3)), soft_labels((2, 3)), label_smoothing=alpha)
-  with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\]"):
+  with pytest.raises(ValueError, match=rule):
     ice(logits((2, 3)), jnp.array([0, 1]), label_smoothing=alpha)
 
 
