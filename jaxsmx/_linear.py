@@ -116,10 +116,15 @@ def linear_softmax_cross_entropy(
   :math:`dx = \delta W^\top`, :math:`dW = x^\top \delta`,
   :math:`db = \sum_n \delta_n`. Residuals: ``x``, ``w``, ``bias``, ``labels``,
   ``where`` and two float32 normaliser scalars per example (shift and
-  log-norm); the logits are recomputed chunk by chunk. Memory (XLA temp):
-  :math:`O(N \cdot \mathrm{chunk} + N H)` beyond the :math:`H V` gradient of
-  ``w``; time: four matmuls of :math:`2NHV` flops against dense autodiff's
-  three, as the backward pass recomputes the logits.
+  log-norm); the logits are recomputed chunk by chunk.
+
+  Cost: XLA temp memory :math:`O(N \cdot \mathrm{chunk} + N H)` beyond the
+  :math:`H V` gradient of ``w`` (16-bit ``w`` adds one 16-bit copy of it);
+  at N=4096, H=512, V=32768 float32, 27 MB against dense autodiff's 1074 MB,
+  and still 27 MB at V=131072. Time: four matmuls of :math:`2NHV` flops
+  against dense autodiff's three, as the backward pass recomputes the logits;
+  on CPU the chunked matmuls run faster than the dense ones and there is no
+  :math:`N \times V` memory traffic, so the two take about the same time.
 
   Sharding: under :func:`jax.jit` with the rows of ``x`` and the columns of
   ``w`` split over mesh axes (data and vocabulary parallel, automatic or

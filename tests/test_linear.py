@@ -136,7 +136,9 @@ OPTIONS = {
     "label_smoothing": {"label_smoothing": 0.1},
     "z_loss": {"z_loss": 0.05},
     "softcap": {"softcap": 2.0},
-    "where+smoothing+ignore": {"where": True, "label_smoothing": 0.2, "ignore_index": -1},
+    "where+smoothing+ignore": {
+        "where": True, "label_smoothing": 0.2, "ignore_index": -1,
+    },
     "bias+z_loss+softcap": {"bias": True, "z_loss": 0.05, "softcap": 3.0},
     "all": {
         "bias": True, "where": True, "ignore_index": -100, "label_smoothing": 0.1,
@@ -232,9 +234,9 @@ def test_out_of_range_labels_are_nan_in_value_and_gradient():
   def value_and_grads(x, w, b):
     out = {}
     for name, fn in (("ours", lce), ("dense", composition)):
-      loss = lambda x, w, b: fn(x, w, bad, bias=b, z_loss=0.01)  # noqa: B023
-      out[name] = loss(x, w, b), jax.grad(lambda *a: jnp.sum(loss(*a)), (0, 1, 2))(
-          x, w, b)
+      loss = functools.partial(fn, labels=bad, z_loss=0.01)
+      total = lambda x, w, b, loss=loss: jnp.sum(loss(x, w, bias=b))
+      out[name] = loss(x, w, bias=b), jax.grad(total, (0, 1, 2))(x, w, b)
     return out
 
   res = value_and_grads(x, w, b)
@@ -310,7 +312,8 @@ def test_jit_vmap_grad():
   assert_close(jax.vmap(f)(x, ws, labels), want, 1e-5, "vmap")
   mean_loss = lambda ws, f: jnp.mean(jax.vmap(f)(x, ws, labels))
   got = jax.jit(jax.grad(mean_loss), static_argnums=1)(ws, f)
-  assert_close(got, jax.jit(jax.grad(lambda ws: mean_loss(ws, dense)))(ws), 1e-5, "grad")
+  want = jax.jit(jax.grad(lambda ws: mean_loss(ws, dense)))(ws)
+  assert_close(got, want, 1e-5, "grad")
 
 
 def test_hessian_wrt_x():
@@ -443,7 +446,7 @@ def test_a_wrong_bwd_is_caught():
         ({"x": np.zeros((N, H), np.int32)}, TypeError, "x must have a floating"),
         ({"labels": np.zeros((N,), np.float32)}, TypeError, "integer dtype"),
         ({"labels": np.zeros((N, 1), np.int32)}, ValueError, r"expected \(12,\)"),
-        ({"bias": np.zeros((V + 1,), np.float32)}, ValueError, r"bias must have shape \[V\]"),
+        ({"bias": np.zeros((V + 1,), np.float32)}, ValueError, r"bias must .* \[V\]"),
         ({"where": np.ones((V,), np.int32)}, TypeError, "boolean mask"),
         ({"where": np.ones((N, V), bool)}, ValueError, r"where must have shape \[V\]"),
         ({"z_loss": -1e-4}, ValueError, "z_loss must be finite and >= 0"),
