@@ -148,7 +148,8 @@ OPTIONS = {
 
 
 def problem(options, dtype=np.float32, **kw):
-  """(f, ref_composition, ref_autodiff, args): functions of (x, w[, bias])."""
+  """(f, composition, autodiff, args, labels); f and the references are
+  functions of (x, w[, bias])."""
   x, w, b, labels, where = data(dtype=dtype, **kw)
   opts = dict(options)
   use_bias = opts.pop("bias", False)
