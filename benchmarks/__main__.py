@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
-import pathlib
-import sys
-import time
+import os
 
-from . import _cases, _report, _timing
+# torch's OpenMP workers otherwise busy-wait after each call, stealing the
+# cores from the JAX call timed next; set before torch is imported
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from . import _cases, _report, _timing  # noqa: E402
 
 HERE = pathlib.Path(__file__).parent
 

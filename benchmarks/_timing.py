@@ -39,7 +39,7 @@ def _block(out):
 
 
 def interleaved_medians(
-    contenders: Sequence[Contender], runs: int, min_sample_s: float = 0.02
+    contenders: list[Contender], runs: int, min_sample_s: float = 0.05
 ) -> dict[str, float]:
   """Median seconds per call of each contender, over interleaved samples.
 
@@ -55,8 +55,10 @@ def interleaved_medians(
     once = max(time.perf_counter() - t0, 1e-7)
     reps[c.name] = max(1, min(1000, int(min_sample_s / once)))
   samples: dict[str, list[float]] = {c.name: [] for c in contenders}
-  for _ in range(runs):
-    for c in contenders:
+  for r in range(runs):
+    # rotate the order each round: no contender always runs right after
+    # another (torch's worker threads, say, still spinning down)
+    for c in contenders[r % len(contenders):] + contenders[:r % len(contenders)]:
       k = reps[c.name]
       t0 = time.perf_counter()
       for _ in range(k):

@@ -1,20 +1,19 @@
-r"""Numerics shared by every function: the stable log-normaliser and its edges.
+r"""Numerics shared by every function: one exponential per element, and the edges.
 
-A slice of logits :math:`z` is normalised as
-:math:`\log\mathrm{softmax}(z) = (z - m) - \log\sum_k e^{z_k - m}`, with
-:math:`m` the slice maximum. The pair (shift :math:`m`, log-norm) is what the
-reverse-mode rules save, one value each per slice, instead of the N x C
-probabilities. Keeping the two apart, rather than their sum (the logsumexp),
-keeps probabilities exact for logits near the float range: with
-:math:`z = (10^{30}, 10^{30})` the sum rounds to :math:`10^{30}`, but
-:math:`(z - m) - \log 2` does not.
+A slice of logits :math:`z` is normalised with its maximum :math:`m` as the
+shift: :math:`e = e^{z - m}` is formed once per element, softmax is
+:math:`e / \sum e`, and :math:`\log\mathrm{softmax}(z) = (z - m) - \log\sum_k
+e^{z_k - m}`. Keeping the shift and the log-norm apart, rather than adding them
+into the logsumexp, keeps log-probabilities exact for logits near the float
+range: with :math:`z = (10^{30}, 10^{30})` the logsumexp rounds to
+:math:`10^{30}`, but :math:`(z - m) - \log 2` does not.
 
 The edge rules, used everywhere:
 
 * masked entries count as :math:`-\infty`;
-* a slice with no finite mass (all :math:`-\infty`, or fully masked) has
-  shift 0 and log-norm :math:`-\infty`: its logsumexp is :math:`-\infty` and
-  its probabilities are 0;
+* a slice with no finite mass (all :math:`-\infty`, fully masked, or empty)
+  has the lowest finite float as its shift and log-norm :math:`-\infty`: its
+  logsumexp is :math:`-\infty` and its probabilities are 0;
 * a :math:`+\infty` or NaN entry makes the slice's shift, and so everything
   computed from it, NaN.
 """
@@ -46,9 +45,11 @@ def exp_normalizer(
   what else it needs from e by division (softmax = e / s) and from s by one
   log per slice, so that XLA computes, and materialises, exp once.
   """
-  # initial=-inf: a zero-size class axis is an empty slice, as in jax.nn
-  m = jnp.max(z, axes, keepdims=True, initial=-jnp.inf)
-  shift = jnp.where(m == -jnp.inf, 0.0, m)
+  # The lowest finite float as the initial value: a slice with no finite mass
+  # (all -inf, masked, or of size zero) gets a finite shift, so that
+  # exp(z - shift) is 0 there, not exp(-inf + inf) = NaN. No select between
+  # the max and the exp lets XLA fuse the two into one pass.
+  shift = jnp.max(z, axes, keepdims=True, initial=jnp.finfo(z.dtype).min)
   e = jnp.exp(z - shift)
   return e, jnp.sum(e, axes, keepdims=True), shift
 
@@ -68,18 +69,6 @@ def ratio(e: jax.Array, s: jax.Array) -> jax.Array:
   return e / jnp.where(s == 0.0, 1.0, s)
 
 
-def normalizer(
-    z: jax.Array, axes: tuple[int, ...]
-) -> tuple[jax.Array, jax.Array]:
-  """Returns (shift, log_norm), both keepdims, for already masked logits."""
-  _, s, shift = exp_normalizer(z, axes)
-  return shift, log_of_sum(s)
-
-
-def logsumexp_of(shift: jax.Array, log_norm: jax.Array) -> jax.Array:
-  return shift + log_norm
-
-
 def is_empty(log_norm: jax.Array) -> jax.Array:
   """True for slices without finite mass (all -inf or fully masked)."""
   return log_norm == -jnp.inf
@@ -88,11 +77,6 @@ def is_empty(log_norm: jax.Array) -> jax.Array:
 def log_probs(z: jax.Array, shift: jax.Array, log_norm: jax.Array) -> jax.Array:
   """log_softmax(z): -inf at masked entries and throughout empty slices."""
   return (z - shift) - jnp.where(is_empty(log_norm), 0.0, log_norm)
-
-
-def probs(z: jax.Array, shift: jax.Array, log_norm: jax.Array) -> jax.Array:
-  """softmax(z) recomputed from a saved normaliser: 0 in empty slices."""
-  return jnp.exp(log_probs(z, shift, log_norm))
 
 
 def times_cotangent(g: jax.Array, d: jax.Array) -> jax.Array:
