@@ -18,7 +18,7 @@ from jaxsmx._checks import Axis
 from jaxsmx._numerics import (
     exp_normalizer,
     is_empty,
-    log_of_sum,
+    log_norm_of,
     log_probs,
     masked,
     ratio,
@@ -118,7 +118,8 @@ def _softmax_ce_fwd(logits, labels, where, axes, alpha):
   z = masked(upcast(logits), where)
   y = _smoothed(upcast(labels), where, axes, alpha)
   e, s, shift = exp_normalizer(z, axes)
-  lp = log_probs(z, shift, log_of_sum(s))
+  small = logits.dtype != z.dtype  # 16-bit logits
+  lp = log_probs(z, shift, log_norm_of(z, e, s, shift, axes, small_losses_exact=small))
   live = s != 0.0  # not an empty slice (NaN slices stay live, and NaN)
   loss = -jnp.sum(jnp.where(y == 0, 0.0, y * lp), axes, keepdims=True)
   loss = jnp.where(live, loss, 0.0)
@@ -342,7 +343,8 @@ def target_logit(z, labels, onehot, axes):
 def _integer_ce_fwd(logits, labels, where, axes, alpha, ignore_index):
   z = masked(upcast(logits), where)
   e, s, shift = exp_normalizer(z, axes)
-  log_norm = log_of_sum(s)
+  small = logits.dtype != z.dtype  # 16-bit logits
+  log_norm = log_norm_of(z, e, s, shift, axes, small_losses_exact=small)
   onehot, dropped, invalid, _ = targets(z.shape, labels, where, axes, ignore_index)
   # -log a_c as (shift - z_c) + log_norm, not lse - z_c: exact for |z| ~ 1e30
   loss = (shift - target_logit(z, labels, onehot, axes)) + log_norm

@@ -64,6 +64,28 @@ def log_of_sum(s: jax.Array) -> jax.Array:
   return jnp.where(empty, -jnp.inf, jnp.log(jnp.where(empty, 1.0, s)))
 
 
+def log_norm_of(
+    z: jax.Array, e: jax.Array, s: jax.Array, shift: jax.Array,
+    axes: tuple[int, ...], *, small_losses_exact: bool,
+) -> jax.Array:
+  """log(s), optionally exact for slices that are nearly one-hot.
+
+  When one logit dominates, s = 1 + d with d below float32's epsilon, and
+  log(s) rounds d away: a confident, correct example's loss (about d) loses
+  its relative accuracy. With `small_losses_exact`, a slice with a single
+  maximum takes log1p of the sum of the other terms instead. That costs one
+  more fused reduction, so jaxsmx spends it where the caller's dtype can see
+  the difference relative to the loss: 16-bit inputs, whose losses promise
+  2 eps of their dtype.
+  """
+  if not small_losses_exact:
+    return log_of_sum(s)
+  top = z == shift
+  rest = jnp.sum(jnp.where(top, 0.0, e), axes, keepdims=True)
+  single = jnp.sum(top.astype(e.dtype), axes, keepdims=True) == 1
+  return jnp.where(single, jnp.log1p(jnp.where(single, rest, 0.0)), log_of_sum(s))
+
+
 def ratio(e: jax.Array, s: jax.Array) -> jax.Array:
   """softmax as e / s: 0 throughout an empty slice."""
   return e / jnp.where(s == 0.0, 1.0, s)
