@@ -1144,3 +1144,22 @@ def test_doctests():
   result = doctest.testmod(_losses, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0
   assert result.failed == 0
+
+
+def test_16_bit_tiny_losses_keep_their_relative_accuracy():
+  # A confident, correct example: the loss log(1 + 2 e^-z0) sits far below
+  # float32's epsilon next to 1, where log(sum) would round it away (the sum
+  # is 1 + tiny). bfloat16 inputs promise 2 eps of bfloat16 relative error.
+  z0 = np.array([3.0, 8.0, 12.0, 15.0, 17.0])
+  logits = np.stack([z0, np.zeros_like(z0), np.zeros_like(z0)], -1)
+  expected = np.log1p(2 * np.exp(-z0))
+  eps = float(jnp.finfo(jnp.bfloat16).eps)
+  z = jnp.asarray(logits, jnp.bfloat16)
+  labels = jnp.zeros(len(z0), jnp.int32)
+  onehot = jax.nn.one_hot(labels, 3, dtype=jnp.bfloat16)
+  for loss in (
+      jaxsmx.softmax_cross_entropy_with_integer_labels(z, labels),
+      jaxsmx.softmax_cross_entropy(z, onehot),
+  ):
+    rel = np.abs(np.asarray(loss, np.float64) / expected - 1)
+    assert rel.max() <= 2 * eps, rel
