@@ -31,7 +31,6 @@ bench-quick: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff
 	$(BIN)/ruff check jaxsmx derivations benchmarks tests
-	$(BIN)/ruff format --check jaxsmx derivations benchmarks tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

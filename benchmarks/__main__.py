@@ -8,12 +8,12 @@ import os
 # cores from the JAX call timed next; set before torch is imported
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import pathlib  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import argparse
+import pathlib
+import sys
+import time
 
-from . import _cases, _report, _timing  # noqa: E402
+from . import _cases, _report, _timing
 
 HERE = pathlib.Path(__file__).parent
 

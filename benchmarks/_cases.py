@@ -153,7 +153,11 @@ def integer_ce_vag(n: int, c: int, runs: int) -> list[Row]:
   peers = [
       _jax(
           "optax",
-          _vag(lambda x, y: optax.softmax_cross_entropy_with_integer_labels(x, y).mean()),
+          _vag(
+              lambda x, y: optax.softmax_cross_entropy_with_integer_labels(
+                  x, y
+              ).mean()
+          ),
           x, y,
       )
   ]

@@ -96,7 +96,7 @@ def _plots(out: pathlib.Path, rows: list[Row], info: dict[str, str]) -> None:
   colors = ["tab:green" if r.met else "tab:red" for r in rows]
   ys = range(len(rows))
   ax.barh(ys, ratios, color=colors)
-  for y, r in zip(ys, rows):
+  for y, r in zip(ys, rows, strict=True):
     if r.target is not None:
       ax.plot([r.target, r.target], [y - 0.4, y + 0.4], color="black", lw=1.5)
   ax.axvline(1.0, color="gray", ls=":", lw=1)

@@ -34,7 +34,7 @@ def _block(out):
   # torch tensors are synchronous on the CPU; JAX arrays need a block.
   try:
     jax.block_until_ready(out)
-  except Exception:  # noqa: BLE001 - non-JAX outputs need nothing
+  except Exception:
     pass
 
 

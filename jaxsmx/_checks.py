@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 Axis = int | Sequence[int] | None
 
@@ -213,3 +214,34 @@ def static_index(value: object, name: str, fn: str) -> int | None:
         f" {type(value).__name__} {value!r}. The usual padding value is -100."
     )
   return int(value)
+
+
+def report_labels(
+    fn: str,
+    labels: jax.Array,
+    num_classes: int,
+    ignore_index: int | None,
+    invalid: jax.Array,
+    masked_out: jax.Array | None,
+) -> None:
+  """Reports bad integer labels under checkify (checkify.debug_check).
+
+  `invalid` flags labels outside [0, num_classes) that are not ignore_index;
+  `masked_out` flags labels whose class `where` masks out (None without a
+  mask). Without checkify nothing is raised and XLA drops the computation.
+  """
+  ignore = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
+  checkify.debug_check(
+      ~jnp.any(invalid),
+      f"{fn}: labels must lie in [0, {num_classes}){ignore}; got labels {{}}."
+      " Fix the labels, or pass ignore_index for padding.",
+      labels,
+  )
+  if masked_out is not None:
+    checkify.debug_check(
+        ~jnp.any(masked_out),
+        f"{fn}: some labels name a class that `where` masks out, so those"
+        " examples are dropped (loss 0); labels {}. Unmask the target classes,"
+        " or set those labels to ignore_index.",
+        labels,
+    )

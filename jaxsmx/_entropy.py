@@ -322,7 +322,8 @@ def kl_divergence(
   Example:
     >>> import jax.numpy as jnp, jaxsmx
     >>> t = jnp.array([0.5, 0.5, 0.0])
-    >>> print(jnp.round(jaxsmx.kl_divergence(jnp.log(jnp.array([0.25, 0.25, 0.5])), t), 4))
+    >>> log_q = jnp.log(jnp.array([0.25, 0.25, 0.5]))
+    >>> print(jnp.round(jaxsmx.kl_divergence(log_q, t), 4))
     0.6931
   """
   log_predictions, axes, mask = _prepare(

@@ -18,7 +18,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.experimental import checkify
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -259,23 +258,12 @@ def _chunk(chunk_size: object, n: int, hidden: int, vocab: int) -> int:
 
 
 def _report_bad_labels(labels, where, vocab, ignore_index) -> None:
-  """checkify.debug_check for out-of-range and masked-out labels; O(N)."""
+  """Out-of-range and masked-out labels, reported under checkify; O(N)."""
   _, invalid, masked_out = _row_flags(labels, where, vocab, ignore_index)
-  ignore = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
-  checkify.debug_check(
-      ~jnp.any(invalid),
-      f"{_FN}: labels must lie in [0, {vocab}){ignore}; got labels {{}}."
-      " Fix the labels, or pass ignore_index for padding.",
-      labels,
+  _checks.report_labels(
+      _FN, labels, vocab, ignore_index, invalid,
+      None if where is None else masked_out,
   )
-  if where is not None:
-    checkify.debug_check(
-        ~jnp.any(masked_out),
-        f"{_FN}: some labels name a class that `where` masks out, so those"
-        " examples are dropped (loss 0); labels {}. Unmask the target classes"
-        " or set those labels to ignore_index.",
-        labels,
-    )
 
 
 def _row_flags(labels, where, vocab, ignore_index):

@@ -11,7 +11,6 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.experimental import checkify
 
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
@@ -293,25 +292,13 @@ def targets(shape, labels, where, axes, ignore_index):
 
 
 def report_bad_labels(fn, shape, labels, where, axes, ignore_index) -> None:
-  """checkify.debug_check for out-of-range and masked-out labels (free without
-  checkify)."""
+  """Out-of-range and masked-out labels, reported under checkify."""
   _, _, invalid, masked_out = targets(shape, labels, where, axes, ignore_index)
   num_classes = math.prod(shape[a] for a in axes)
-  ignore = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
-  checkify.debug_check(
-      ~jnp.any(invalid),
-      f"{fn}: labels must lie in [0, {num_classes}){ignore}; got labels {{}}."
-      " Fix the labels, or pass ignore_index for padding.",
-      labels,
+  _checks.report_labels(
+      fn, labels, num_classes, ignore_index, invalid,
+      None if where is None else masked_out,
   )
-  if where is not None:
-    checkify.debug_check(
-        ~jnp.any(masked_out),
-        f"{fn}: some labels name a class that `where` masks out, so those"
-        " examples are dropped (loss 0); labels {}. Unmask the target classes"
-        " or mask the examples instead.",
-        labels,
-    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))

@@ -13,7 +13,7 @@ README = pathlib.Path(__file__).parents[1] / "README.md"
 def test_readme_example_runs_and_matches_autodiff():
   code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
   scope: dict = {}
-  exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
+  exec(compile(code, "README.md", "exec"), scope)
   grads, per_example = scope["grads"], scope["per_example_grads"]
   params, x, labels = scope["params"], scope["x"], scope["labels"]
 
