@@ -21,10 +21,10 @@ HERE = pathlib.Path(__file__).parent
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
   parser.add_argument(
-      "--quick", action="store_true", help="small sizes and few runs (< 1 min)"
+    "--quick", action="store_true", help="small sizes and few runs (< 1 min)"
   )
   parser.add_argument(
-      "--out", type=pathlib.Path, default=HERE, help="folder for RESULTS.md etc."
+    "--out", type=pathlib.Path, default=HERE, help="folder for RESULTS.md etc."
   )
   parser.add_argument("--runs", type=int, default=None, help="samples per contender")
   args = parser.parse_args(argv)
@@ -44,39 +44,44 @@ def main(argv: list[str] | None = None) -> int:
   rows: list[_cases.Row] = []
   for n, c in sizes:
     for case in (
-        _cases.softmax_forward,
-        _cases.log_softmax_vag,
-        _cases.integer_ce_vag,
-        _cases.soft_ce_vag,
-        _cases.softmax_entropy_vag,
+      _cases.softmax_forward,
+      _cases.log_softmax_vag,
+      _cases.integer_ce_vag,
+      _cases.soft_ce_vag,
+      _cases.softmax_entropy_vag,
     ):
       new = case(n, c, runs)
       rows += new
       for r in new:
-        print(f"{r.case:34s} {r.size:12s} vs {r.peer:36s} ratio {r.ratio:6.2f}",
-              flush=True)
+        print(
+          f"{r.case:34s} {r.size:12s} vs {r.peer:36s} ratio {r.ratio:6.2f}", flush=True
+        )
   for n, h, v in linear:
     new = _cases.linear_ce_vag(n, h, v, runs)
     rows += new
     for r in new:
       mem = "" if r.mem_ratio is None else f"  memory {r.mem_ratio:.3f}"
-      print(f"{r.case:34s} {r.size:18s} vs {r.peer:22s} ratio {r.ratio:6.2f}{mem}",
-            flush=True)
+      print(
+        f"{r.case:34s} {r.size:18s} vs {r.peer:22s} ratio {r.ratio:6.2f}{mem}",
+        flush=True,
+      )
   gflops = _cases.matmul_gflops(*matmul_shape, runs)
   elapsed = time.perf_counter() - start
   extra = {
-      "matmul throughput": f"{gflops:.0f} GFLOP/s (float32, {matmul_shape})",
-      "runs per contender": str(runs),
-      "peak RSS": f"{_timing.peak_rss_mb():.0f} MB",
-      "wall time": f"{elapsed:.0f} s",
+    "matmul throughput": f"{gflops:.0f} GFLOP/s (float32, {matmul_shape})",
+    "runs per contender": str(runs),
+    "peak RSS": f"{_timing.peak_rss_mb():.0f} MB",
+    "wall time": f"{elapsed:.0f} s",
   }
   notes_file = HERE / "NOTES.md"
   notes = "" if args.quick or not notes_file.exists() else notes_file.read_text()
   command = "python -m benchmarks" + (" --quick" if args.quick else "")
   _report.write(args.out, rows, _timing.machine_info(), extra, notes, command)
   missed = [r for r in rows if not r.met]
-  print(f"\n{len(rows) - len(missed)}/{len(rows)} comparisons meet their target;"
-        f" wrote {args.out / 'RESULTS.md'} in {elapsed:.0f} s")
+  print(
+    f"\n{len(rows) - len(missed)}/{len(rows)} comparisons meet their target;"
+    f" wrote {args.out / 'RESULTS.md'} in {elapsed:.0f} s"
+  )
   return 0
 
 

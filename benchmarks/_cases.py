@@ -75,17 +75,17 @@ def _exp_limit(x: jax.Array, runs: int) -> float:
 
 
 def _measure(
-    case: str,
-    size: str,
-    ours: Contender,
-    peers: list[Contender],
-    runs: int,
-    target: float | None,
-    *,
-    memory: bool,
-    mem_target: float | None = None,
-    t_limit: float | None = None,
-    limit_name: str = "",
+  case: str,
+  size: str,
+  ours: Contender,
+  peers: list[Contender],
+  runs: int,
+  target: float | None,
+  *,
+  memory: bool,
+  mem_target: float | None = None,
+  t_limit: float | None = None,
+  limit_name: str = "",
 ) -> list[Row]:
   times = interleaved_medians([ours, *peers], runs)
   mem_ours = temp_bytes(ours.jax_fn, *ours.args) if memory else None
@@ -95,13 +95,20 @@ def _measure(
     if memory and p.jax_fn is not None:
       mem_peer = temp_bytes(p.jax_fn, *p.args)
     rows.append(
-        Row(
-            case, size, p.name, times[ours.name], times[p.name], target,
-            mem_ours, mem_peer,
-            # the memory target is against the first (dense) peer
-            mem_target if i == 0 else None,
-            t_limit, limit_name,
-        )
+      Row(
+        case,
+        size,
+        p.name,
+        times[ours.name],
+        times[p.name],
+        target,
+        mem_ours,
+        mem_peer,
+        # the memory target is against the first (dense) peer
+        mem_target if i == 0 else None,
+        t_limit,
+        limit_name,
+      )
     )
   return rows
 
@@ -124,8 +131,15 @@ def softmax_forward(n: int, c: int, runs: int) -> list[Row]:
 
     peers.append(Contender("torch", torch_softmax, (xt,)))
   return _measure(
-      "softmax forward", f"{n}x{c}", ours, peers, runs, 1.05, memory=False,
-      t_limit=_exp_limit(x, runs), limit_name="exp pass",
+    "softmax forward",
+    f"{n}x{c}",
+    ours,
+    peers,
+    runs,
+    1.05,
+    memory=False,
+    t_limit=_exp_limit(x, runs),
+    limit_name="exp pass",
   )
 
 
@@ -138,28 +152,33 @@ def log_softmax_vag(n: int, c: int, runs: int) -> list[Row]:
   ours = _jax("jaxsmx", _vag(loss(jaxsmx.log_softmax)), x, t)
   peers = [_jax("jax.nn", _vag(loss(jax.nn.log_softmax)), x, t)]
   return _measure(
-      "log_softmax value_and_grad", f"{n}x{c}", ours, peers, runs, 1.00,
-      memory=True, t_limit=_exp_limit(x, runs), limit_name="exp pass",
+    "log_softmax value_and_grad",
+    f"{n}x{c}",
+    ours,
+    peers,
+    runs,
+    1.00,
+    memory=True,
+    t_limit=_exp_limit(x, runs),
+    limit_name="exp pass",
   )
 
 
 def integer_ce_vag(n: int, c: int, runs: int) -> list[Row]:
   x, y = _logits(n, c), _labels(n, c)
   ours = _jax(
-      "jaxsmx",
-      _vag(lambda x, y: jaxsmx.softmax_cross_entropy_with_integer_labels(x, y).mean()),
-      x, y,
+    "jaxsmx",
+    _vag(lambda x, y: jaxsmx.softmax_cross_entropy_with_integer_labels(x, y).mean()),
+    x,
+    y,
   )
   peers = [
-      _jax(
-          "optax",
-          _vag(
-              lambda x, y: optax.softmax_cross_entropy_with_integer_labels(
-                  x, y
-              ).mean()
-          ),
-          x, y,
-      )
+    _jax(
+      "optax",
+      _vag(lambda x, y: optax.softmax_cross_entropy_with_integer_labels(x, y).mean()),
+      x,
+      y,
+    )
   ]
   torch = _torch()
   if torch is not None:
@@ -176,8 +195,15 @@ def integer_ce_vag(n: int, c: int, runs: int) -> list[Row]:
 
     peers.append(Contender("torch", torch_ce, (xt, yt)))
   return _measure(
-      "integer-label CE value_and_grad", f"{n}x{c}", ours, peers, runs, 1.00,
-      memory=True, t_limit=_exp_limit(x, runs), limit_name="exp pass",
+    "integer-label CE value_and_grad",
+    f"{n}x{c}",
+    ours,
+    peers,
+    runs,
+    1.00,
+    memory=True,
+    t_limit=_exp_limit(x, runs),
+    limit_name="exp pass",
   )
 
 
@@ -185,14 +211,21 @@ def soft_ce_vag(n: int, c: int, runs: int) -> list[Row]:
   x = _logits(n, c)
   y = jax.nn.softmax(_logits(n, c, seed=3))
   ours = _jax(
-      "jaxsmx", _vag(lambda x, y: jaxsmx.softmax_cross_entropy(x, y).mean()), x, y
+    "jaxsmx", _vag(lambda x, y: jaxsmx.softmax_cross_entropy(x, y).mean()), x, y
   )
   peers = [
-      _jax("optax", _vag(lambda x, y: optax.softmax_cross_entropy(x, y).mean()), x, y)
+    _jax("optax", _vag(lambda x, y: optax.softmax_cross_entropy(x, y).mean()), x, y)
   ]
   return _measure(
-      "soft-label CE value_and_grad", f"{n}x{c}", ours, peers, runs, 0.55,
-      memory=True, t_limit=_exp_limit(x, runs), limit_name="exp pass",
+    "soft-label CE value_and_grad",
+    f"{n}x{c}",
+    ours,
+    peers,
+    runs,
+    0.55,
+    memory=True,
+    t_limit=_exp_limit(x, runs),
+    limit_name="exp pass",
   )
 
 
@@ -204,12 +237,22 @@ def softmax_entropy_vag(n: int, c: int, runs: int) -> list[Row]:
   x = _logits(n, c)
   ours = _jax("jaxsmx", _vag(lambda z: jaxsmx.softmax_entropy(z).mean()), x)
   peers = [
-      _jax("autodiff -sum(softmax*log_softmax)",
-           _vag(lambda z: _autodiff_entropy(z).mean()), x)
+    _jax(
+      "autodiff -sum(softmax*log_softmax)",
+      _vag(lambda z: _autodiff_entropy(z).mean()),
+      x,
+    )
   ]
   return _measure(
-      "softmax_entropy value_and_grad", f"{n}x{c}", ours, peers, runs, 0.60,
-      memory=True, t_limit=_exp_limit(x, runs), limit_name="exp pass",
+    "softmax_entropy value_and_grad",
+    f"{n}x{c}",
+    ours,
+    peers,
+    runs,
+    0.60,
+    memory=True,
+    t_limit=_exp_limit(x, runs),
+    limit_name="exp pass",
   )
 
 
@@ -220,21 +263,25 @@ def linear_ce_vag(n: int, h: int, v: int, runs: int) -> list[Row]:
   y = _labels(n, v)
   both = (0, 1)
   ours = _jax(
-      "jaxsmx",
-      _vag(lambda x, w, y: jaxsmx.linear_softmax_cross_entropy(x, w, y).mean(), both),
-      x, w, y,
+    "jaxsmx",
+    _vag(lambda x, w, y: jaxsmx.linear_softmax_cross_entropy(x, w, y).mean(), both),
+    x,
+    w,
+    y,
   )
   peers = [
-      _jax(
-          "dense optax on x @ w",
-          _vag(
-              lambda x, w, y: optax.softmax_cross_entropy_with_integer_labels(
-                  x @ w, y
-              ).mean(),
-              both,
-          ),
-          x, w, y,
-      )
+    _jax(
+      "dense optax on x @ w",
+      _vag(
+        lambda x, w, y: optax.softmax_cross_entropy_with_integer_labels(
+          x @ w, y
+        ).mean(),
+        both,
+      ),
+      x,
+      w,
+      y,
+    )
   ]
   try:
     import jax_cce
@@ -243,19 +290,28 @@ def linear_ce_vag(n: int, h: int, v: int, runs: int) -> list[Row]:
   if jax_cce is not None:
     wt = jnp.asarray(w.T)
     peers.append(
-        _jax(
-            "jax-cce",
-            _vag(lambda x, wt, y: jax_cce.linear_cross_entropy(x, wt, y), both),
-            x, wt, y,
-        )
+      _jax(
+        "jax-cce",
+        _vag(lambda x, wt, y: jax_cce.linear_cross_entropy(x, wt, y), both),
+        x,
+        wt,
+        y,
+      )
     )
   a = jax.random.normal(k1, (n, h), jnp.float32)
   matmul = Contender("matmul", jax.jit(lambda a, w: a @ w), (a, w))
   t_matmul = interleaved_medians([matmul], runs)["matmul"]
   return _measure(
-      "fused linear CE value_and_grad", f"N={n} H={h} V={v}", ours, peers, runs,
-      1.05, memory=True, mem_target=1 / 16, t_limit=3 * t_matmul,
-      limit_name="3 matmuls",
+    "fused linear CE value_and_grad",
+    f"N={n} H={h} V={v}",
+    ours,
+    peers,
+    runs,
+    1.05,
+    memory=True,
+    mem_target=1 / 16,
+    t_limit=3 * t_matmul,
+    limit_name="3 matmuls",
   )
 
 

@@ -28,9 +28,9 @@ def _target(row: Row) -> str:
 
 def table(rows: list[Row]) -> str:
   head = (
-      "| case | size | peer | ours (ms) | peer (ms) | ratio | temp MB ours / peer"
-      " | memory ratio | target | met | limit (ms) | ours at % of limit |\n"
-      "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    "| case | size | peer | ours (ms) | peer (ms) | ratio | temp MB ours / peer"
+    " | memory ratio | target | met | limit (ms) | ours at % of limit |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
   )
   lines = []
   for r in rows:
@@ -39,46 +39,50 @@ def table(rows: list[Row]) -> str:
     limit = "–" if r.t_limit is None else f"{_ms(r.t_limit)} ({r.limit_name})"
     frac = "–" if r.t_limit is None else f"{100 * r.t_limit / r.t_ours:.0f}%"
     lines.append(
-        f"| {r.case} | {r.size} | {r.peer} | {_ms(r.t_ours)} | {_ms(r.t_peer)}"
-        f" | **{r.ratio:.2f}** | {mem} | {mem_ratio} | {_target(r)}"
-        f" | {'yes' if r.met else '**no**'} | {limit} | {frac} |"
+      f"| {r.case} | {r.size} | {r.peer} | {_ms(r.t_ours)} | {_ms(r.t_peer)}"
+      f" | **{r.ratio:.2f}** | {mem} | {mem_ratio} | {_target(r)}"
+      f" | {'yes' if r.met else '**no**'} | {limit} | {frac} |"
     )
   return head + "\n".join(lines) + "\n"
 
 
 def write(
-    out: pathlib.Path,
-    rows: list[Row],
-    info: dict[str, str],
-    extra: dict[str, str],
-    notes: str,
-    command: str,
+  out: pathlib.Path,
+  rows: list[Row],
+  info: dict[str, str],
+  extra: dict[str, str],
+  notes: str,
+  command: str,
 ) -> None:
   out.mkdir(parents=True, exist_ok=True)
   facts = "\n".join(f"- {k}: {v}" for k, v in {**info, **extra}.items())
   text = (
-      "# Benchmark results\n\n"
-      f"Written by `{command}` from a real run of the committed code."
-      " Every ratio is ours / peer, as medians over interleaved runs in one"
-      " process; memory is XLA's compiled temp allocation"
-      " (`memory_analysis().temp_size_in_bytes`), which is deterministic."
-      " The limit column is the physical bound measured in the same run: a"
-      " jitted elementwise exp over the same array, or three plain matmuls"
-      " of the linear CE's shapes.\n\n"
-      f"## Machine\n\n{facts}\n\n## Results\n\n{table(rows)}\n"
-      "![ratios](ratios.png)\n\n![linear CE memory](linear_memory.png)\n"
+    "# Benchmark results\n\n"
+    f"Written by `{command}` from a real run of the committed code."
+    " Every ratio is ours / peer, as medians over interleaved runs in one"
+    " process; memory is XLA's compiled temp allocation"
+    " (`memory_analysis().temp_size_in_bytes`), which is deterministic."
+    " The limit column is the physical bound measured in the same run: a"
+    " jitted elementwise exp over the same array, or three plain matmuls"
+    " of the linear CE's shapes.\n\n"
+    f"## Machine\n\n{facts}\n\n## Results\n\n{table(rows)}\n"
+    "![ratios](ratios.png)\n\n![linear CE memory](linear_memory.png)\n"
   )
   if notes:
     text += "\n" + notes.strip() + "\n"
   (out / "RESULTS.md").write_text(text)
   payload = {
-      "machine": info,
-      "extra": extra,
-      "rows": [
-          {**dataclasses.asdict(r), "ratio": r.ratio, "mem_ratio": r.mem_ratio,
-           "met": r.met}
-          for r in rows
-      ],
+    "machine": info,
+    "extra": extra,
+    "rows": [
+      {
+        **dataclasses.asdict(r),
+        "ratio": r.ratio,
+        "mem_ratio": r.mem_ratio,
+        "met": r.met,
+      }
+      for r in rows
+    ],
   }
   (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
   _plots(out, rows, info)
@@ -117,8 +121,9 @@ def _plots(out: pathlib.Path, rows: list[Row], info: dict[str, str]) -> None:
     ax.plot(vs, [ours[v] / 2**20 for v in vs], "o-", label="jaxsmx (fused)")
     for peer in sorted({r.peer for r in lin}):
       pts = sorted(
-          (int(r.size.split("V=")[1]), r.mem_peer)
-          for r in lin if r.peer == peer and r.mem_peer
+        (int(r.size.split("V=")[1]), r.mem_peer)
+        for r in lin
+        if r.peer == peer and r.mem_peer
       )
       ax.plot([p[0] for p in pts], [p[1] / 2**20 for p in pts], "s--", label=peer)
     ax.set_xscale("log", base=2)

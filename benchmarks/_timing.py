@@ -39,7 +39,7 @@ def _block(out):
 
 
 def interleaved_medians(
-    contenders: list[Contender], runs: int, min_sample_s: float = 0.05
+  contenders: list[Contender], runs: int, min_sample_s: float = 0.05
 ) -> dict[str, float]:
   """Median seconds per call of each contender, over interleaved samples.
 
@@ -58,7 +58,7 @@ def interleaved_medians(
   for r in range(runs):
     # rotate the order each round: no contender always runs right after
     # another (torch's worker threads, say, still spinning down)
-    for c in contenders[r % len(contenders):] + contenders[:r % len(contenders)]:
+    for c in contenders[r % len(contenders) :] + contenders[: r % len(contenders)]:
       k = reps[c.name]
       t0 = time.perf_counter()
       for _ in range(k):
@@ -98,15 +98,15 @@ def machine_info() -> dict[str, str]:
   except OSError:
     pass
   return {
-      "date": datetime.date.today().isoformat(),
-      "cpu": cpu,
-      "cores": str(os.cpu_count()),
-      "device": str(jax.devices()[0].device_kind),
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "jaxlib": _version("jaxlib"),
-      "jaxsmx": _version("jaxsmx"),
-      "optax": _version("optax"),
-      "torch": _version("torch"),
-      "jax-cce": _version("jax-cce"),
+    "date": datetime.date.today().isoformat(),
+    "cpu": cpu,
+    "cores": str(os.cpu_count()),
+    "device": str(jax.devices()[0].device_kind),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jaxlib": _version("jaxlib"),
+    "jaxsmx": _version("jaxsmx"),
+    "optax": _version("optax"),
+    "torch": _version("torch"),
+    "jax-cce": _version("jax-cce"),
   }

@@ -15,7 +15,7 @@ from jaxsmx._linear import linear_softmax_cross_entropy as linear_softmax_cross_
 from jaxsmx._losses import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
 from jaxsmx._losses import softmax_cross_entropy as softmax_cross_entropy
 from jaxsmx._losses import (
-    softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
+  softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
 )
 from jaxsmx._softmax import log_softmax as log_softmax
 from jaxsmx._softmax import logsumexp as logsumexp
@@ -27,15 +27,15 @@ except importlib.metadata.PackageNotFoundError:  # a source tree, not installed
   __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "cross_entropy",
-    "entropy",
-    "kl_divergence",
-    "linear_softmax_cross_entropy",
-    "log_softmax",
-    "logsumexp",
-    "sigmoid_binary_cross_entropy",
-    "softmax",
-    "softmax_cross_entropy",
-    "softmax_cross_entropy_with_integer_labels",
-    "softmax_entropy",
+  "cross_entropy",
+  "entropy",
+  "kl_divergence",
+  "linear_softmax_cross_entropy",
+  "log_softmax",
+  "logsumexp",
+  "sigmoid_binary_cross_entropy",
+  "softmax",
+  "softmax_cross_entropy",
+  "softmax_cross_entropy_with_integer_labels",
+  "softmax_entropy",
 ]

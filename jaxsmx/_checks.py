@@ -31,28 +31,28 @@ def canonical_axes(axis: Axis, ndim: int, fn: str) -> tuple[int, ...]:
     given = tuple(axis)
   else:
     raise TypeError(
-        f"{fn}: axis must be an int, a tuple of ints or None; got"
-        f" {type(axis).__name__} {axis!r}."
+      f"{fn}: axis must be an int, a tuple of ints or None; got"
+      f" {type(axis).__name__} {axis!r}."
     )
   out = []
   for a in given:
     if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
       raise TypeError(
-          f"{fn}: every axis must be an int; got {type(a).__name__} {a!r} in"
-          f" axis={axis!r}."
+        f"{fn}: every axis must be an int; got {type(a).__name__} {a!r} in"
+        f" axis={axis!r}."
       )
     if not -ndim <= a < ndim:
       raise ValueError(
-          f"{fn}: axis {a} is out of range for an input of rank {ndim}; valid"
-          f" axes are {-ndim}..{ndim - 1}. Check that the class axis exists,"
-          " for example that logits are not missing their batch or class"
-          " dimension."
+        f"{fn}: axis {a} is out of range for an input of rank {ndim}; valid"
+        f" axes are {-ndim}..{ndim - 1}. Check that the class axis exists,"
+        " for example that logits are not missing their batch or class"
+        " dimension."
       )
     out.append(int(a) % ndim)
   if len(set(out)) != len(out):
     raise ValueError(
-        f"{fn}: axis {axis!r} names the same axis twice (as {tuple(out)} for"
-        f" rank {ndim}). Name each class axis once."
+      f"{fn}: axis {axis!r} names the same axis twice (as {tuple(out)} for"
+      f" rank {ndim}). Name each class axis once."
     )
   if not out:
     raise ValueError(f"{fn}: axis must name at least one axis; got {axis!r}.")
@@ -64,8 +64,8 @@ def as_floating(x: jax.typing.ArrayLike, name: str, fn: str) -> jax.Array:
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(
-        f"{fn}: {name} must have a floating dtype; got {x.dtype} with shape"
-        f" {x.shape}. Convert it first, for example {name}.astype(jnp.float32)."
+      f"{fn}: {name} must have a floating dtype; got {x.dtype} with shape"
+      f" {x.shape}. Convert it first, for example {name}.astype(jnp.float32)."
     )
   return x
 
@@ -77,62 +77,61 @@ def as_float_or_promote(x: jax.typing.ArrayLike) -> jax.Array:
     x = x.astype(jnp.result_type(float))
   elif jnp.issubdtype(x.dtype, jnp.complexfloating):
     raise TypeError(
-        f"complex inputs are not supported; got {x.dtype}. Pass the real part"
-        " or the magnitude."
+      f"complex inputs are not supported; got {x.dtype}. Pass the real part"
+      " or the magnitude."
     )
   return x
 
 
 def as_integer_labels(
-    labels: jax.typing.ArrayLike, expected_shape: tuple[int, ...], fn: str,
-    logits_shape: tuple[int, ...], axes: tuple[int, ...],
+  labels: jax.typing.ArrayLike,
+  expected_shape: tuple[int, ...],
+  fn: str,
+  logits_shape: tuple[int, ...],
+  axes: tuple[int, ...],
 ) -> jax.Array:
   """Requires integer labels of the logits' shape without the class axes."""
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
-        f"{fn}: labels must have an integer dtype (class indices); got"
-        f" {labels.dtype} with shape {labels.shape}. For probabilities or"
-        " one-hot labels use softmax_cross_entropy; for integer labels stored"
-        " as floats use labels.astype(jnp.int32)."
+      f"{fn}: labels must have an integer dtype (class indices); got"
+      f" {labels.dtype} with shape {labels.shape}. For probabilities or"
+      " one-hot labels use softmax_cross_entropy; for integer labels stored"
+      " as floats use labels.astype(jnp.int32)."
     )
   if labels.shape != expected_shape:
     hint = ""
     if labels.shape == logits_shape:
-      hint = (
-          " Did you pass one-hot labels? Use softmax_cross_entropy for those."
-      )
+      hint = " Did you pass one-hot labels? Use softmax_cross_entropy for those."
     raise ValueError(
-        f"{fn}: labels must have the logits' shape without the class axis:"
-        f" logits {logits_shape}, axis {axes if len(axes) > 1 else axes[0]} ->"
-        f" expected {expected_shape}, got {labels.shape}.{hint}"
+      f"{fn}: labels must have the logits' shape without the class axis:"
+      f" logits {logits_shape}, axis {axes if len(axes) > 1 else axes[0]} ->"
+      f" expected {expected_shape}, got {labels.shape}.{hint}"
     )
   return labels
 
 
-def same_shape(
-    a: jax.Array, b: jax.Array, a_name: str, b_name: str, fn: str
-) -> None:
+def same_shape(a: jax.Array, b: jax.Array, a_name: str, b_name: str, fn: str) -> None:
   if a.shape != b.shape:
     raise ValueError(
-        f"{fn}: {b_name} must have the same shape as {a_name}: {a_name}"
-        f" {a.shape}, {b_name} {b.shape}. For integer class labels use"
-        " softmax_cross_entropy_with_integer_labels; otherwise broadcast"
-        f" explicitly with jnp.broadcast_to({b_name}, {a_name}.shape)."
-        if fn.startswith("softmax_cross_entropy")
-        else f"{fn}: {b_name} must have the same shape as {a_name}: {a_name}"
-        f" {a.shape}, {b_name} {b.shape}. Broadcast explicitly with"
-        f" jnp.broadcast_to({b_name}, {a_name}.shape) if that is what you mean."
+      f"{fn}: {b_name} must have the same shape as {a_name}: {a_name}"
+      f" {a.shape}, {b_name} {b.shape}. For integer class labels use"
+      " softmax_cross_entropy_with_integer_labels; otherwise broadcast"
+      f" explicitly with jnp.broadcast_to({b_name}, {a_name}.shape)."
+      if fn.startswith("softmax_cross_entropy")
+      else f"{fn}: {b_name} must have the same shape as {a_name}: {a_name}"
+      f" {a.shape}, {b_name} {b.shape}. Broadcast explicitly with"
+      f" jnp.broadcast_to({b_name}, {a_name}.shape) if that is what you mean."
     )
 
 
 def as_mask(
-    where: jax.typing.ArrayLike | None,
-    shape: tuple[int, ...],
-    axes: tuple[int, ...],
-    fn: str,
-    *,
-    per_slice: bool = True,
+  where: jax.typing.ArrayLike | None,
+  shape: tuple[int, ...],
+  axes: tuple[int, ...],
+  fn: str,
+  *,
+  per_slice: bool = True,
 ) -> jax.Array | None:
   """Checks a `where` mask and gives it the input's rank.
 
@@ -145,8 +144,8 @@ def as_mask(
   where = jnp.asarray(where)
   if where.dtype != jnp.bool_:
     raise TypeError(
-        f"{fn}: where must be a boolean mask; got dtype {where.dtype}. Build it"
-        " with a comparison, for example where=mask > 0."
+      f"{fn}: where must be a boolean mask; got dtype {where.dtype}. Build it"
+      " with a comparison, for example where=mask > 0."
     )
   ndim = len(shape)
   given = where.shape
@@ -162,14 +161,14 @@ def as_mask(
     hint = ""
     if where.shape != given:
       hint = (
-          f" A mask of rank {len(given)} is read as one flag per example; to"
-          " mask classes give it the input's rank, for example"
-          f" where[None] of shape {(1,) * (ndim - len(given)) + given}."
+        f" A mask of rank {len(given)} is read as one flag per example; to"
+        " mask classes give it the input's rank, for example"
+        f" where[None] of shape {(1,) * (ndim - len(given)) + given}."
       )
     raise ValueError(
-        f"{fn}: where must broadcast to the input's shape {tuple(shape)}{alt};"
-        f" got {given}.{hint} Reshape the mask, or add the missing axes with"
-        " jnp.expand_dims."
+      f"{fn}: where must broadcast to the input's shape {tuple(shape)}{alt};"
+      f" got {given}.{hint} Reshape the mask, or add the missing axes with"
+      " jnp.expand_dims."
     )
   return where
 
@@ -178,20 +177,18 @@ def static_fraction(value: object, name: str, fn: str) -> float:
   """Requires a Python number in [0, 1] (it selects the computation)."""
   if isinstance(value, jax.core.Tracer):
     raise TypeError(
-        f"{fn}: {name} must be a Python float, not a traced array: it is fixed"
-        " at trace time. Pass it as a static argument (for example with"
-        " jax.jit(..., static_argnames=...)) or close over it."
+      f"{fn}: {name} must be a Python float, not a traced array: it is fixed"
+      " at trace time. Pass it as a static argument (for example with"
+      " jax.jit(..., static_argnames=...)) or close over it."
     )
   try:
     v = float(value)  # type: ignore[arg-type]
   except TypeError as e:
-    raise TypeError(
-        f"{fn}: {name} must be a float in [0, 1]; got {value!r}."
-    ) from e
+    raise TypeError(f"{fn}: {name} must be a float in [0, 1]; got {value!r}.") from e
   if not (0.0 <= v <= 1.0) or math.isnan(v):
     raise ValueError(
-        f"{fn}: {name} must lie in [0, 1]; got {value!r}. 0 turns it off, 0.1"
-        " is a common choice."
+      f"{fn}: {name} must lie in [0, 1]; got {value!r}. 0 turns it off, 0.1"
+      " is a common choice."
     )
   return v
 
@@ -210,19 +207,19 @@ def static_index(value: object, name: str, fn: str) -> int | None:
     return None
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise TypeError(
-        f"{fn}: {name} must be a Python int or None; got"
-        f" {type(value).__name__} {value!r}. The usual padding value is -100."
+      f"{fn}: {name} must be a Python int or None; got"
+      f" {type(value).__name__} {value!r}. The usual padding value is -100."
     )
   return int(value)
 
 
 def report_labels(
-    fn: str,
-    labels: jax.Array,
-    num_classes: int,
-    ignore_index: int | None,
-    invalid: jax.Array,
-    masked_out: jax.Array | None,
+  fn: str,
+  labels: jax.Array,
+  num_classes: int,
+  ignore_index: int | None,
+  invalid: jax.Array,
+  masked_out: jax.Array | None,
 ) -> None:
   """Reports bad integer labels under checkify (checkify.debug_check).
 
@@ -232,16 +229,16 @@ def report_labels(
   """
   ignore = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
   checkify.debug_check(
-      ~jnp.any(invalid),
-      f"{fn}: labels must lie in [0, {num_classes}){ignore}; got labels {{}}."
-      " Fix the labels, or pass ignore_index for padding.",
-      labels,
+    ~jnp.any(invalid),
+    f"{fn}: labels must lie in [0, {num_classes}){ignore}; got labels {{}}."
+    " Fix the labels, or pass ignore_index for padding.",
+    labels,
   )
   if masked_out is not None:
     checkify.debug_check(
-        ~jnp.any(masked_out),
-        f"{fn}: some labels name a class that `where` masks out, so those"
-        " examples are dropped (loss 0); labels {}. Unmask the target classes,"
-        " or set those labels to ignore_index.",
-        labels,
+      ~jnp.any(masked_out),
+      f"{fn}: some labels name a class that `where` masks out, so those"
+      " examples are dropped (loss 0); labels {}. Unmask the target classes,"
+      " or set those labels to ignore_index.",
+      labels,
     )

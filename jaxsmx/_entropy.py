@@ -14,13 +14,13 @@ import jax.numpy as jnp
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
 from jaxsmx._numerics import (
-    exp_normalizer,
-    log_of_sum,
-    log_probs,
-    masked,
-    ratio,
-    times_cotangent,
-    upcast,
+  exp_normalizer,
+  log_of_sum,
+  log_probs,
+  masked,
+  ratio,
+  times_cotangent,
+  upcast,
 )
 
 
@@ -55,9 +55,9 @@ def _keep(mask: jax.Array | None, values: jax.Array) -> jax.Array:
 
 
 def softmax_entropy(
-    logits: jax.typing.ArrayLike,
-    axis: Axis = -1,
-    where: jax.typing.ArrayLike | None = None,
+  logits: jax.typing.ArrayLike,
+  axis: Axis = -1,
+  where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""Entropy of the softmax distribution, computed from logits.
 
@@ -132,9 +132,9 @@ _softmax_entropy.defvjp(_softmax_entropy_fwd, _softmax_entropy_bwd)
 
 
 def entropy(
-    probs: jax.typing.ArrayLike,
-    axis: Axis = -1,
-    where: jax.typing.ArrayLike | None = None,
+  probs: jax.typing.ArrayLike,
+  axis: Axis = -1,
+  where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""Shannon entropy of probabilities, with :math:`0 \log 0 = 0`.
 
@@ -178,7 +178,7 @@ def _entropy(probs, where, axes):
 def _entropy_fwd(probs, where, axes):
   p = upcast(probs)
   entr = jnp.where(
-      p > 0, -p * jnp.log(p), jnp.where(p == 0, 0.0, jnp.where(p < 0, -jnp.inf, p))
+    p > 0, -p * jnp.log(p), jnp.where(p == 0, 0.0, jnp.where(p < 0, -jnp.inf, p))
   )
   h = jnp.sum(_keep(where, entr), axes)
   # saves the input
@@ -202,10 +202,10 @@ _entropy.defvjp(_entropy_fwd, _entropy_bwd)
 
 
 def cross_entropy(
-    p: jax.typing.ArrayLike,
-    q: jax.typing.ArrayLike,
-    axis: Axis = -1,
-    where: jax.typing.ArrayLike | None = None,
+  p: jax.typing.ArrayLike,
+  q: jax.typing.ArrayLike,
+  axis: Axis = -1,
+  where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""Cross-entropy :math:`H(p, q)` of two probability vectors.
 
@@ -283,10 +283,10 @@ _cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
 
 
 def kl_divergence(
-    log_predictions: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    axis: Axis = -1,
-    where: jax.typing.ArrayLike | None = None,
+  log_predictions: jax.typing.ArrayLike,
+  targets: jax.typing.ArrayLike,
+  axis: Axis = -1,
+  where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""Relative entropy :math:`D_{KL}(t \,\|\, q)` from log-predictions.
 
@@ -327,11 +327,11 @@ def kl_divergence(
     0.6931
   """
   log_predictions, axes, mask = _prepare(
-      log_predictions, axis, where, "kl_divergence", "log_predictions"
+    log_predictions, axis, where, "kl_divergence", "log_predictions"
   )
   targets = _checks.as_floating(targets, "targets", "kl_divergence")
   _checks.same_shape(
-      log_predictions, targets, "log_predictions", "targets", "kl_divergence"
+    log_predictions, targets, "log_predictions", "targets", "kl_divergence"
   )
   return _kl_divergence(log_predictions, targets, mask, axes)
 
@@ -361,9 +361,9 @@ def _kl_divergence_bwd(axes, res, g):
   dt = jnp.where((t == 0) & (lq == -jnp.inf), jnp.inf, dt)
   dt = times_cotangent(g, dt)
   return (
-      _keep(where, dlq).astype(log_predictions.dtype),
-      _keep(where, dt).astype(targets.dtype),
-      None,
+    _keep(where, dlq).astype(log_predictions.dtype),
+    _keep(where, dt).astype(targets.dtype),
+    None,
   )
 
 

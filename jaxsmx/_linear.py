@@ -37,18 +37,18 @@ _LANE = 128
 
 
 def linear_softmax_cross_entropy(
-    x: jax.typing.ArrayLike,
-    w: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    *,
-    bias: jax.typing.ArrayLike | None = None,
-    where: jax.typing.ArrayLike | None = None,
-    ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    chunk_size: int | None = None,
-    precision: lax.PrecisionLike = None,
+  x: jax.typing.ArrayLike,
+  w: jax.typing.ArrayLike,
+  labels: jax.typing.ArrayLike,
+  *,
+  bias: jax.typing.ArrayLike | None = None,
+  where: jax.typing.ArrayLike | None = None,
+  ignore_index: int | None = None,
+  label_smoothing: float = 0.0,
+  z_loss: float = 0.0,
+  softcap: float | None = None,
+  chunk_size: int | None = None,
+  precision: lax.PrecisionLike = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy of the logits ``x @ w + bias``, never materialised.
 
@@ -148,53 +148,53 @@ def linear_softmax_cross_entropy(
   w = _checks.as_floating(w, "w", _FN)
   if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
     raise ValueError(
-        f"{_FN}: x must be [..., H] and w [H, V], so that the logits are"
-        f" x @ w; got x {x.shape} and w {w.shape}. If w is stored as"
-        " [V, H] (an embedding table), pass w.T."
+      f"{_FN}: x must be [..., H] and w [H, V], so that the logits are"
+      f" x @ w; got x {x.shape} and w {w.shape}. If w is stored as"
+      " [V, H] (an embedding table), pass w.T."
     )
   hidden, vocab = w.shape
   batch_shape = x.shape[:-1]
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
-        f"{_FN}: labels must have an integer dtype (class indices); got"
-        f" {labels.dtype} with shape {labels.shape}. For integer labels stored"
-        " as floats use labels.astype(jnp.int32)."
+      f"{_FN}: labels must have an integer dtype (class indices); got"
+      f" {labels.dtype} with shape {labels.shape}. For integer labels stored"
+      " as floats use labels.astype(jnp.int32)."
     )
   if labels.shape != batch_shape:
     raise ValueError(
-        f"{_FN}: labels must have x's shape without its last (feature) axis:"
-        f" x {x.shape} -> expected {batch_shape}, got {labels.shape}."
+      f"{_FN}: labels must have x's shape without its last (feature) axis:"
+      f" x {x.shape} -> expected {batch_shape}, got {labels.shape}."
     )
   if bias is not None:
     bias = _checks.as_floating(bias, "bias", _FN)
     if bias.shape != (vocab,):
       raise ValueError(
-          f"{_FN}: bias must have shape [V] = ({vocab},), one per column of w"
-          f" {w.shape}; got {bias.shape}."
+        f"{_FN}: bias must have shape [V] = ({vocab},), one per column of w"
+        f" {w.shape}; got {bias.shape}."
       )
   mask = None
   if where is not None:
     mask = jnp.asarray(where)
     if mask.dtype != jnp.bool_:
       raise TypeError(
-          f"{_FN}: where must be a boolean mask over the vocabulary; got dtype"
-          f" {mask.dtype}. Build it with a comparison, for example"
-          " where=allowed > 0."
+        f"{_FN}: where must be a boolean mask over the vocabulary; got dtype"
+        f" {mask.dtype}. Build it with a comparison, for example"
+        " where=allowed > 0."
       )
     if mask.shape != (vocab,):
       raise ValueError(
-          f"{_FN}: where must have shape [V] = ({vocab},), one flag per class"
-          f" (per column of w {w.shape}); got {mask.shape}. To drop examples,"
-          " use ignore_index on their labels instead."
+        f"{_FN}: where must have shape [V] = ({vocab},), one flag per class"
+        f" (per column of w {w.shape}); got {mask.shape}. To drop examples,"
+        " use ignore_index on their labels instead."
       )
   opts = _Options(
-      alpha=_checks.static_fraction(label_smoothing, "label_smoothing", _FN),
-      z_loss=_static_float(z_loss, "z_loss", positive=False),
-      softcap=None if softcap is None else _static_float(softcap, "softcap"),
-      ignore_index=_checks.static_index(ignore_index, "ignore_index", _FN),
-      chunk=_chunk(chunk_size, math.prod(batch_shape), hidden, vocab),
-      precision=tuple(precision) if isinstance(precision, list) else precision,
+    alpha=_checks.static_fraction(label_smoothing, "label_smoothing", _FN),
+    z_loss=_static_float(z_loss, "z_loss", positive=False),
+    softcap=None if softcap is None else _static_float(softcap, "softcap"),
+    ignore_index=_checks.static_index(ignore_index, "ignore_index", _FN),
+    chunk=_chunk(chunk_size, math.prod(batch_shape), hidden, vocab),
+    precision=tuple(precision) if isinstance(precision, list) else precision,
   )
   x2 = x.reshape(-1, hidden)
   lab = labels.reshape(-1)
@@ -217,16 +217,18 @@ def _static_float(value: object, name: str, *, positive: bool = True) -> float:
   rule = "> 0" if positive else ">= 0"
   if isinstance(value, jax.core.Tracer):
     raise TypeError(
-        f"{_FN}: {name} must be a Python float, not a traced array: it is fixed"
-        " at trace time. Close over it or mark it static in jax.jit."
+      f"{_FN}: {name} must be a Python float, not a traced array: it is fixed"
+      " at trace time. Close over it or mark it static in jax.jit."
     )
   try:
     v = float(value)  # type: ignore[arg-type]
   except TypeError as e:
     raise TypeError(f"{_FN}: {name} must be a float {rule}; got {value!r}.") from e
   if math.isnan(v) or math.isinf(v) or v < 0 or (positive and v == 0):
-    hint = " 1e-4 is a common choice; 0 turns it off." if name == "z_loss" else (
-        " 30.0 is a common choice; None turns it off."
+    hint = (
+      " 1e-4 is a common choice; 0 turns it off."
+      if name == "z_loss"
+      else (" 30.0 is a common choice; None turns it off.")
     )
     raise ValueError(f"{_FN}: {name} must be finite and {rule}; got {value!r}.{hint}")
   return v
@@ -238,13 +240,13 @@ def _chunk(chunk_size: object, n: int, hidden: int, vocab: int) -> int:
   if chunk_size is not None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
       raise TypeError(
-          f"{_FN}: chunk_size must be a Python int or None; got"
-          f" {type(chunk_size).__name__} {chunk_size!r}."
+        f"{_FN}: chunk_size must be a Python int or None; got"
+        f" {type(chunk_size).__name__} {chunk_size!r}."
       )
     if chunk_size <= 0:
       raise ValueError(
-          f"{_FN}: chunk_size must be positive; got {chunk_size}. Pass None to"
-          " choose one from the shapes, or a multiple of 128 such as 1024."
+        f"{_FN}: chunk_size must be positive; got {chunk_size}. Pass None to"
+        " choose one from the shapes, or a multiple of 128 such as 1024."
       )
     return min(chunk_size, vocab)
   lanes = min(_BLOCK_BYTES // (4 * max(n, 1)), vocab // 32) // _LANE
@@ -261,8 +263,12 @@ def _report_bad_labels(labels, where, vocab, ignore_index) -> None:
   """Out-of-range and masked-out labels, reported under checkify; O(N)."""
   _, invalid, masked_out = _row_flags(labels, where, vocab, ignore_index)
   _checks.report_labels(
-      _FN, labels, vocab, ignore_index, invalid,
-      None if where is None else masked_out,
+    _FN,
+    labels,
+    vocab,
+    ignore_index,
+    invalid,
+    None if where is None else masked_out,
   )
 
 
@@ -313,8 +319,11 @@ def _chunk_logits(x, w, bias, where, start, size, opts):
   ct = x.dtype
   wc = _take(w, start, size).astype(ct)
   z = lax.dot_general(
-      x, wc, (((1,), (0,)), ((), ())), precision=opts.precision,
-      preferred_element_type=ct,
+    x,
+    wc,
+    (((1,), (0,)), ((), ())),
+    precision=opts.precision,
+    preferred_element_type=ct,
   )
   if bias is not None:
     z = z + _take(bias, start, size).astype(ct)
@@ -383,9 +392,7 @@ def _over_chunks(body, carry, vocab, chunk):
   if full == 1:
     carry = body(carry, 0, chunk)
   elif full > 1:
-    carry = lax.fori_loop(
-        0, full, lambda j, c: body(c, j * chunk, chunk), carry
-    )
+    carry = lax.fori_loop(0, full, lambda j, c: body(c, j * chunk, chunk), carry)
   if tail:
     carry = body(carry, full * chunk, tail)
   return carry
@@ -401,9 +408,7 @@ def _linear_ce_fwd(x, w, bias, labels, where, opts):
   vocab = w.shape[1]
   lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
   # the loop runs per device, over its columns of w (see Sharding below)
-  shift, log_norm, z_t, z_sum = _kernel(
-      _fwd_stats, opts, (x, w, lab), (bias, where)
-  )
+  shift, log_norm, z_t, z_sum = _kernel(_fwd_stats, opts, (x, w, lab), (bias, where))
   lse = shift + log_norm
   # (shift - z_t) + log_norm, not lse - z_t: exact for logits near 1e30
   loss = (shift - z_t) + log_norm
@@ -428,7 +433,6 @@ def _fwd_stats(x, w, labels, bias, where, *, opts, offset):
   xc = x.astype(ct)
   lab = labels - offset
 
-
   def body(carry, start, size):
     # online logsumexp: running max m and sum s of exp(z - m)
     m, s, z_t, z_sum = carry
@@ -439,7 +443,7 @@ def _fwd_stats(x, w, labels, bias, where, *, opts, offset):
     # the target logit, gathered from the chunk that holds it: O(N), no pass
     local = lab - start
     picked = jnp.take_along_axis(
-        z, jnp.clip(local, 0, size - 1)[:, None], axis=1, mode="clip"
+      z, jnp.clip(local, 0, size - 1)[:, None], axis=1, mode="clip"
     )[:, 0]
     z_t = z_t + jnp.where((local >= 0) & (local < size), picked, 0.0)
     if opts.alpha:
@@ -447,10 +451,10 @@ def _fwd_stats(x, w, labels, bias, where, *, opts, offset):
     return m_new, s, z_t, z_sum
 
   init = (
-      jnp.full((n,), -jnp.inf, ct),
-      jnp.zeros((n,), ct),
-      jnp.zeros((n,), ct),
-      jnp.zeros((n,), ct),
+    jnp.full((n,), -jnp.inf, ct),
+    jnp.zeros((n,), ct),
+    jnp.zeros((n,), ct),
+    jnp.zeros((n,), ct),
   )
   init = _varying(init, x, w, labels, bias, where)
   return _over_chunks(body, init, vocab, opts.chunk)
@@ -508,7 +512,6 @@ def _bwd_grads(x, w, labels, shift, live_norm, g_a, g_t, *rest, opts, offset):
   lab = labels - offset
   shift, live_norm, g_a, g_t = (a[:, None] for a in (shift, live_norm, g_a, g_t))
 
-
   def body(carry, start, size):
     dx, dw, db = carry
     wc, z, t, mask = _chunk_logits(xc, w, bias, where, start, size, opts)
@@ -520,12 +523,18 @@ def _bwd_grads(x, w, labels, shift, live_norm, g_a, g_t, *rest, opts, offset):
     if t is not None:
       d = d * (1.0 - t * t)
     dx = dx + lax.dot_general(
-        d, wc, (((1,), (1,)), ((), ())), precision=opts.precision,
-        preferred_element_type=ct,
+      d,
+      wc,
+      (((1,), (1,)), ((), ())),
+      precision=opts.precision,
+      preferred_element_type=ct,
     )
     dwc = lax.dot_general(
-        xc, d, (((0,), (0,)), ((), ())), precision=opts.precision,
-        preferred_element_type=ct,
+      xc,
+      d,
+      (((0,), (0,)), ((), ())),
+      precision=opts.precision,
+      preferred_element_type=ct,
     )
     dw = _put(dw, dwc.astype(dw.dtype), start)
     if db is not None:
@@ -533,9 +542,9 @@ def _bwd_grads(x, w, labels, shift, live_norm, g_a, g_t, *rest, opts, offset):
     return dx, dw, db
 
   init = (
-      jnp.zeros(xc.shape, ct),
-      jnp.zeros(w.shape, w.dtype),
-      None if bias is None else jnp.zeros(bias.shape, bias.dtype),
+    jnp.zeros(xc.shape, ct),
+    jnp.zeros(w.shape, w.dtype),
+    None if bias is None else jnp.zeros(bias.shape, bias.dtype),
   )
   init = _varying(init, x, w, labels, shift, g_a, g_t, g_s, bias, where)
   dx, dw, db = _over_chunks(body, init, vocab, opts.chunk)
@@ -657,11 +666,11 @@ def _kernel(fn, opts, args, cols):
     specs = _specs(layout, len(args), present)
     arrays = tuple(_reshard(a, s) for a, s in zip(arrays, specs, strict=True))
     out = jax.shard_map(
-        _local(fn, opts, layout, present),
-        mesh=mesh,
-        in_specs=specs,
-        out_specs=_out_specs(fn, layout, present),
-        check_vma=False,
+      _local(fn, opts, layout, present),
+      mesh=mesh,
+      in_specs=specs,
+      out_specs=_out_specs(fn, layout, present),
+      check_vma=False,
     )(*arrays)
   if fn is _bwd_grads and not present[0]:
     out = (*out, None)
@@ -675,9 +684,9 @@ def _explicit_spec(a):
   if mesh is None or mesh.empty:
     return None
   explicit = {
-      n
-      for n, t in zip(mesh.axis_names, mesh.axis_types, strict=True)
-      if t == AxisType.Explicit
+    n
+    for n, t in zip(mesh.axis_names, mesh.axis_types, strict=True)
+    if t == AxisType.Explicit
   }
   spec = sharding.spec
   if not any(set(_names(spec, d)) & explicit for d in range(len(spec))):
@@ -743,10 +752,10 @@ def _partitioned(fn, opts, n_args: int, present):
     layout = shardings(mesh, arg_shapes)
     named = lambda specs: tuple(NamedSharding(mesh, s) for s in specs)
     return (
-        mesh,
-        _local(fn, opts, layout, present),
-        named(_out_specs(fn, layout, present)),
-        named(_specs(layout, n_args, present)),
+      mesh,
+      _local(fn, opts, layout, present),
+      named(_out_specs(fn, layout, present)),
+      named(_specs(layout, n_args, present)),
     )
 
   def infer(mesh, arg_shapes, result_shape):
@@ -756,10 +765,10 @@ def _partitioned(fn, opts, n_args: int, present):
 
   op = custom_partitioning(plain)
   op.def_partition(
-      partition,
-      infer_sharding_from_operands=infer,
-      sharding_rule=_rule(fn, n_args, present),
-      need_replication_factors=("h",),
+    partition,
+    infer_sharding_from_operands=infer,
+    sharding_rule=_rule(fn, n_args, present),
+    need_replication_factors=("h",),
   )
 
   batched = jax.custom_batching.custom_vmap(op)
@@ -775,8 +784,7 @@ def _partitioned(fn, opts, n_args: int, present):
 
       x = rows(arrays[0], in_batched[0])
       per_row = [
-          rows(a, b)
-          for a, b in zip(arrays[2:n_args], in_batched[2:n_args], strict=True)
+        rows(a, b) for a, b in zip(arrays[2:n_args], in_batched[2:n_args], strict=True)
       ]
       out = batched(x, arrays[1], *per_row, *arrays[n_args:])
       return tuple(o.reshape(axis_size, -1) for o in out), (True,) * len(out)
@@ -785,7 +793,7 @@ def _partitioned(fn, opts, n_args: int, present):
     def one(mapped):
       it = iter(mapped)
       return batched(
-          *[next(it) if b else a for a, b in zip(arrays, in_batched, strict=True)]
+        *[next(it) if b else a for a, b in zip(arrays, in_batched, strict=True)]
       )
 
     out = lax.map(one, [a for a, b in zip(arrays, in_batched, strict=True) if b])

@@ -15,14 +15,14 @@ from jax import lax
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
 from jaxsmx._numerics import (
-    exp_normalizer,
-    is_empty,
-    log_norm_of,
-    log_probs,
-    masked,
-    ratio,
-    times_cotangent,
-    upcast,
+  exp_normalizer,
+  is_empty,
+  log_norm_of,
+  log_probs,
+  masked,
+  ratio,
+  times_cotangent,
+  upcast,
 )
 
 # ---------------------------------------------------------------------------
@@ -30,12 +30,12 @@ from jaxsmx._numerics import (
 
 
 def softmax_cross_entropy(
-    logits: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    axis: Axis = -1,
-    where: jax.typing.ArrayLike | None = None,
-    *,
-    label_smoothing: float = 0.0,
+  logits: jax.typing.ArrayLike,
+  labels: jax.typing.ArrayLike,
+  axis: Axis = -1,
+  where: jax.typing.ArrayLike | None = None,
+  *,
+  label_smoothing: float = 0.0,
 ) -> jax.Array:
   r"""Cross-entropy between soft labels and the softmax of logits.
 
@@ -162,13 +162,13 @@ _softmax_ce_jit = jax.jit(_softmax_ce, static_argnums=(3, 4))
 
 
 def softmax_cross_entropy_with_integer_labels(
-    logits: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    axis: Axis = -1,
-    where: jax.typing.ArrayLike | None = None,
-    *,
-    label_smoothing: float = 0.0,
-    ignore_index: int | None = None,
+  logits: jax.typing.ArrayLike,
+  labels: jax.typing.ArrayLike,
+  axis: Axis = -1,
+  where: jax.typing.ArrayLike | None = None,
+  *,
+  label_smoothing: float = 0.0,
+  ignore_index: int | None = None,
 ) -> jax.Array:
   r"""Cross-entropy between integer class labels and the softmax of logits.
 
@@ -243,8 +243,12 @@ def softmax_cross_entropy_with_integer_labels(
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
 def _integer_ce_checked(logits, labels, where, axes, alpha, ignore_index):
   report_bad_labels(
-      "softmax_cross_entropy_with_integer_labels",
-      logits.shape, labels, where, axes, ignore_index,
+    "softmax_cross_entropy_with_integer_labels",
+    logits.shape,
+    labels,
+    where,
+    axes,
+    ignore_index,
   )
   return _integer_ce(logits, labels, where, axes, alpha, ignore_index)
 
@@ -277,9 +281,7 @@ def targets(shape, labels, where, axes, ignore_index):
   lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
   lab = jnp.expand_dims(lab, tuple(sorted(axes)))
   in_range = (lab >= 0) & (lab < num_classes)
-  ignored = (
-      jnp.zeros_like(in_range) if ignore_index is None else lab == ignore_index
-  )
+  ignored = jnp.zeros_like(in_range) if ignore_index is None else lab == ignore_index
   onehot = class_index(shape, axes) == lab
   invalid = ~in_range & ~ignored
   if where is None:
@@ -296,8 +298,12 @@ def report_bad_labels(fn, shape, labels, where, axes, ignore_index) -> None:
   _, _, invalid, masked_out = targets(shape, labels, where, axes, ignore_index)
   num_classes = math.prod(shape[a] for a in axes)
   _checks.report_labels(
-      fn, labels, num_classes, ignore_index, invalid,
-      None if where is None else masked_out,
+    fn,
+    labels,
+    num_classes,
+    ignore_index,
+    invalid,
+    None if where is None else masked_out,
   )
 
 
@@ -339,7 +345,7 @@ def _integer_ce_fwd(logits, labels, where, axes, alpha, ignore_index):
     lp = log_probs(z, shift, log_norm)
     kept_lp = lp if where is None else jnp.where(where, lp, 0.0)
     mean_nll = -jnp.sum(kept_lp, axes, keepdims=True) / _num_classes(
-        z.shape, axes, where
+      z.shape, axes, where
     )
     loss = (1.0 - alpha) * loss + alpha * mean_nll
   void = dropped | is_empty(log_norm)
@@ -369,8 +375,8 @@ _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
 
 
 def sigmoid_binary_cross_entropy(
-    logits: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
+  logits: jax.typing.ArrayLike,
+  labels: jax.typing.ArrayLike,
 ) -> jax.Array:
   r"""Binary cross-entropy of a sigmoid output, elementwise.
 

@@ -37,7 +37,7 @@ def masked(x: jax.Array, where: jax.Array | None) -> jax.Array:
 
 
 def exp_normalizer(
-    z: jax.Array, axes: tuple[int, ...]
+  z: jax.Array, axes: tuple[int, ...]
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Returns (e, s, shift) for already masked logits: e = exp(z - shift).
 
@@ -65,8 +65,13 @@ def log_of_sum(s: jax.Array) -> jax.Array:
 
 
 def log_norm_of(
-    z: jax.Array, e: jax.Array, s: jax.Array, shift: jax.Array,
-    axes: tuple[int, ...], *, small_losses_exact: bool,
+  z: jax.Array,
+  e: jax.Array,
+  s: jax.Array,
+  shift: jax.Array,
+  axes: tuple[int, ...],
+  *,
+  small_losses_exact: bool,
 ) -> jax.Array:
   """log(s), optionally exact for slices that are nearly one-hot.
 

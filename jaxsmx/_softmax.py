@@ -17,12 +17,12 @@ import jax.numpy as jnp
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
 from jaxsmx._numerics import (
-    exp_normalizer,
-    log_of_sum,
-    log_probs,
-    masked,
-    ratio,
-    upcast,
+  exp_normalizer,
+  log_of_sum,
+  log_probs,
+  masked,
+  ratio,
+  upcast,
 )
 
 # ---------------------------------------------------------------------------
@@ -30,9 +30,9 @@ from jaxsmx._numerics import (
 
 
 def softmax(
-    x: jax.typing.ArrayLike,
-    axis: Axis = -1,
-    where: jax.typing.ArrayLike | None = None,
+  x: jax.typing.ArrayLike,
+  axis: Axis = -1,
+  where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""Softmax: rescales a slice to probabilities that sum to one.
 
@@ -97,9 +97,9 @@ _softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 def log_softmax(
-    x: jax.typing.ArrayLike,
-    axis: Axis = -1,
-    where: jax.typing.ArrayLike | None = None,
+  x: jax.typing.ArrayLike,
+  axis: Axis = -1,
+  where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""Log-softmax: the logarithm of :func:`softmax`, computed stably.
 
@@ -168,10 +168,10 @@ _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
 
 
 def logsumexp(
-    x: jax.typing.ArrayLike,
-    axis: Axis = None,
-    where: jax.typing.ArrayLike | None = None,
-    keepdims: bool = False,
+  x: jax.typing.ArrayLike,
+  axis: Axis = None,
+  where: jax.typing.ArrayLike | None = None,
+  keepdims: bool = False,
 ) -> jax.Array:
   r"""Log of the sum of exponentials, computed without overflow.
 

@@ -37,25 +37,25 @@ import time
 # Ops that move data between devices without reducing it: the ones that
 # give away a gathered logits block.
 MOVING = frozenset(
-    {
-        "all-gather",
-        "all-to-all",
-        "ragged-all-to-all",
-        "collective-permute",
-        "collective-broadcast",
-    }
+  {
+    "all-gather",
+    "all-to-all",
+    "ragged-all-to-all",
+    "collective-permute",
+    "collective-broadcast",
+  }
 )
 REDUCING = frozenset({"all-reduce", "reduce-scatter"})
 
 _OP = re.compile(
-    r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>.*?)\s+"
-    r"(?P<op>all-gather|all-reduce|all-to-all|ragged-all-to-all|"
-    r"collective-permute|collective-broadcast|reduce-scatter)"
-    r"(?P<suffix>-start|-done)?\(",
-    re.M,
+  r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>.*?)\s+"
+  r"(?P<op>all-gather|all-reduce|all-to-all|ragged-all-to-all|"
+  r"collective-permute|collective-broadcast|reduce-scatter)"
+  r"(?P<suffix>-start|-done)?\(",
+  re.M,
 )
 _MESH_GROUPS = re.compile(
-    r"replica_groups=mesh\[(?P<axes>[^\]]*)\]\s*\{(?P<over>[^}]*)\}"
+  r"replica_groups=mesh\[(?P<axes>[^\]]*)\]\s*\{(?P<over>[^}]*)\}"
 )
 _IOTA_GROUPS = re.compile(r"replica_groups=\[(?P<dims>[\d,]+)\]<=")
 _LIST_GROUPS = re.compile(r"replica_groups=\{(?P<groups>(?:\{[\d,]*\},?)*)\}")
@@ -92,7 +92,7 @@ def _reduction(hlo: str, line: str) -> str | None:
   if name is None:
     return None
   region = re.search(
-      r"^" + re.escape(name.group(1)) + r"\b[^{\n]*\{(.*?)^\}", hlo, re.S | re.M
+    r"^" + re.escape(name.group(1)) + r"\b[^{\n]*\{(.*?)^\}", hlo, re.S | re.M
   )
   if region is None:
     return None
@@ -116,20 +116,20 @@ def collectives(hlo: str) -> list[dict]:
     if m.group("suffix") == "-done":
       continue
     arrays = [
-        (a.group("dtype"), tuple(int(d) for d in a.group("dims").split(",") if d))
-        for a in _ARRAY.finditer(m.group("shape"))
+      (a.group("dtype"), tuple(int(d) for d in a.group("dims").split(",") if d))
+      for a in _ARRAY.finditer(m.group("shape"))
     ]
     if m.group("suffix") == "-start":
       arrays = [max(arrays, key=lambda a: math.prod(a[1]))] if arrays else []
     found.append(
-        {
-            "op": m.group("op"),
-            "arrays": [[d, list(s)] for d, s in arrays],
-            "max_elements": max((math.prod(s) for _, s in arrays), default=0),
-            "bytes": sum(math.prod(s) * _dtype_bytes(d) for d, s in arrays),
-            "devices": group_size(line := hlo[m.end() : hlo.find("\n", m.end())]),
-            "reduction": _reduction(hlo, line),
-        }
+      {
+        "op": m.group("op"),
+        "arrays": [[d, list(s)] for d, s in arrays],
+        "max_elements": max((math.prod(s) for _, s in arrays), default=0),
+        "bytes": sum(math.prod(s) * _dtype_bytes(d) for d, s in arrays),
+        "devices": group_size(line := hlo[m.end() : hlo.find("\n", m.end())]),
+        "reduction": _reduction(hlo, line),
+      }
     )
   return found
 
@@ -141,9 +141,9 @@ def too_large(found: list[dict], block: int, *, moving_only: bool = True) -> lis
   ops that move data (all-gather, all-to-all, collective-permute) count.
   """
   return [
-      c
-      for c in found
-      if (c["op"] in MOVING or not moving_only) and c["max_elements"] >= block
+    c
+    for c in found
+    if (c["op"] in MOVING or not moving_only) and c["max_elements"] >= block
   ]
 
 
@@ -183,122 +183,116 @@ def _cases(jax, jnp, np, jaxsmx, P):
   nc, n_ = P("data", "model"), P("data")
   xs, ws, vs = P("data", None), P(None, "model"), P("model")
   return [
-      ("softmax", jaxsmx.softmax, [(z, nc)], [], nc),
-      ("log_softmax", jaxsmx.log_softmax, [(z, nc)], [], nc),
-      (
-          "softmax[where]",
-          lambda z, m: jaxsmx.softmax(z, where=m),
-          [(z, nc)],
-          [(mask, nc)],
-          nc,
+    ("softmax", jaxsmx.softmax, [(z, nc)], [], nc),
+    ("log_softmax", jaxsmx.log_softmax, [(z, nc)], [], nc),
+    (
+      "softmax[where]",
+      lambda z, m: jaxsmx.softmax(z, where=m),
+      [(z, nc)],
+      [(mask, nc)],
+      nc,
+    ),
+    ("logsumexp", lambda z: jaxsmx.logsumexp(z, axis=-1), [(z, nc)], [], n_),
+    ("softmax_entropy", jaxsmx.softmax_entropy, [(z, nc)], [], n_),
+    ("entropy", jaxsmx.entropy, [(p, nc)], [], n_),
+    ("cross_entropy", jaxsmx.cross_entropy, [(p, nc), (q, nc)], [], n_),
+    (
+      "kl_divergence",
+      jaxsmx.kl_divergence,
+      [(np.log(q), nc), (p, nc)],
+      [],
+      n_,
+    ),
+    (
+      "softmax_cross_entropy",
+      jaxsmx.softmax_cross_entropy,
+      [(z, nc), (y, nc)],
+      [],
+      n_,
+    ),
+    (
+      "softmax_cross_entropy[label_smoothing]",
+      lambda z, y: jaxsmx.softmax_cross_entropy(z, y, label_smoothing=0.1),
+      [(z, nc), (y, nc)],
+      [],
+      n_,
+    ),
+    (
+      "softmax_cross_entropy_with_integer_labels",
+      jaxsmx.softmax_cross_entropy_with_integer_labels,
+      [(z, nc)],
+      [(labels, n_)],
+      n_,
+    ),
+    (
+      "softmax_cross_entropy_with_integer_labels[where,smoothing,ignore]",
+      lambda z, lab, m: jaxsmx.softmax_cross_entropy_with_integer_labels(
+        z, lab, where=m, label_smoothing=0.1, ignore_index=-100
       ),
-      ("logsumexp", lambda z: jaxsmx.logsumexp(z, axis=-1), [(z, nc)], [], n_),
-      ("softmax_entropy", jaxsmx.softmax_entropy, [(z, nc)], [], n_),
-      ("entropy", jaxsmx.entropy, [(p, nc)], [], n_),
-      ("cross_entropy", jaxsmx.cross_entropy, [(p, nc), (q, nc)], [], n_),
-      (
-          "kl_divergence",
-          jaxsmx.kl_divergence,
-          [(np.log(q), nc), (p, nc)],
-          [],
-          n_,
+      [(z, nc)],
+      [(labels_ign, n_), (mask, nc)],
+      n_,
+    ),
+    (
+      "softmax_cross_entropy_with_integer_labels[data only]",
+      jaxsmx.softmax_cross_entropy_with_integer_labels,
+      [(z, xs)],
+      [(labels, n_)],
+      n_,
+    ),
+    (
+      "sigmoid_binary_cross_entropy",
+      jaxsmx.sigmoid_binary_cross_entropy,
+      [(z, nc), (p, nc)],
+      [],
+      nc,
+    ),
+    (
+      "linear_softmax_cross_entropy",
+      jaxsmx.linear_softmax_cross_entropy,
+      [(x, xs), (w, ws)],
+      [(vlab, n_)],
+      n_,
+    ),
+    (
+      "linear_softmax_cross_entropy[chunk_size=8]",
+      lambda x, w, lab: jaxsmx.linear_softmax_cross_entropy(x, w, lab, chunk_size=8),
+      [(x, xs), (w, ws)],
+      [(vlab, n_)],
+      n_,
+    ),
+    (
+      "linear_softmax_cross_entropy[bias,where,options,chunk_size=24]",
+      lambda x, w, b, lab, m: jaxsmx.linear_softmax_cross_entropy(
+        x,
+        w,
+        lab,
+        bias=b,
+        where=m,
+        ignore_index=-100,
+        label_smoothing=0.1,
+        z_loss=1e-3,
+        softcap=5.0,
+        chunk_size=24,
       ),
-      (
-          "softmax_cross_entropy",
-          jaxsmx.softmax_cross_entropy,
-          [(z, nc), (y, nc)],
-          [],
-          n_,
-      ),
-      (
-          "softmax_cross_entropy[label_smoothing]",
-          lambda z, y: jaxsmx.softmax_cross_entropy(z, y, label_smoothing=0.1),
-          [(z, nc), (y, nc)],
-          [],
-          n_,
-      ),
-      (
-          "softmax_cross_entropy_with_integer_labels",
-          jaxsmx.softmax_cross_entropy_with_integer_labels,
-          [(z, nc)],
-          [(labels, n_)],
-          n_,
-      ),
-      (
-          "softmax_cross_entropy_with_integer_labels[where,smoothing,ignore]",
-          lambda z, lab, m: jaxsmx.softmax_cross_entropy_with_integer_labels(
-              z, lab, where=m, label_smoothing=0.1, ignore_index=-100
-          ),
-          [(z, nc)],
-          [(labels_ign, n_), (mask, nc)],
-          n_,
-      ),
-      (
-          "softmax_cross_entropy_with_integer_labels[data only]",
-          jaxsmx.softmax_cross_entropy_with_integer_labels,
-          [(z, xs)],
-          [(labels, n_)],
-          n_,
-      ),
-      (
-          "sigmoid_binary_cross_entropy",
-          jaxsmx.sigmoid_binary_cross_entropy,
-          [(z, nc), (p, nc)],
-          [],
-          nc,
-      ),
-      (
-          "linear_softmax_cross_entropy",
-          jaxsmx.linear_softmax_cross_entropy,
-          [(x, xs), (w, ws)],
-          [(vlab, n_)],
-          n_,
-      ),
-      (
-          "linear_softmax_cross_entropy[chunk_size=8]",
-          lambda x, w, lab: jaxsmx.linear_softmax_cross_entropy(
-              x, w, lab, chunk_size=8
-          ),
-          [(x, xs), (w, ws)],
-          [(vlab, n_)],
-          n_,
-      ),
-      (
-          "linear_softmax_cross_entropy[bias,where,options,chunk_size=24]",
-          lambda x, w, b, lab, m: jaxsmx.linear_softmax_cross_entropy(
-              x,
-              w,
-              lab,
-              bias=b,
-              where=m,
-              ignore_index=-100,
-              label_smoothing=0.1,
-              z_loss=1e-3,
-              softcap=5.0,
-              chunk_size=24,
-          ),
-          [(x, xs), (w, ws), (b, vs)],
-          [(vlab_ign, n_), (vmask, vs)],
-          n_,
-      ),
-      (
-          "linear_softmax_cross_entropy[x [B, T, H] with H sharded,chunk_size=16]",
-          lambda x, w, lab: jaxsmx.linear_softmax_cross_entropy(
-              x, w, lab, chunk_size=16
-          ),
-          [(x3, P("data", None, "model")), (w, ws)],
-          [(vlab3, P("data", None))],
-          P("data", None),
-      ),
-      (
-          "linear_softmax_cross_entropy[data only,chunk_size=32]",
-          lambda x, w, lab: jaxsmx.linear_softmax_cross_entropy(
-              x, w, lab, chunk_size=32
-          ),
-          [(x, xs), (w, P(None, None))],
-          [(vlab, n_)],
-          n_,
-      ),
+      [(x, xs), (w, ws), (b, vs)],
+      [(vlab_ign, n_), (vmask, vs)],
+      n_,
+    ),
+    (
+      "linear_softmax_cross_entropy[x [B, T, H] with H sharded,chunk_size=16]",
+      lambda x, w, lab: jaxsmx.linear_softmax_cross_entropy(x, w, lab, chunk_size=16),
+      [(x3, P("data", None, "model")), (w, ws)],
+      [(vlab3, P("data", None))],
+      P("data", None),
+    ),
+    (
+      "linear_softmax_cross_entropy[data only,chunk_size=32]",
+      lambda x, w, lab: jaxsmx.linear_softmax_cross_entropy(x, w, lab, chunk_size=32),
+      [(x, xs), (w, P(None, None))],
+      [(vlab, n_)],
+      n_,
+    ),
   ]
 
 
@@ -318,37 +312,37 @@ def _hlo_cases(jax, jnp, np, jaxsmx, P, *, n=64, h=16, v=1024, report=False):
     return jnp.mean(jaxsmx.linear_softmax_cross_entropy(x, w, lab))
 
   cases = [
-      (
-          "softmax_cross_entropy_with_integer_labels",
-          int_ce,
-          [((n, v), f32, P("data", "model")), ((n,), i32, P("data"))],
-          0,
-          block,
-      ),
-      (
-          "linear_softmax_cross_entropy",
-          linear_ce,
-          [
-              ((n, h), f32, P("data", None)),
-              ((h, v), f32, P(None, "model")),
-              ((n,), i32, P("data")),
-          ],
-          (0, 1),
-          block,
-      ),
+    (
+      "softmax_cross_entropy_with_integer_labels",
+      int_ce,
+      [((n, v), f32, P("data", "model")), ((n,), i32, P("data"))],
+      0,
+      block,
+    ),
+    (
+      "linear_softmax_cross_entropy",
+      linear_ce,
+      [
+        ((n, h), f32, P("data", None)),
+        ((h, v), f32, P(None, "model")),
+        ((n,), i32, P("data")),
+      ],
+      (0, 1),
+      block,
+    ),
   ]
   if not report:
     # several vocabulary chunks per device: the loop must stay local
     cases.append(
-        (
-            "linear_softmax_cross_entropy[chunk_size=128]",
-            lambda x, w, lab: jnp.mean(
-                jaxsmx.linear_softmax_cross_entropy(x, w, lab, chunk_size=128)
-            ),
-            cases[1][2],
-            (0, 1),
-            block,
-        )
+      (
+        "linear_softmax_cross_entropy[chunk_size=128]",
+        lambda x, w, lab: jnp.mean(
+          jaxsmx.linear_softmax_cross_entropy(x, w, lab, chunk_size=128)
+        ),
+        cases[1][2],
+        (0, 1),
+        block,
+      )
     )
   return cases
 
@@ -384,7 +378,7 @@ def _run(checks, name, fn, *args):
 
 def main(argv: list[str]) -> int:
   os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
   ).strip()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
@@ -416,26 +410,26 @@ def main(argv: list[str]) -> int:
       for name, fn, diff, other, out_spec in _cases(jax, jnp, np, jaxsmx, P):
         ref = _Reference(jax, np, fn, diff, other, references, name)
         _run(
-            checks,
-            f"{mode}: {name}",
-            _check_case,
-            *(jax, np, mesh, put, context, fn, diff, other, out_spec, ref),
+          checks,
+          f"{mode}: {name}",
+          _check_case,
+          *(jax, np, mesh, put, context, fn, diff, other, out_spec, ref),
         )
         if mode == "auto":  # inside shard_map every mesh axis is manual
           _run(
-              checks,
-              f"shard_map: {name}",
-              _check_in_shard_map,
-              *(jax, np, mesh, put, fn, diff, other, out_spec, ref),
+            checks,
+            f"shard_map: {name}",
+            _check_in_shard_map,
+            *(jax, np, mesh, put, fn, diff, other, out_spec, ref),
           )
 
     sizes = _REPORT_SIZE if report else {}
     for name, fn, specs, argnums, block in _hlo_cases(jax, jnp, np, jaxsmx, P, **sizes):
       _run(
-          checks,
-          f"{mode}: collectives of value_and_grad({name})",
-          _check_hlo,
-          *(jax, mesh, context, fn, specs, argnums, block, hlo, f"{mode}: {name}"),
+        checks,
+        f"{mode}: collectives of value_and_grad({name})",
+        _check_hlo,
+        *(jax, mesh, context, fn, specs, argnums, block, hlo, f"{mode}: {name}"),
       )
 
     if not report:
@@ -444,10 +438,10 @@ def main(argv: list[str]) -> int:
       careless = _careless_int_ce(jax, jnp, mesh, P, explicit)
       key = f"{mode}: careless take_along_axis on gathered logits"
       _run(
-          checks,
-          f"{mode}: checker flags a careless all-gather",
-          _flagged,
-          *(jax, mesh, context, careless, specs, block, hlo, key),
+        checks,
+        f"{mode}: checker flags a careless all-gather",
+        _flagged,
+        *(jax, mesh, context, careless, specs, block, hlo, key),
       )
 
   if report:
@@ -457,13 +451,13 @@ def main(argv: list[str]) -> int:
   # the README's table of collectives, at the README's size
   big: dict = {}
   for name, fn, specs, argnums, block in _hlo_cases(
-      jax, jnp, np, jaxsmx, P, **_REPORT_SIZE
+    jax, jnp, np, jaxsmx, P, **_REPORT_SIZE
   ):
     _run(
-        checks,
-        f"README size: collectives of value_and_grad({name})",
-        _check_hlo,
-        *(jax, mesh, context, fn, specs, argnums, block, big, f"explicit: {name}"),
+      checks,
+      f"README size: collectives of value_and_grad({name})",
+      _check_hlo,
+      *(jax, mesh, context, fn, specs, argnums, block, big, f"explicit: {name}"),
     )
   _run(checks, "README table of collectives matches the HLO", _readme_table, big)
   json.dump(result, sys.stdout, indent=1)
@@ -479,9 +473,9 @@ def _print_table(hlo: dict, checks: list[dict]) -> None:
   """The README's table of collectives."""
   n, h, v = (_REPORT_SIZE[k] for k in "nhv")
   print(
-      f"N = {n} rows, H = {h}, V = {v}, float32, mesh data={DP} x model={MP}:"
-      f" per-device logits block {n // DP} x {v // MP}"
-      f" = {_size(n // DP * v // MP * 4)}\n"
+    f"N = {n} rows, H = {h}, V = {v}, float32, mesh data={DP} x model={MP}:"
+    f" per-device logits block {n // DP} x {v // MP}"
+    f" = {_size(n // DP * v // MP * 4)}\n"
   )
   over = {DP: "data", MP: "model", DP * MP: "all", 0: "all"}
   print("| value_and_grad of | collective | over | result | size |")
@@ -492,9 +486,9 @@ def _print_table(hlo: dict, checks: list[dict]) -> None:
       shapes = ", ".join(f"{d}[{','.join(map(str, s))}]" for d, s in c["arrays"])
       axis = over.get(c["devices"], str(c["devices"]))
       print(
-          f"| {key.split(': ', 1)[1]} | {c['op']}"
-          f" ({kinds.get(c['reduction'], c['reduction'])}) | {axis} | {shapes} |"
-          f" {_size(c['bytes'])} |"
+        f"| {key.split(': ', 1)[1]} | {c['op']}"
+        f" ({kinds.get(c['reduction'], c['reduction'])}) | {axis} | {shapes} |"
+        f" {_size(c['bytes'])} |"
       )
   for c in checks:
     print(f"\n{'ok' if c['ok'] else 'FAILED'}: {c['name']}")
@@ -550,15 +544,15 @@ def _check_case(jax, np, mesh, put, context, fn, diff, other, out_spec, ref):
   ct, (want_out, want_grads) = ref.get()
   with context():
     got_out, got_grads = jax.jit(value_and_vjp)(
-        [put(a, s) for a, s in diff],
-        [put(a, s) for a, s in other],
-        put(ct, out_spec),
+      [put(a, s) for a, s in diff],
+      [put(a, s) for a, s in other],
+      put(ct, out_spec),
     )
   problems = []
   np.testing.assert_allclose(got_out, want_out, rtol=RTOL, atol=ATOL)
   for i, (g, wg) in enumerate(zip(got_grads, want_grads, strict=True)):
     np.testing.assert_allclose(
-        g, wg, rtol=RTOL, atol=ATOL, err_msg=f"gradient of argument {i}"
+      g, wg, rtol=RTOL, atol=ATOL, err_msg=f"gradient of argument {i}"
     )
 
   def follows(arr, spec, what):
@@ -586,20 +580,20 @@ def _check_in_shard_map(jax, np, mesh, put, fn, diff, other, out_spec, ref):
   diff_specs = [local(s) for _, s in diff]
   other_specs = [local(s) for _, s in other]
   mapped = jax.shard_map(
-      value_and_vjp,
-      mesh=mesh,
-      in_specs=(diff_specs, other_specs, local(out_spec)),
-      out_specs=(local(out_spec), tuple(diff_specs)),
+    value_and_vjp,
+    mesh=mesh,
+    in_specs=(diff_specs, other_specs, local(out_spec)),
+    out_specs=(local(out_spec), tuple(diff_specs)),
   )
   got_out, got_grads = jax.jit(mapped)(
-      [put(a, s) for (a, _), s in zip(diff, diff_specs, strict=True)],
-      [put(a, s) for (a, _), s in zip(other, other_specs, strict=True)],
-      put(ct, local(out_spec)),
+    [put(a, s) for (a, _), s in zip(diff, diff_specs, strict=True)],
+    [put(a, s) for (a, _), s in zip(other, other_specs, strict=True)],
+    put(ct, local(out_spec)),
   )
   np.testing.assert_allclose(got_out, want_out, rtol=RTOL, atol=ATOL)
   for i, (g, wg) in enumerate(zip(got_grads, want_grads, strict=True)):
     np.testing.assert_allclose(
-        g, wg, rtol=RTOL, atol=ATOL, err_msg=f"gradient of argument {i}"
+      g, wg, rtol=RTOL, atol=ATOL, err_msg=f"gradient of argument {i}"
     )
   return {"in_specs": [str(s) for s in diff_specs + other_specs]}
 
@@ -608,15 +602,12 @@ def _compile_collectives(jax, mesh, context, fn, specs, argnums):
   from jax.sharding import NamedSharding
 
   args = [
-      jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
-      for shape, dtype, spec in specs
+    jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
+    for shape, dtype, spec in specs
   ]
   with context():
     text = (
-        jax.jit(jax.value_and_grad(fn, argnums=argnums))
-        .lower(*args)
-        .compile()
-        .as_text()
+      jax.jit(jax.value_and_grad(fn, argnums=argnums)).lower(*args).compile().as_text()
     )
   return collectives(text)
 
@@ -624,9 +615,9 @@ def _compile_collectives(jax, mesh, context, fn, specs, argnums):
 def _check_hlo(jax, mesh, context, fn, specs, argnums, block, hlo, key):
   found = _compile_collectives(jax, mesh, context, fn, specs, argnums)
   hlo[key] = {
-      "shapes": {"args": [[list(s), str(sp)] for s, _, sp in specs]},
-      "block_elements": block,
-      "collectives": found,
+    "shapes": {"args": [[list(s), str(sp)] for s, _, sp in specs]},
+    "block_elements": block,
+    "collectives": found,
   }
   # moving ops: below a logits block; reductions: below one too (per-row
   # statistics, dx [N/dp, H] and the data-parallel dw [H, V/mp] all are)
@@ -674,11 +665,11 @@ def _readme_table(hlo: dict):
       k = (key.split(": ", 1)[1], over.get(c["devices"], "?"))
       compiled[k] = compiled.get(k, 0) + c["bytes"]
   ok = readme.keys() == compiled.keys() and all(
-      math.isclose(readme[k], compiled[k], rel_tol=1e-3) for k in readme
+    math.isclose(readme[k], compiled[k], rel_tol=1e-3) for k in readme
   )
   totals = [
-      {f"{f} over {a}": _size(int(b)) for (f, a), b in sorted(d.items())}
-      for d in (readme, compiled)
+    {f"{f} over {a}": _size(int(b)) for (f, a), b in sorted(d.items())}
+    for d in (readme, compiled)
   ]
   return ok, {"readme": totals[0], "hlo": totals[1]}
 

@@ -10,16 +10,32 @@ ROOT = pathlib.Path(__file__).parents[1]
 
 def test_quick_benchmark_writes_results(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "benchmarks", "--quick", "--runs", "1",
-       "--out", str(tmp_path)],
-      cwd=ROOT, capture_output=True, text=True, timeout=600,
+    [
+      sys.executable,
+      "-m",
+      "benchmarks",
+      "--quick",
+      "--runs",
+      "1",
+      "--out",
+      str(tmp_path),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = (tmp_path / "RESULTS.md").read_text()
   assert "| case | size | peer |" in results
-  for case in ("softmax forward", "log_softmax value_and_grad",
-               "integer-label CE value_and_grad", "soft-label CE value_and_grad",
-               "softmax_entropy value_and_grad", "fused linear CE value_and_grad"):
+  for case in (
+    "softmax forward",
+    "log_softmax value_and_grad",
+    "integer-label CE value_and_grad",
+    "soft-label CE value_and_grad",
+    "softmax_entropy value_and_grad",
+    "fused linear CE value_and_grad",
+  ):
     assert case in results
   rows = json.loads((tmp_path / "results.json").read_text())["rows"]
   assert all(r["t_ours"] > 0 and r["t_peer"] > 0 for r in rows)
@@ -34,6 +50,7 @@ def test_target_check_flags_a_miss():
 
   fast = Row("c", "s", "p", t_ours=1.0, t_peer=2.0, target=0.55)
   slow = Row("c", "s", "p", t_ours=1.2, t_peer=2.0, target=0.55)
-  heavy = Row("c", "s", "p", 1.0, 1.0, 1.05, mem_ours=10, mem_peer=100,
-              mem_target=1 / 16)
+  heavy = Row(
+    "c", "s", "p", 1.0, 1.0, 1.05, mem_ours=10, mem_peer=100, mem_target=1 / 16
+  )
   assert fast.met and not slow.met and not heavy.met

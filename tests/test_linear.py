@@ -49,16 +49,27 @@ def kept_rows(labels, where, ignore_index, vocab):
 
 
 def composition(
-    x, w, labels, *, bias=None, where=None, ignore_index=None,
-    label_smoothing=0.0, z_loss=0.0, softcap=None,
+  x,
+  w,
+  labels,
+  *,
+  bias=None,
+  where=None,
+  ignore_index=None,
+  label_smoothing=0.0,
+  z_loss=0.0,
+  softcap=None,
 ):
   """The definition: integer-label CE on cap(x @ w + b), plus z_loss * lse^2."""
   u = jnp.matmul(x, w, precision=HIGHEST)
   z = cap(u if bias is None else u + bias, softcap)
   mask = None if where is None else jnp.broadcast_to(where, z.shape)
   loss = jaxsmx.softmax_cross_entropy_with_integer_labels(
-      z, labels, where=mask, ignore_index=ignore_index,
-      label_smoothing=label_smoothing,
+    z,
+    labels,
+    where=mask,
+    ignore_index=ignore_index,
+    label_smoothing=label_smoothing,
   )
   if z_loss:
     lse = jaxsmx.logsumexp(z, axis=-1, where=mask)
@@ -68,8 +79,16 @@ def composition(
 
 
 def autodiff(
-    x, w, labels, *, bias=None, where=None, ignore_index=None,
-    label_smoothing=0.0, z_loss=0.0, softcap=None,
+  x,
+  w,
+  labels,
+  *,
+  bias=None,
+  where=None,
+  ignore_index=None,
+  label_smoothing=0.0,
+  z_loss=0.0,
+  softcap=None,
 ):
   """A plain jnp formula, differentiated by JAX (finite logits, some kept class)."""
   vocab = w.shape[1]
@@ -129,21 +148,27 @@ def data(n=N, hidden=H, vocab=V, dtype=np.float32, seed=0, batch=None):
 
 
 OPTIONS = {
-    "plain": {},
-    "bias": {"bias": True},
-    "where": {"where": True},
-    "ignore_index": {"ignore_index": -100},
-    "label_smoothing": {"label_smoothing": 0.1},
-    "z_loss": {"z_loss": 0.05},
-    "softcap": {"softcap": 2.0},
-    "where+smoothing+ignore": {
-        "where": True, "label_smoothing": 0.2, "ignore_index": -1,
-    },
-    "bias+z_loss+softcap": {"bias": True, "z_loss": 0.05, "softcap": 3.0},
-    "all": {
-        "bias": True, "where": True, "ignore_index": -100, "label_smoothing": 0.1,
-        "z_loss": 0.05, "softcap": 3.0,
-    },
+  "plain": {},
+  "bias": {"bias": True},
+  "where": {"where": True},
+  "ignore_index": {"ignore_index": -100},
+  "label_smoothing": {"label_smoothing": 0.1},
+  "z_loss": {"z_loss": 0.05},
+  "softcap": {"softcap": 2.0},
+  "where+smoothing+ignore": {
+    "where": True,
+    "label_smoothing": 0.2,
+    "ignore_index": -1,
+  },
+  "bias+z_loss+softcap": {"bias": True, "z_loss": 0.05, "softcap": 3.0},
+  "all": {
+    "bias": True,
+    "where": True,
+    "ignore_index": -100,
+    "label_smoothing": 0.1,
+    "z_loss": 0.05,
+    "softcap": 3.0,
+  },
 }
 
 
@@ -268,8 +293,18 @@ def test_fully_masked_vocabulary_gives_zero():
   x, w, b, labels, _ = data()
   labels = labels.at[0].set(V)  # not read: the slice is empty
   none = jnp.zeros(V, bool)
-  f = lambda x, w, b: jnp.sum(lce(x, w, labels, bias=b, where=none, z_loss=0.1,
-                                  label_smoothing=0.1, chunk_size=CHUNK))
+  f = lambda x, w, b: jnp.sum(
+    lce(
+      x,
+      w,
+      labels,
+      bias=b,
+      where=none,
+      z_loss=0.1,
+      label_smoothing=0.1,
+      chunk_size=CHUNK,
+    )
+  )
   assert f(x, w, b) == 0
   for g in jax.grad(f, (0, 1, 2))(x, w, b):
     assert np.all(g == 0)
@@ -330,8 +365,9 @@ def test_hessian_wrt_x():
 def test_check_grads_second_order():
   with jax.enable_x64(True):
     x, w, b, labels, _ = data(n=3, hidden=4, vocab=9, dtype=np.float64)
-    f = lambda x, w, b: lce(x, w, labels, bias=b, z_loss=0.1, softcap=2.0,
-                            label_smoothing=0.1, chunk_size=4)
+    f = lambda x, w, b: lce(
+      x, w, labels, bias=b, z_loss=0.1, softcap=2.0, label_smoothing=0.1, chunk_size=4
+    )
     check_grads(jax.jit(f), (x, w, b), order=2, modes=("rev",))
 
 
@@ -389,17 +425,35 @@ def test_temp_memory_is_a_fraction_of_the_logits():
   labels = jnp.zeros((n,), jnp.int32)
   ours = temp_bytes(lambda x, w: jnp.mean(lce(x, w, labels)), x, w)
   dense = temp_bytes(
-      lambda x, w: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-          x @ w, labels)), x, w)
+    lambda x, w: jnp.mean(
+      optax.softmax_cross_entropy_with_integer_labels(x @ w, labels)
+    ),
+    x,
+    w,
+  )
   logits = n * vocab * 4
   assert dense > logits
   assert ours < logits / 8, (ours, dense)
   # every option on: still no N x V array
   b = jnp.zeros((vocab,))
   full = temp_bytes(
-      lambda x, w, b: jnp.mean(lce(
-          x, w, labels, bias=b, where=b > -1, ignore_index=-100,
-          label_smoothing=0.1, z_loss=1e-4, softcap=30.0)), x, w, b)
+    lambda x, w, b: jnp.mean(
+      lce(
+        x,
+        w,
+        labels,
+        bias=b,
+        where=b > -1,
+        ignore_index=-100,
+        label_smoothing=0.1,
+        z_loss=1e-4,
+        softcap=30.0,
+      )
+    ),
+    x,
+    w,
+    b,
+  )
   assert full < logits / 8, full
 
 
@@ -424,8 +478,12 @@ def _without_z_loss_in_bwd():
 def test_a_wrong_bwd_is_caught():
   x, w, _, labels, _ = data()
   opts = _linear._Options(
-      alpha=0.0, z_loss=0.05, softcap=None, ignore_index=None, chunk=CHUNK,
-      precision=None,
+    alpha=0.0,
+    z_loss=0.05,
+    softcap=None,
+    ignore_index=None,
+    chunk=CHUNK,
+    precision=None,
   )
   right = lambda x, w: _linear._linear_ce(x, w, None, labels, None, opts)
   wrong = lambda x, w: _without_z_loss_in_bwd()(x, w, None, labels, None, opts)
@@ -440,23 +498,23 @@ def test_a_wrong_bwd_is_caught():
 
 
 @pytest.mark.parametrize(
-    "change, error, match",
-    [
-        ({"x": np.zeros((N, H + 1), np.float32)}, ValueError, r"pass w\.T"),
-        ({"w": np.zeros((H,), np.float32)}, ValueError, r"x must be \[\.\.\., H\]"),
-        ({"x": np.zeros((N, H), np.int32)}, TypeError, "x must have a floating"),
-        ({"labels": np.zeros((N,), np.float32)}, TypeError, "integer dtype"),
-        ({"labels": np.zeros((N, 1), np.int32)}, ValueError, r"expected \(12,\)"),
-        ({"bias": np.zeros((V + 1,), np.float32)}, ValueError, r"bias must .* \[V\]"),
-        ({"where": np.ones((V,), np.int32)}, TypeError, "boolean mask"),
-        ({"where": np.ones((N, V), bool)}, ValueError, r"where must have shape \[V\]"),
-        ({"z_loss": -1e-4}, ValueError, "z_loss must be finite and >= 0"),
-        ({"softcap": 0.0}, ValueError, "softcap must be finite and > 0"),
-        ({"label_smoothing": 1.5}, ValueError, r"\[0, 1\]"),
-        ({"chunk_size": 0}, ValueError, "chunk_size must be positive"),
-        ({"chunk_size": 128.0}, TypeError, "chunk_size must be a Python int"),
-        ({"ignore_index": 1.0}, TypeError, "ignore_index must be a Python int"),
-    ],
+  "change, error, match",
+  [
+    ({"x": np.zeros((N, H + 1), np.float32)}, ValueError, r"pass w\.T"),
+    ({"w": np.zeros((H,), np.float32)}, ValueError, r"x must be \[\.\.\., H\]"),
+    ({"x": np.zeros((N, H), np.int32)}, TypeError, "x must have a floating"),
+    ({"labels": np.zeros((N,), np.float32)}, TypeError, "integer dtype"),
+    ({"labels": np.zeros((N, 1), np.int32)}, ValueError, r"expected \(12,\)"),
+    ({"bias": np.zeros((V + 1,), np.float32)}, ValueError, r"bias must .* \[V\]"),
+    ({"where": np.ones((V,), np.int32)}, TypeError, "boolean mask"),
+    ({"where": np.ones((N, V), bool)}, ValueError, r"where must have shape \[V\]"),
+    ({"z_loss": -1e-4}, ValueError, "z_loss must be finite and >= 0"),
+    ({"softcap": 0.0}, ValueError, "softcap must be finite and > 0"),
+    ({"label_smoothing": 1.5}, ValueError, r"\[0, 1\]"),
+    ({"chunk_size": 0}, ValueError, "chunk_size must be positive"),
+    ({"chunk_size": 128.0}, TypeError, "chunk_size must be a Python int"),
+    ({"ignore_index": 1.0}, TypeError, "ignore_index must be a Python int"),
+  ],
 )
 def test_bad_input_errors(change, error, match):
   x, w, _, labels, _ = data()

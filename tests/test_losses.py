@@ -1158,8 +1158,8 @@ def test_16_bit_tiny_losses_keep_their_relative_accuracy():
   labels = jnp.zeros(len(z0), jnp.int32)
   onehot = jax.nn.one_hot(labels, 3, dtype=jnp.bfloat16)
   for loss in (
-      jaxsmx.softmax_cross_entropy_with_integer_labels(z, labels),
-      jaxsmx.softmax_cross_entropy(z, onehot),
+    jaxsmx.softmax_cross_entropy_with_integer_labels(z, labels),
+    jaxsmx.softmax_cross_entropy(z, onehot),
   ):
     rel = np.abs(np.asarray(loss, np.float64) / expected - 1)
     assert rel.max() <= 2 * eps, rel

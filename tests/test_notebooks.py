@@ -39,10 +39,10 @@ class _ThisPython(KernelSpecManager):
 
   def get_kernel_spec(self, kernel_name, *args, **kwargs):
     return KernelSpec(
-        argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        display_name="Python 3 (ipykernel)",
-        language="python",
-        name="python3",
+      argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      display_name="Python 3 (ipykernel)",
+      language="python",
+      name="python3",
     )
 
 
@@ -51,11 +51,11 @@ def execute(path: pathlib.Path, workdir: pathlib.Path) -> nbformat.NotebookNode:
   nb = nbformat.read(path, as_version=4)
   km = KernelManager(kernel_name="python3", kernel_spec_manager=_ThisPython())
   client = NotebookClient(
-      nb,
-      km=km,
-      timeout=TIMEOUT_S,
-      kernel_name="python3",
-      resources={"metadata": {"path": str(workdir)}},
+    nb,
+    km=km,
+    timeout=TIMEOUT_S,
+    kernel_name="python3",
+    resources={"metadata": {"path": str(workdir)}},
   )
   try:
     client.execute()
@@ -74,11 +74,11 @@ def test_notebook_executes(path, tmp_path):
   shutil.copy(path, copy)
   nb = execute(copy, workdir=NOTEBOOKS)
   errors = [
-      out
-      for cell in nb.cells
-      if cell.cell_type == "code"
-      for out in cell.get("outputs", [])
-      if out.get("output_type") == "error"
+    out
+    for cell in nb.cells
+    if cell.cell_type == "code"
+    for out in cell.get("outputs", [])
+    if out.get("output_type") == "error"
   ]
   assert not errors, errors
 

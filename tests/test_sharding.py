@@ -40,20 +40,20 @@ def _run_cases() -> dict:
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # the script sets the device count itself
   proc = subprocess.run(
-      [sys.executable, str(SCRIPT)],
-      capture_output=True,
-      text=True,
-      env=env,
-      cwd=SCRIPT.parents[1],
-      timeout=600,
-      check=False,
+    [sys.executable, str(SCRIPT)],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=SCRIPT.parents[1],
+    timeout=600,
+    check=False,
   )
   try:
     report = json.loads(proc.stdout)
   except json.JSONDecodeError:
     raise AssertionError(
-        f"{SCRIPT.name} exited with {proc.returncode} without a report:\n"
-        f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+      f"{SCRIPT.name} exited with {proc.returncode} without a report:\n"
+      f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     ) from None
   assert proc.returncode in (0, 1), proc.stderr[-6000:]
   return report
@@ -66,17 +66,17 @@ def test_every_function_sharded_on_8_simulated_devices():
   # the cases that matter are there, in both modes
   for mode in ("auto", "explicit", "shard_map"):
     for key in (
-        "softmax_cross_entropy_with_integer_labels",
-        "linear_softmax_cross_entropy",
-        "collectives of value_and_grad",
-        "checker flags a careless all-gather",
+      "softmax_cross_entropy_with_integer_labels",
+      "linear_softmax_cross_entropy",
+      "collectives of value_and_grad",
+      "checker flags a careless all-gather",
     ):
       if mode == "shard_map" and key.startswith(("collectives", "checker")):
         continue
       assert any(n.startswith(f"{mode}: ") and key in n for n in names), (mode, key)
   failed = [c for c in report["checks"] if not c["ok"]]
   message = "\n".join(
-      f"- {c['name']}: {json.dumps(c['detail'])[:1500]}" for c in failed
+    f"- {c['name']}: {json.dumps(c['detail'])[:1500]}" for c in failed
   )
   assert not failed, f"{len(failed)} of {len(names)} sharded checks failed:\n{message}"
 
@@ -115,12 +115,12 @@ ENTRY %main.1 (p: f32[32,256]) -> f32[] {
 def test_collectives_are_parsed_with_their_sizes():
   found = sharding_cases.collectives(HLO)
   assert [c["op"] for c in found] == [
-      "all-reduce",
-      "all-reduce",
-      "all-gather",
-      "all-gather",
-      "collective-permute",
-      "all-to-all",
+    "all-reduce",
+    "all-reduce",
+    "all-gather",
+    "all-gather",
+    "collective-permute",
+    "all-to-all",
   ]
   assert found[1]["arrays"] == [["f32", [32]], ["f32", [32]]]
   assert found[1]["bytes"] == 256
