@@ -13,13 +13,13 @@ This package imports SymPy; ``jaxsmx`` never imports it.
 
 from __future__ import annotations
 
-from derivations._core import Derivation as Derivation
-from derivations._core import Step as Step
+from ._core import Derivation as Derivation
+from ._core import Step as Step
 
 
 def all_derivations() -> tuple[Derivation, ...]:
   """Every derivation, in report order."""
-  from derivations import entropy, losses, softmax
+  from . import entropy, losses, softmax
 
   sm = {d.key: d for d in softmax.derivations()}
   ls = {d.key: d for d in losses.derivations()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from derivations._core import (
+from ._core import (
   D2,
   Chain,
   Concrete,

@@ -7,7 +7,7 @@ import functools
 
 import sympy as sp
 
-from derivations._core import (
+from ._core import (
   D2,
   Chain,
   Concrete,

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from derivations import _core
-from derivations._core import Derivation, i, j, lp, p, q, t, u
+from . import _core
+from ._core import Derivation, i, j, lp, p, q, t, u
 
 TOLERANCE = 1e-10
 

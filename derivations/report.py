@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import sympy as sp
 
-from derivations import _core
-from derivations._core import Derivation, Example, StepResult
-from derivations.numeric import Numeric, NumericResult
+from . import _core
+from ._core import Derivation, Example, StepResult
+from .numeric import Numeric, NumericResult
 
 EXAMPLE_TOLERANCE = 1e-12  # jaxsmx (float64) against the exact value
 SEED_TOLERANCE = 1e-4  # the seed prints 4 decimals (and rounds one of them up)
@@ -92,7 +92,7 @@ class Report:
 
 
 def _numeric_bucket(err: float) -> str:
-  from derivations.numeric import bucket
+  from .numeric import bucket
 
   return bucket(err)
 
@@ -158,8 +158,8 @@ def build(
   Returns:
     The report data, ready to render.
   """
-  from derivations import all_derivations
-  from derivations.numeric import numeric_checks, run_numerics
+  from . import all_derivations
+  from .numeric import numeric_checks, run_numerics
 
   derivations = tuple(all_derivations() if derivations is None else derivations)
   by_key = {d.key: d for d in derivations}
