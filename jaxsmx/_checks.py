@@ -213,6 +213,46 @@ def static_index(value: object, name: str, fn: str) -> int | None:
   return int(value)
 
 
+def static_flag(value: object, name: str, fn: str) -> bool:
+  """Requires a Python bool (it selects the computation at trace time)."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(
+      f"{fn}: {name} must be a Python bool, True or False; got"
+      f" {type(value).__name__} {value!r}. It is fixed at trace time."
+    )
+  return bool(value)
+
+
+def is_concrete(*xs: object) -> bool:
+  """True when no argument is a tracer: the call is eager, not transformed."""
+  return not any(isinstance(x, jax.core.Tracer) for x in xs)
+
+
+def label_index(
+  labels: jax.Array, num_classes: int, ignore_index: int | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Returns (index, in_range, ignored) for integer labels of any dtype.
+
+  index: int32, the label where it lies in [0, num_classes), else 0; it never
+    wraps, whatever the labels' dtype (uint8 labels with 300 classes, uint64
+    labels under x64). in_range: 0 <= label < num_classes. ignored: label ==
+    ignore_index (False where ignore_index is not representable in the dtype).
+
+  Every comparison is made in the labels' own dtype, against bounds that it
+  can represent, so none of them promotes to float or overflows.
+  """
+  info = jnp.iinfo(labels.dtype)
+  in_range = jnp.ones(labels.shape, bool) if info.min >= 0 else labels >= 0
+  if num_classes <= info.max:
+    in_range = in_range & (labels < np.asarray(num_classes, labels.dtype))
+  if ignore_index is None or not info.min <= ignore_index <= info.max:
+    ignored = jnp.zeros(labels.shape, bool)
+  else:
+    ignored = labels == np.asarray(ignore_index, labels.dtype)
+  index = jnp.where(in_range, labels, np.zeros((), labels.dtype)).astype(jnp.int32)
+  return index, in_range, ignored
+
+
 def report_labels(
   fn: str,
   labels: jax.Array,
@@ -221,21 +261,27 @@ def report_labels(
   invalid: jax.Array,
   masked_out: jax.Array | None,
 ) -> None:
-  """Reports bad integer labels under checkify (checkify.debug_check).
+  """Reports bad integer labels with checkify.check; for check_labels=True only.
 
   `invalid` flags labels outside [0, num_classes) that are not ignore_index;
   `masked_out` flags labels whose class `where` masks out (None without a
-  mask). Without checkify nothing is raised and XLA drops the computation.
+  mask). A failed check raises at once in an eager call; in a traced one it
+  must be functionalized by checkify.checkify (JAX says so at trace time).
+
+  Call it after the custom_vjp loss in the same trace, not before: on jax
+  0.10, checkify threads a live error into any custom_vjp call that follows a
+  check inside a jit, and jax.grad of such a checkified function fails
+  ("foreach() argument 2 is shorter than argument 1").
   """
   ignore = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
-  checkify.debug_check(
+  checkify.check(
     ~jnp.any(invalid),
     f"{fn}: labels must lie in [0, {num_classes}){ignore}; got labels {{}}."
     " Fix the labels, or pass ignore_index for padding.",
     labels,
   )
   if masked_out is not None:
-    checkify.debug_check(
+    checkify.check(
       ~jnp.any(masked_out),
       f"{fn}: some labels name a class that `where` masks out, so those"
       " examples are dropped (loss 0); labels {}. Unmask the target classes,"

@@ -169,6 +169,7 @@ def softmax_cross_entropy_with_integer_labels(
   *,
   label_smoothing: float = 0.0,
   ignore_index: int | None = None,
+  check_labels: bool = False,
 ) -> jax.Array:
   r"""Cross-entropy between integer class labels and the softmax of logits.
 
@@ -193,13 +194,23 @@ def softmax_cross_entropy_with_integer_labels(
     where: boolean mask of ``logits.shape`` (masks classes) or of the labels'
       shape (masks examples). Masking means slicing, and agrees with the
       one-hot labels under the same mask: an example whose target class is
-      masked out is dropped (loss 0, gradient 0) and reported under checkify.
+      masked out is dropped (loss 0, gradient 0).
       An example masked out entirely gives 0 whatever its label, which is
       never read (as in optax): padding rows may hold any label.
     label_smoothing: keyword-only :math:`\alpha \in [0, 1]`, over the unmasked
       classes.
     ignore_index: keyword-only label value (for example -100) whose examples
       get loss 0 and gradient 0.
+    check_labels: keyword-only; ``True`` reports bad labels with
+      :func:`jax.experimental.checkify.check`: labels outside
+      ``[0, num_classes)`` that are not ``ignore_index``, and labels whose
+      class ``where`` masks out. The message names the valid range and shows
+      the labels. An eager call raises
+      :class:`~jax.experimental.checkify.JaxRuntimeError` at once; a traced
+      one (under :func:`jax.jit`, :func:`jax.vmap`, :func:`jax.grad`) must be
+      wrapped in ``checkify.checkify(f, errors=checkify.user_checks)``, or
+      JAX refuses the unfunctionalized check when it traces. ``False`` (the
+      default) adds nothing to the program: no effect, no callback.
 
   Returns:
     ``[...]``: per-example losses in the logits' dtype.
@@ -207,10 +218,8 @@ def softmax_cross_entropy_with_integer_labels(
   Edge cases: a label outside ``[0, num_classes)`` that is not
   ``ignore_index``, in an example that ``where`` keeps, gives NaN in its loss
   and in its row of the gradient; it never wraps around (optax reads -1 as
-  the last class). Under
-  ``checkify.checkify(f, errors=checkify.user_checks)`` such labels, and
-  labels whose class is masked out, are reported as errors; without checkify
-  the check costs nothing. A target logit of :math:`-\infty` costs
+  the last class), and it needs no check to show: ``check_labels=True``
+  says which labels, and why. A target logit of :math:`-\infty` costs
   :math:`+\infty`. An all :math:`-\infty` or fully masked slice gives 0 with
   gradient 0. A :math:`+\infty` or NaN logit makes the example NaN.
 
@@ -237,11 +246,18 @@ def softmax_cross_entropy_with_integer_labels(
   mask = _checks.as_mask(where, logits.shape, axes, fn)
   alpha = _checks.static_fraction(label_smoothing, "label_smoothing", fn)
   ignore_index = _checks.static_index(ignore_index, "ignore_index", fn)
-  return _integer_ce_checked(logits, labels, mask, axes, alpha, ignore_index)
+  args = (logits, labels, mask, axes, alpha, ignore_index)
+  if not _checks.static_flag(check_labels, "check_labels", fn):
+    return _integer_ce_jit(*args)
+  if _checks.is_concrete(logits, labels, mask):
+    return _integer_ce_checked(*args)  # eager: a failed check raises here
+  return _integer_ce_checked_jit(*args)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5))
 def _integer_ce_checked(logits, labels, where, axes, alpha, ignore_index):
+  """The loss, then checkify.check on its labels (check_labels=True)."""
+  # the check comes after the custom_vjp call: see _checks.report_labels
+  out = _integer_ce(logits, labels, where, axes, alpha, ignore_index)
   report_bad_labels(
     "softmax_cross_entropy_with_integer_labels",
     logits.shape,
@@ -250,7 +266,10 @@ def _integer_ce_checked(logits, labels, where, axes, alpha, ignore_index):
     axes,
     ignore_index,
   )
-  return _integer_ce(logits, labels, where, axes, alpha, ignore_index)
+  return out
+
+
+_integer_ce_checked_jit = jax.jit(_integer_ce_checked, static_argnums=(3, 4, 5))
 
 
 def class_index(shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array:
@@ -278,11 +297,10 @@ def targets(shape, labels, where, axes, ignore_index):
     has other classes left (reported under checkify).
   """
   num_classes = math.prod(shape[a] for a in axes)
-  lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
-  lab = jnp.expand_dims(lab, tuple(sorted(axes)))
-  in_range = (lab >= 0) & (lab < num_classes)
-  ignored = jnp.zeros_like(in_range) if ignore_index is None else lab == ignore_index
-  onehot = class_index(shape, axes) == lab
+  index, in_range, ignored = _checks.label_index(labels, num_classes, ignore_index)
+  expand = functools.partial(jnp.expand_dims, axis=tuple(sorted(axes)))
+  index, in_range, ignored = expand(index), expand(in_range), expand(ignored)
+  onehot = (class_index(shape, axes) == index) & in_range
   invalid = ~in_range & ~ignored
   if where is None:
     return onehot, ignored, invalid, jnp.zeros_like(in_range)
@@ -328,7 +346,7 @@ def target_logit(z, labels, onehot, axes):
   spec = getattr(getattr(jax.typeof(z), "sharding", None), "spec", None)
   if len(axes) == 1 and not (spec and any(s is not None for s in spec)):
     (axis,) = axes
-    index = jnp.clip(labels, 0, z.shape[axis] - 1)
+    index = _checks.label_index(labels, z.shape[axis], None)[0]
     return jnp.take_along_axis(z, jnp.expand_dims(index, axis), axis, mode="clip")
   return jnp.sum(jnp.where(onehot, z, 0.0), axes, keepdims=True)
 
@@ -368,6 +386,7 @@ def _integer_ce_bwd(axes, alpha, ignore_index, res, g):
 
 
 _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
+_integer_ce_jit = jax.jit(_integer_ce, static_argnums=(3, 4, 5))
 
 
 # ---------------------------------------------------------------------------

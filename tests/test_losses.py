@@ -830,16 +830,18 @@ def test_integer_where_means_slicing_and_agrees_with_one_hot():
     )
 
 
-def test_masked_target_class_is_reported_under_checkify():
+def test_masked_target_class_is_reported_with_check_labels():
   z = logits((3, 4))
   c = jnp.array([0, 1, 2])
   m = jnp.array([[True] * 4, [True, False, True, True], [True] * 4])
-  f = lambda z, c, m: ice(z, c, where=m)
+  f = lambda z, c, m: ice(z, c, where=m, check_labels=True)
   for g in [f, jax.jit(f)]:
     err, out = checkify.checkify(g, errors=checkify.user_checks)(z, c, m)
     assert err.get() is not None and "masks out" in err.get()
     assert out[1] == 0
-  assert f(z, c, m)[1] == 0  # no error raised without checkify
+  with pytest.raises(checkify.JaxRuntimeError, match="masks out"):
+    f(z, c, m)  # eager: raised at once
+  assert ice(z, c, where=m)[1] == 0  # nothing raised without check_labels
   # masking whole examples is not an error, and their labels are never read
   rows = jnp.array([True, False, True])
   for labels in [c, jnp.array([0, -1, 2]), jnp.array([0, 10**6, 2])]:
@@ -902,10 +904,10 @@ def test_ignore_index_gives_zero_and_zero_gradient():
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_checkify_reports_out_of_range_labels(jit):
+def test_check_labels_reports_out_of_range_labels(jit):
   z = logits((3, 4))
   c = jnp.array([0, 7, -2])
-  f = lambda z, c: ice(z, c, ignore_index=-100)
+  f = lambda z, c: ice(z, c, ignore_index=-100, check_labels=True)
   f = jax.jit(f) if jit else f
   err, out = checkify.checkify(f, errors=checkify.user_checks)(z, c)
   msg = err.get()
@@ -917,9 +919,81 @@ def test_checkify_reports_out_of_range_labels(jit):
   # valid labels and ignore_index are not reported
   err, _ = checkify.checkify(f, errors=checkify.user_checks)(z, jnp.array([0, 3, -100]))
   assert err.get() is None
-  # without checkify nothing is raised, eager or jitted
-  out = f(z, c)
-  assert np.isnan(out[1]) and np.isfinite(out[0])
+  # without check_labels nothing is raised, eager or jitted, and the bad
+  # rows are NaN
+  g = lambda z, c: ice(z, c, ignore_index=-100)
+  for h in [g, jax.jit(g)]:
+    out = h(z, c)
+    assert np.isnan(out[1]) and np.isfinite(out[0])
+
+
+def _check_contexts(loss):
+  """Ways to call a loss with check_labels=True: (name, fn(z, c) -> err|None)."""
+  f = lambda z, c: loss(z, c, check_labels=True).sum()
+  ck = lambda h: checkify.checkify(h, errors=checkify.user_checks)
+
+  def eager(z, c):
+    try:
+      f(z, c)
+    except checkify.JaxRuntimeError as e:
+      return str(e)
+    return None
+
+  return [
+    ("eager", eager),
+    ("checkify(f)", lambda z, c: ck(f)(z, c)[0].get()),
+    ("checkify(jit(f))", lambda z, c: ck(jax.jit(f))(z, c)[0].get()),
+    ("jit(checkify(f))", lambda z, c: jax.jit(ck(f))(z, c)[0].get()),
+    (
+      "checkify(vmap(f))",
+      lambda z, c: ck(jax.vmap(f))(z[None], c[None])[0].get(),
+    ),
+    ("checkify(grad(f))", lambda z, c: ck(jax.grad(f))(z, c)[0].get()),
+    (
+      "checkify(jit(grad(f)))",
+      lambda z, c: ck(jax.jit(jax.grad(f)))(z, c)[0].get(),
+    ),
+    (
+      "grad(checkify(f))",
+      lambda z, c: jax.grad(lambda z: ck(f)(z, c)[::-1], has_aux=True)(z)[1].get(),
+    ),
+  ]
+
+
+@pytest.mark.parametrize("where", [None, "classes"])
+@pytest.mark.parametrize("i", range(8))
+def test_check_labels_works_in_every_context(i, where):
+  z = logits((3, 4))
+  m = None if where is None else jnp.array([[True] * 4] * 3)
+  loss = functools.partial(ice, where=m)
+  name, run = _check_contexts(loss)[i]
+  assert run(z, jnp.array([0, 1, 3])) is None, name
+  msg = run(z, jnp.array([0, 4, 1]))
+  assert msg is not None and "[0, 4)" in msg and "[0 4 1]" in msg, name
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_grad_of_checkified_loss_matches_plain_grad(check):
+  # jax.grad of checkify(f) used to fail ("foreach() argument 2 is shorter
+  # than argument 1"): the check ran before the custom_vjp call
+  z, c = logits((3, 4)), jnp.array([0, 1, 3])
+  f = lambda z: ice(z, c, check_labels=check).sum()
+  checked = lambda z: checkify.checkify(f, errors=checkify.user_checks)(z)[1]
+  want = jax.grad(lambda z: ice(z, c).sum())(z)
+  for g in [jax.grad(checked), jax.jit(jax.grad(checked))]:
+    np.testing.assert_array_equal(g(z), want)
+
+
+def test_check_labels_traced_without_checkify_is_refused():
+  z, c = logits((3, 4)), jnp.array([0, 1, 3])
+  with pytest.raises(ValueError, match="functionalized"):
+    jax.jit(lambda z, c: ice(z, c, check_labels=True))(z, c)
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None, jnp.array(True)])
+def test_check_labels_must_be_a_bool(bad):
+  with pytest.raises(TypeError, match="check_labels must be a Python bool"):
+    ice(logits((2, 3)), jnp.array([0, 1]), check_labels=bad)
 
 
 # ---------------------------------------------------------------------------
