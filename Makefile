@@ -1,37 +1,55 @@
-# Two commands do everything on a fresh machine with python3 and make:
+# Two commands do the main jobs on a fresh machine with python3 and make:
 #   make report   re-derives every gradient and writes derivations/REPORT.md
 #   make test     runs the whole test suite (notebooks included)
-# Each sets up .venv on first use.
+# Each sets up .venv on first use and installs only what it needs:
+# `report` the library itself (jax, sympy), `test` the test and notebook
+# extras too. `make docs` builds the documentation site into docs/_build/html,
+# `make docs-check` also opens it in headless Chromium, `make lint` runs ruff
+# and pyright.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+PIP := $(BIN)/python -m pip install --progress-bar on
+CORE := $(VENV)/.stamp-core
 
-.PHONY: report test bench bench-quick lint clean
+.PHONY: report test bench bench-quick lint docs docs-check clean
 
-$(STAMP): pyproject.toml
+$(CORE): pyproject.toml
+	@echo "== setting up $(VENV): jaxsmx with jax and sympy (the first time takes a minute or two)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,notebooks]'
-	touch $(STAMP)
+	$(PIP) -e .
+	touch $@
 
-report: $(STAMP)
-	$(BIN)/python -m derivations
+$(VENV)/.stamp-%: $(CORE)
+	@echo "== installing the '$*' extra into $(VENV)"
+	$(PIP) -e '.[$*]'
+	touch $@
 
-test: $(STAMP)
+report: $(CORE)
+	$(BIN)/python -u -m derivations
+
+test: $(VENV)/.stamp-test $(VENV)/.stamp-notebooks
 	$(BIN)/python -m pytest -n 2 --durations=10
 
-bench: $(STAMP)
+bench: $(VENV)/.stamp-test
 	$(BIN)/python -m benchmarks
 
-bench-quick: $(STAMP)
+bench-quick: $(VENV)/.stamp-test
 	$(BIN)/python -m benchmarks --quick
 
-lint: $(STAMP)
-	$(BIN)/python -m pip install --quiet ruff
+lint: $(VENV)/.stamp-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/pyright jaxsmx
+
+docs: $(VENV)/.stamp-docs
+	rm -rf docs/_build
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "== the site is at docs/_build/html/index.html"
+
+docs-check: docs
+	$(BIN)/python docs/check_browser.py docs/_build/html
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build
