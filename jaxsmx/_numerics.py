@@ -20,8 +20,11 @@ The edge rules, used everywhere:
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxsmx import _checks
 
@@ -119,3 +122,92 @@ def times_cotangent(g: jax.Array, d: jax.Array) -> jax.Array:
   differentiating it never meets 0 * inf.
   """
   return g * jnp.where((g == 0) & ~jnp.isfinite(d), 0.0, d)
+
+
+# ---------------------------------------------------------------------------
+# calling conventions: one compiled call, flattened class axes, shard_map
+
+
+def static_axis(axis):
+  """`axis` in a hashable form, so that it can be a static argument of jit."""
+  if isinstance(axis, list):
+    return tuple(axis)
+  if hasattr(axis, "tolist") and getattr(axis, "ndim", 0) > 0:  # a NumPy array
+    return tuple(axis.tolist())
+  return axis
+
+
+def as_array(x):
+  """Python lists and tuples as arrays; arrays (and tracers) as they are.
+
+  jax.jit would read a list as a pytree of scalars; everything else it takes.
+  """
+  return jnp.asarray(x) if isinstance(x, (list, tuple)) else x
+
+
+def to_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """x with the class axes moved to the end, in the order given, as one axis.
+
+  Every function reduces over that one axis, so that a tuple `axis` gives, to
+  the last bit, what the same data moved to one flattened axis gives. An empty
+  `axes` gives a class axis of size 1 (nothing is reduced).
+  """
+  n, k = x.ndim, len(axes)
+  x = jnp.moveaxis(x, axes, tuple(range(n - k, n)))
+  batch = x.shape[: n - k]
+  return x.reshape((*batch, math.prod(x.shape[n - k :])))
+
+
+def from_last(y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array:
+  """The inverse of `to_last`, for a result of the input's `shape`."""
+  n, k = len(shape), len(axes)
+  moved = [d for i, d in enumerate(shape) if i not in axes] + [shape[a] for a in axes]
+  y = y.reshape(moved)
+  return jnp.moveaxis(y, tuple(range(n - k, n)), axes)
+
+
+def batch_result(
+  y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool = False
+) -> jax.Array:
+  """A per-slice result of `to_last` ([..., 1]) in the shape without `axes`."""
+  batch = tuple(d for i, d in enumerate(shape) if i not in axes)
+  y = y.reshape(batch)
+  return jnp.expand_dims(y, tuple(sorted(axes))) if keepdims else y
+
+
+def varying_axes(a) -> frozenset:
+  """The manual mesh axes (inside shard_map) over which `a` varies."""
+  aval = jax.typeof(a)
+  manual = getattr(aval, "manual_axis_type", None)  # "vma" before JAX 0.10
+  return frozenset(getattr(manual, "varying", None) or getattr(aval, "vma", ()))
+
+
+def same_varying_axes(*arrays):
+  """The arrays, each marked as varying over every manual mesh axis that any
+  of them varies over (inside a user's shard_map; a no-op outside).
+
+  A custom_vjp rule takes its differentiable inputs with one varying type, so
+  that its cotangents match them. The transpose of this cast is a psum: the
+  cotangent of an input that is invariant along a mesh axis is summed over
+  that axis, as for JAX's own implicit broadcasting. None entries pass.
+  """
+  present = [a for a in arrays if a is not None]
+  axes = frozenset().union(*(varying_axes(a) for a in present))
+  if not axes:
+    return arrays
+  out = []
+  for a in arrays:
+    missing = () if a is None else tuple(sorted(axes - varying_axes(a)))
+    out.append(lax.pcast(a, missing, to="varying") if missing else a)
+  return tuple(out)
+
+
+def like(cotangent: jax.Array, primal) -> jax.Array:
+  """A cotangent summed over the manual mesh axes (inside shard_map) over
+  which it varies and its primal does not: the transpose of the implicit
+  broadcast of an invariant input. For bwd rules whose primal inputs were not
+  passed through `same_varying_axes`."""
+  if primal is None:
+    return cotangent
+  extra = varying_axes(cotangent) - varying_axes(primal)
+  return lax.psum(cotangent, tuple(sorted(extra))) if extra else cotangent

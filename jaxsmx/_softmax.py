@@ -13,15 +13,22 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
 from jaxsmx._numerics import (
+  as_array,
+  batch_result,
   exp_normalizer,
   log_of_sum,
   log_probs,
   masked,
   ratio,
+  same_varying_axes,
+  static_axis,
+  times_cotangent,
+  to_last,
   upcast,
 )
 
@@ -168,64 +175,173 @@ _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
 
 
 def logsumexp(
-  x: jax.typing.ArrayLike,
+  a: jax.typing.ArrayLike,
   axis: Axis = None,
-  where: jax.typing.ArrayLike | None = None,
+  b: jax.typing.ArrayLike | None = None,
   keepdims: bool = False,
-) -> jax.Array:
-  r"""Log of the sum of exponentials, computed without overflow.
+  return_sign: bool = False,
+  where: jax.typing.ArrayLike | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+  r"""Log of the sum of (scaled) exponentials, computed without overflow.
 
   .. math::
-    \mathrm{lse}(z) = \log \sum_k e^{z_k}
-      = m + \log \sum_k e^{z_k - m},\quad m = \max_k z_k
+    \mathrm{lse}(a, b) = \log \Big|\sum_k b_k e^{a_k}\Big|
+      = m + \log \Big|\sum_k b_k e^{a_k - m}\Big|,\quad m = \max_k a_k
 
-  Matches :func:`jax.nn.logsumexp` without its ``b`` and ``return_sign``
-  arguments.
+  A drop-in replacement for :func:`jax.nn.logsumexp` (and
+  :func:`scipy.special.logsumexp`), with the same arguments in the same
+  order.
 
   Args:
-    x: input array.
-    axis: axis or axes to reduce; ``None`` (the default) reduces all axes.
-    where: boolean mask broadcastable to ``x.shape``; masked entries are left
-      out of the sum.
+    a: input array. Integers and booleans are promoted to a floating dtype.
+    axis: axis or axes to reduce; ``None`` (the default) reduces all axes,
+      ``()`` none.
+    b: scaling factors :math:`b_k`, broadcastable against ``a`` (the result
+      has the broadcast shape, reduced); may be negative. ``b_k = 0`` leaves
+      :math:`a_k` out of the sum, whatever its value.
     keepdims: keep the reduced axes with size 1.
+    return_sign: return ``(result, sign)``, where ``result`` is the log of the
+      absolute value of the sum and ``sign`` its sign (-1, 0 or 1). Without
+      it, a negative sum gives NaN.
+    where: boolean mask broadcastable against ``a``; masked entries are left
+      out of the sum.
 
   Returns:
-    ``x.shape`` without the reduced axes (kept as 1 with ``keepdims``), in the
-    dtype of ``x``.
+    The broadcast shape of ``a``, ``b`` and ``where`` without the reduced
+    axes (kept as 1 with ``keepdims``), in the promoted dtype of ``a`` and
+    ``b``; with ``return_sign``, a pair of such arrays.
 
-  Edge cases: an empty (all :math:`-\infty` or fully masked) reduction gives
-  :math:`-\infty` with gradient 0. A :math:`+\infty` or NaN entry gives NaN
-  (``jax.nn.logsumexp`` gives :math:`+\infty` for :math:`+\infty`).
-
-  Gradient: :math:`\bar z = g\,\mathrm{softmax}(z)`; the residual is
-  softmax(z), formed in the forward pass from its one exponential per element.
+  Edge cases: a sum of 0 (an empty, all :math:`-\infty` or fully masked
+  slice, or all :math:`b_k = 0`) gives :math:`-\infty` with gradient 0
+  (``jax.nn.logsumexp`` gives a NaN gradient). A :math:`+\infty` entry gives
+  :math:`+\infty`, and its gradient is the limit of the softmax weights (1 at
+  that entry, 0 elsewhere; ``jax.nn`` gives NaN). A NaN entry makes its slice
+  NaN. The gradient with respect to :math:`b_k` is
+  :math:`\mathrm{sign}\cdot e^{a_k - \mathrm{lse}}` also where
+  :math:`b_k = 0` (``jax.nn`` gives 0 there).
 
   Example:
     >>> import jax.numpy as jnp, jaxsmx
     >>> print(jaxsmx.logsumexp(jnp.array([1e30, 1e30])))
     1e+30
+    >>> value, sign = jaxsmx.logsumexp(
+    ...     jnp.array([0.0, 0.0]), b=jnp.array([1.0, -2.0]), return_sign=True)
+    >>> print(value, sign)
+    0.0 -1.0
+
+  Notes:
+    Gradients: with :math:`S = \sum_k b_k e^{a_k - m}` and
+    :math:`w_k = e^{a_k - m} / S`, :math:`\bar a_k = g\, b_k w_k` and
+    :math:`\bar b_k = g\, w_k`; the sign has no gradient. The residuals are
+    the (masked) input, the scaling factors and, per slice, :math:`m` and
+    :math:`S`; the backward pass recomputes :math:`e^{a_k - m}`. 16-bit inputs
+    are computed in float32, and each gradient is rounded once, to its
+    input's dtype. A tuple ``axis`` is reduced as one flattened axis.
   """
-  x = _checks.as_float_or_promote(x)
-  axes = _checks.canonical_axes(axis, x.ndim, "logsumexp")
-  mask = _checks.as_mask(where, x.shape, axes, "logsumexp", per_slice=False)
-  out = _logsumexp(x, mask, axes)
-  return out if keepdims else jnp.squeeze(out, axes)
+  return _logsumexp_checked(
+    as_array(a), static_axis(axis), as_array(b), keepdims, return_sign, where
+  )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _logsumexp(x, where, axes):
-  return _logsumexp_fwd(x, where, axes)[0]
+@functools.partial(jax.jit, static_argnums=(1, 3, 4))
+def _logsumexp_checked(a, axis, b, keepdims, return_sign, where):
+  fn = "logsumexp"
+  a = jnp.asarray(a)
+  b = None if b is None else jnp.asarray(b)
+  dtype = _lse_dtype(a, b)
+  # integers and booleans take the promoted dtype (as in jax.nn); complex
+  # inputs are refused
+  a, b = _promoted(a, dtype), _promoted(b, dtype)
+  mask = _checks.as_mask(where, np.shape(where), (), fn, per_slice=False)
+  shape = _broadcast_shape(fn, a=a, b=b, where=mask)
+  axes = () if axis == () else _checks.canonical_axes(axis, len(shape), fn)
+  compute = _checks.compute_dtype(dtype)
+
+  def flat(x, dt=None):
+    if x is None:
+      return None
+    x = jnp.broadcast_to(x if dt is None else x.astype(dt), shape)
+    return to_last(x, axes)
+
+  a_, b_, m_ = same_varying_axes(flat(a, compute), flat(b, compute), flat(mask))
+  value, sign = _lse(a_, b_, m_, b is not None and not return_sign)
+  value = batch_result(value, shape, axes, keepdims).astype(dtype)
+  if return_sign:
+    return value, batch_result(sign, shape, axes, keepdims).astype(dtype)
+  return value
 
 
-def _logsumexp_fwd(x, where, axes):
-  e, s, shift = exp_normalizer(masked(upcast(x), where), axes)
-  # saves softmax(z), e / s: the bwd needs no exp
-  return (shift + log_of_sum(s)).astype(x.dtype), ratio(e, s)
+def _promoted(x, dtype):
+  """Integers and booleans in `dtype`; complex inputs are refused."""
+  if x is None or jnp.issubdtype(x.dtype, jnp.inexact):
+    return None if x is None else _checks.as_float_or_promote(x)
+  return x.astype(dtype)
 
 
-def _logsumexp_bwd(axes, a, g):
-  # d/dz: g * softmax(z)
-  return (upcast(g) * a).astype(g.dtype), None
+def _lse_dtype(a, b):
+  """The result dtype: a and b promoted together, inexact, as in jax.nn."""
+  dtype = jnp.result_type(a) if b is None else jnp.result_type(a, b)
+  return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.result_type(float)
 
 
-_logsumexp.defvjp(_logsumexp_fwd, _logsumexp_bwd)
+def _broadcast_shape(fn, **arrays) -> tuple[int, ...]:
+  shapes = {k: jnp.shape(v) for k, v in arrays.items() if v is not None}
+  try:
+    return tuple(jnp.broadcast_shapes(*shapes.values()))
+  except ValueError:
+    given = ", ".join(f"{k} {v}" for k, v in shapes.items())
+    raise ValueError(
+      f"{fn}: the inputs must broadcast against each other (NumPy rules);"
+      f" got {given}. Add the missing axes with jnp.expand_dims, or reshape."
+    ) from None
+
+
+def _lse_stats(a, b, where):
+  """(shift m, signed sum S of b e^{a - m}) per slice, keepdims, over the
+  entries that count: kept by `where`, with b != 0."""
+  live = where
+  if b is not None:
+    live = (b != 0) if live is None else live & (b != 0)
+  z = masked(a, live)
+  shift = jnp.max(z, -1, keepdims=True, initial=jnp.finfo(a.dtype).min)
+  e = _exp_from(z, shift)
+  be = e if b is None else jnp.where(live, b * e, 0.0)
+  return shift, jnp.sum(be, -1, keepdims=True)
+
+
+def _exp_from(z, shift):
+  """exp(z - shift), with exp(+inf - +inf) taken as 1 (a +inf entry at the
+  maximum), and no NaN formed on the way."""
+  top = z == shift
+  return jnp.exp(jnp.where(top, 0.0, z) - jnp.where(top, 0.0, shift))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _lse(a, b, where, nan_if_negative):
+  return _lse_fwd(a, b, where, nan_if_negative)[0]
+
+
+def _lse_fwd(a, b, where, nan_if_negative):
+  shift, s = _lse_stats(a, b, where)
+  value = shift + log_of_sum(jnp.abs(s))
+  if nan_if_negative:
+    value = jnp.where(s < 0, jnp.nan, value)
+  # saves the masked input, b, and per slice the shift and the signed sum
+  return (value, jnp.sign(s)), (masked(a, where), b, shift, s)
+
+
+def _lse_bwd(nan_if_negative, res, cts):
+  # d/da: g * b * w;  d/db: g * w, with w = exp(a - shift) / S (0 if S = 0)
+  z, b, shift, s = res
+  g = cts[0]
+  empty = s == 0.0
+  w = jnp.where(empty, 0.0, _exp_from(z, shift) / jnp.where(empty, 1.0, s))
+  if nan_if_negative:
+    w = jnp.where(s < 0, jnp.nan, w)
+  if b is None:
+    return g * w, None, None
+  da = g * jnp.where(b == 0, 0.0, b * jnp.where(b == 0, 0.0, w))
+  return da, times_cotangent(g, w), None
+
+
+_lse.defvjp(_lse_fwd, _lse_bwd)

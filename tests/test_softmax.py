@@ -520,7 +520,10 @@ def test_nan_or_plus_inf_poisons_only_its_slice(bad, transform):
   got = transform(lambda x: [OURS[n](x) for n in NAMES])(x)
   for name, v in zip(NAMES, got, strict=True):
     v = np.asarray(v)
-    assert np.all(np.isnan(v[1])), name
+    if name == "logsumexp" and bad == np.inf:
+      assert v[1] == np.inf  # as jax.nn, scipy and torch: the sum is +inf
+    else:
+      assert np.all(np.isnan(v[1])), name
     np.testing.assert_allclose(v[[0, 2]], np_ref(name, x[[0, 2]]), rtol=1e-6)
 
 
@@ -541,11 +544,15 @@ def test_nan_or_plus_inf_gradients_stay_in_their_slice(bad):
       for n in NAMES
     ]
 
-  for unused, used, want in grads(x):
+  for name, (unused, used, want) in zip(NAMES, grads(x), strict=True):
     np.testing.assert_allclose(unused[rows], want, atol=1e-6)
     np.testing.assert_allclose(used[rows], want, atol=1e-6)
-    # a NaN that reaches the output makes that slice's gradient NaN
-    assert np.all(np.isnan(used[1]))
+    if name == "logsumexp" and bad == np.inf:
+      # +inf: the limit of the softmax weights, 1 at the +inf entry
+      np.testing.assert_array_equal(used[1], np.arange(7) == 3)
+    else:
+      # a NaN that reaches the output makes that slice's gradient NaN
+      assert np.all(np.isnan(used[1])), name
 
 
 def test_zero_size_class_axis_is_an_empty_slice():
@@ -712,6 +719,284 @@ def test_tuple_axes_equal_reshape(name):
 
 
 # ---------------------------------------------------------------------------
+# logsumexp: jax.nn's full signature (b, return_sign, where, axis=())
+
+LSE_CASES = {
+  # name: (a shape, b shape or None, kwargs)
+  "all axes": ((3, 4, 5), None, {}),
+  "axis=-1": ((3, 4, 5), None, {"axis": -1}),
+  "tuple axis": ((3, 4, 5), None, {"axis": (2, 0)}),
+  "axis=()": ((3, 4), None, {"axis": ()}),
+  "b same shape": ((3, 4, 5), (3, 4, 5), {"axis": -1}),
+  "b broadcast": ((3, 4, 5), (5,), {"axis": (0, 2)}),
+  "b of higher rank": ((4, 5), (3, 4, 5), {"axis": -1}),
+  "b keepdims": ((3, 4, 5), (4, 1), {"axis": 1, "keepdims": True}),
+  "b axis=()": ((3, 4), (3, 4), {"axis": ()}),
+  "b all axes": ((3, 4), (3, 4), {}),
+}
+
+
+def lse_args(a_shape, b_shape, *, signed=False, seed=0):
+  rng = np.random.default_rng(seed)
+  a = (2.0 * rng.standard_normal(a_shape)).astype(np.float32)
+  if b_shape is None:
+    return a, None
+  b = rng.uniform(0.2, 2.0, b_shape).astype(np.float32)
+  if signed:
+    b = b * np.where(rng.random(b_shape) < 0.3, -1.0, 1.0).astype(np.float32)
+  return a, b
+
+
+@pytest.mark.parametrize("case", list(LSE_CASES))
+@pytest.mark.parametrize("return_sign", [False, True])
+def test_logsumexp_matches_jax_nn_and_scipy(case, return_sign):
+  import scipy.special
+
+  a_shape, b_shape, kw = LSE_CASES[case]
+  a, b = lse_args(a_shape, b_shape, signed=return_sign)
+  kw = dict(kw, b=b, return_sign=return_sign)
+  got, want = jaxsmx.logsumexp(a, **kw), jax.nn.logsumexp(a, **kw)
+  ref = scipy.special.logsumexp(f64(a), **dict(kw, b=None if b is None else f64(b)))
+  if not return_sign:
+    got, want, ref = (got, None), (want, None), (ref, None)
+  assert got[0].shape == want[0].shape == np.shape(ref[0])
+  assert got[0].dtype == want[0].dtype
+  np.testing.assert_allclose(got[0], want[0], rtol=2e-6, atol=2e-6)
+  np.testing.assert_allclose(got[0], ref[0], rtol=2e-6, atol=2e-6)
+  if return_sign:
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[1], ref[1])
+    assert got[1].dtype == want[1].dtype
+
+
+@pytest.mark.parametrize("case", list(LSE_CASES))
+def test_logsumexp_gradients_match_autodiff_of_jax_nn(case):
+  a_shape, b_shape, kw = LSE_CASES[case]
+  a, b = lse_args(a_shape, b_shape, seed=3)
+  if b is None:
+    f = functools.partial(jaxsmx.logsumexp, **kw)
+    ref = functools.partial(jax.nn.logsumexp, **kw)
+    assert_vjp_matches(f, ref, (a,), rtol=2e-6, atol=2e-6)
+  else:
+    f = lambda a, b: jaxsmx.logsumexp(a, b=b, **kw)
+    ref = lambda a, b: jax.nn.logsumexp(a, b=b, **kw)
+    assert_vjp_matches(f, ref, (a, b), rtol=2e-6, atol=2e-6)
+
+
+def test_logsumexp_signed_b_gradients_match_autodiff_of_jax_nn():
+  # return_sign with sums of both signs: the value's gradient is sign-aware
+  a, b = lse_args((6, 5), (6, 5), signed=True, seed=4)
+
+  def f(lse):
+    return lambda a, b: lse(a, axis=-1, b=b, return_sign=True)[0]
+
+  assert_vjp_matches(f(jaxsmx.logsumexp), f(jax.nn.logsumexp), (a, b), rtol=1e-5)
+  _, sign = jax.nn.logsumexp(a, axis=-1, b=b, return_sign=True)
+  assert set(np.asarray(sign).tolist()) == {-1.0, 1.0}  # both signs tested
+
+
+def test_logsumexp_where_matches_jax_nn():
+  a, b = lse_args((4, 6), (4, 6), seed=5)
+  m = row_mask((4, 6))
+
+  def value_and_grad(lse, kw):
+    return jax.value_and_grad(lambda a: lse(a, where=m, **kw).sum())(a)
+
+  for kw in ({}, {"b": b}, {"b": b, "axis": 0}, {"axis": ()}):
+    got, want = (
+      value_and_grad(jaxsmx.logsumexp, kw),
+      value_and_grad(jax.nn.logsumexp, kw),
+    )
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-7)
+  # a mask of higher rank broadcasts a up, as in jax.nn
+  m3 = np.stack([m, ~m | (np.arange(6) == 0)])
+  np.testing.assert_allclose(
+    jaxsmx.logsumexp(a, axis=-1, where=m3),
+    jax.nn.logsumexp(a, axis=-1, where=m3),
+    rtol=1e-6,
+  )
+
+
+def test_logsumexp_b_zero_leaves_the_entry_out():
+  a = np.array([[0.5, np.inf, 2.0], [0.5, np.nan, 2.0], [0.5, 1.0, 2.0]], np.float32)
+  b = np.array([1.0, 0.0, 2.0], np.float32)
+  want = np.log(np.exp(0.5) + 2.0 * np.exp(2.0))
+  np.testing.assert_allclose(jaxsmx.logsumexp(a, axis=-1, b=b), want, rtol=1e-6)
+  np.testing.assert_allclose(jax.nn.logsumexp(a, axis=-1, b=b), want, rtol=1e-6)
+  # d/da is 0 at b = 0; d/db is the true partial derivative exp(a - lse)
+  # (jax.nn gives 0 there, as its where cuts the path)
+  da, db = jax.jit(jax.grad(lambda a, b: jaxsmx.logsumexp(a[2], b=b), (0, 1)))(a, b)
+  lse = np.log(np.exp(0.5) + 2.0 * np.exp(2.0))
+  np.testing.assert_allclose(
+    da[2], [np.exp(0.5 - lse), 0.0, 2 * np.exp(2.0 - lse)], rtol=1e-6
+  )
+  np.testing.assert_allclose(db, np.exp(np.array([0.5, 1.0, 2.0]) - lse), rtol=1e-6)
+  h = 1e-3
+  fd = (
+    jaxsmx.logsumexp(a[2], b=b + np.array([0, h, 0], np.float32))
+    - jaxsmx.logsumexp(a[2], b=b)
+  ) / h
+  np.testing.assert_allclose(db[1], fd, rtol=2e-2)
+
+
+@pytest.mark.parametrize(
+  "kind", ["all -inf", "fully masked", "all b = 0", "cancelling b", "zero size"]
+)
+def test_logsumexp_zero_sum_is_minus_inf_with_gradient_zero(kind):
+  a = np.array([0.3, -1.0, 2.0], np.float32)
+  b, where = np.ones(3, np.float32), None
+  if kind == "all -inf":
+    a = np.full(3, -np.inf, np.float32)
+  elif kind == "fully masked":
+    where = np.zeros(3, bool)
+  elif kind == "all b = 0":
+    b = np.zeros(3, np.float32)
+  elif kind == "cancelling b":
+    a, b = np.zeros(2, np.float32), np.array([1.0, -1.0], np.float32)
+  else:
+    a, b = np.zeros(0, np.float32), np.zeros(0, np.float32)
+
+  def f(a, b):
+    return jaxsmx.logsumexp(a, b=b, where=where, return_sign=True)
+
+  (value, sign), grads = jax.jit(
+    lambda a, b: (f(a, b), jax.grad(lambda a, b: f(a, b)[0], (0, 1))(a, b))
+  )(a, b)
+  assert value == -np.inf and sign == 0.0
+  for g in grads:
+    np.testing.assert_array_equal(g, np.zeros_like(g))
+  assert jaxsmx.logsumexp(a, b=b, where=where) == -np.inf
+
+
+def test_logsumexp_plus_inf_gives_plus_inf():
+  import scipy.special
+
+  a = np.array([1.0, np.inf, 3.0, np.inf], np.float32)
+  for lse in (jaxsmx.logsumexp, jax.nn.logsumexp, scipy.special.logsumexp):
+    assert lse(a) == np.inf
+  # the gradient is the limit of the softmax weights: shared by the +inf entries
+  np.testing.assert_array_equal(jax.grad(jaxsmx.logsumexp)(a), [0.0, 0.5, 0.0, 0.5])
+  # with b: +inf with the sign of the +inf entries' b; NaN if they cancel
+  b = np.array([1.0, -2.0, 1.0, 1.0], np.float32)
+  value, sign = jaxsmx.logsumexp(a, b=b, return_sign=True)
+  assert value == np.inf and sign == -1.0
+  assert np.isnan(jaxsmx.logsumexp(a, b=b))
+  assert np.isnan(jaxsmx.logsumexp(a, b=np.array([1.0, -1.0, 1.0, 1.0], np.float32)))
+  np.testing.assert_array_equal(
+    jax.grad(lambda a: jaxsmx.logsumexp(a, b=b, return_sign=True)[0])(a),
+    [0.0, 2.0, 0.0, -1.0],
+  )
+
+
+def test_logsumexp_nan_stays_nan_in_its_slice():
+  a = np.array([[1.0, np.nan, 3.0], [1.0, 2.0, 3.0]], np.float32)
+  value = jaxsmx.logsumexp(a, axis=-1)
+  assert np.isnan(value[0]) and np.isfinite(value[1])
+  g = jax.grad(lambda a: jaxsmx.logsumexp(a, axis=-1).sum())(a)
+  assert np.all(np.isnan(g[0])) and np.all(np.isfinite(g[1]))
+
+
+def test_logsumexp_negative_sum_is_nan_without_return_sign():
+  a = np.zeros(2, np.float32)
+  b = np.array([1.0, -2.0], np.float32)
+  assert np.isnan(jaxsmx.logsumexp(a, b=b)) and np.isnan(jax.nn.logsumexp(a, b=b))
+  # the gradient is NaN too (jax.nn: 0), so that the bad value cannot hide
+  assert np.all(np.isnan(jax.grad(lambda a: jaxsmx.logsumexp(a, b=b))(a)))
+  value, sign = jaxsmx.logsumexp(a, b=b, return_sign=True)
+  np.testing.assert_allclose(value, 0.0, atol=1e-7)
+  assert sign == -1.0
+
+
+def test_logsumexp_axis_empty_tuple_reduces_nothing():
+  a, b = lse_args((3, 4), (3, 4), seed=6)
+  np.testing.assert_allclose(jaxsmx.logsumexp(a, axis=()), a, rtol=0)
+  np.testing.assert_allclose(
+    jaxsmx.logsumexp(a, axis=(), b=b), jax.nn.logsumexp(a, axis=(), b=b), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    jaxsmx.logsumexp(a, axis=(), b=b), a + np.log(b), rtol=1e-6
+  )
+  np.testing.assert_array_equal(
+    jax.grad(lambda a: jaxsmx.logsumexp(a, axis=()).sum())(a), 1.0
+  )
+
+
+def test_logsumexp_positional_order_is_jax_nns():
+  a, b = lse_args((3, 4), (3, 4), signed=True, seed=7)
+  m = row_mask((3, 4))
+  got = jaxsmx.logsumexp(a, 1, b, True, True, m)
+  want = jax.nn.logsumexp(a, 1, b, True, True, m)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_allclose(
+    jaxsmx.logsumexp(a=a, b=np.abs(b)), jax.nn.logsumexp(a=a, b=np.abs(b)), rtol=1e-6
+  )
+
+
+@pytest.mark.parametrize(
+  ("a_dtype", "b_dtype"),
+  [
+    ("bfloat16", "float32"),
+    ("float32", "bfloat16"),
+    ("float16", "float16"),
+    ("int32", "bfloat16"),
+  ],
+)
+def test_logsumexp_mixed_dtypes(a_dtype, b_dtype):
+  a, b = lse_args((4, 6), (4, 6), seed=8)
+  a = a.astype(a_dtype) if a_dtype != "int32" else np.round(a).astype(np.int32)
+  b = jnp.asarray(b, b_dtype)
+  got = jaxsmx.logsumexp(a, axis=-1, b=b)
+  want = jax.nn.logsumexp(a, axis=-1, b=b)
+  assert got.dtype == want.dtype, (got.dtype, want.dtype)
+  np.testing.assert_allclose(f64(got), f64(want), rtol=2 * eps(got.dtype))
+  if a_dtype == "int32":
+    return
+  da, db = jax.grad(lambda a, b: jaxsmx.logsumexp(a, axis=-1, b=b).sum(), (0, 1))(a, b)
+  assert da.dtype == jnp.dtype(a_dtype) and db.dtype == jnp.dtype(b_dtype)
+  # each gradient is computed in float32 (or better) and rounded once, to its
+  # input's dtype: not through the other input's
+  a64, b64 = f64(a), f64(b)
+  w = np.exp(a64 - scipy_lse(a64, b64)[:, None])
+  np.testing.assert_allclose(f64(da), b64 * w, rtol=eps(a_dtype), atol=1e-7)
+  np.testing.assert_allclose(f64(db), w, rtol=eps(b_dtype), atol=1e-7)
+
+
+def scipy_lse(a, b):
+  import scipy.special
+
+  return scipy.special.logsumexp(a, axis=-1, b=b)
+
+
+def test_logsumexp_second_order(x64):
+  a, b = lse_args((3, 4), (3, 4), seed=9)
+  a, b = a.astype(np.float64), b.astype(np.float64)
+  check_grads(
+    lambda a, b: jaxsmx.logsumexp(a, axis=-1, b=b), (a, b), order=2, modes=("rev",)
+  )
+  # the closed-form Hessian in b: -w w^T per slice
+  hb = jax.hessian(lambda b: jaxsmx.logsumexp(a[0], b=b))(b[0])
+  w = np.exp(a[0] - scipy_lse(a[0], b[0]))
+  np.testing.assert_allclose(hb, -np.outer(w, w), rtol=1e-12)
+
+
+@pytest.mark.parametrize("transform", ["jit", "vmap"])
+def test_logsumexp_b_under_transforms(transform):
+  a, b = lse_args((3, 4, 5), (3, 4, 5), signed=True, seed=10)
+
+  def f(a, b):
+    return jaxsmx.logsumexp(a, axis=-1, b=b, return_sign=True)
+
+  def ref(a, b):
+    return jax.nn.logsumexp(a, axis=-1, b=b, return_sign=True)
+
+  t = jax.jit if transform == "jit" else jax.vmap
+  for got, want in zip(t(f)(a, b), t(ref)(a, b), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
 # bad input
 
 
@@ -727,8 +1012,10 @@ def test_bad_input_messages(name):
     f(x, axis=(1, -1))
   with pytest.raises(TypeError, match=r"where must be a boolean mask; got dtype int"):
     f(x, axis=-1, where=np.ones((4, 7), np.int32))
+  # logsumexp broadcasts a, b and where against each other, as jax.nn does
   with pytest.raises(
-    ValueError, match=r"broadcast to the input's shape \(4, 7\).*got \(3,\)"
+    ValueError,
+    match=r"broadcast (to the input's shape \(4, 7\)|against each other).*\(3,\)",
   ):
     f(x, axis=-1, where=np.ones(3, bool))
   with pytest.raises(TypeError, match=r"axis must be an int"):
