@@ -44,7 +44,7 @@ lint: $(VENV)/.stamp-lint
 	$(BIN)/pyright jaxsmx
 
 docs: $(VENV)/.stamp-docs
-	rm -rf docs/_build
+	rm -rf docs/_build docs/_autosummary
 	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 	@echo "== the site is at docs/_build/html/index.html"
 

@@ -1,0 +1,121 @@
+"""Sphinx configuration for the jaxsmx documentation (``make docs``).
+
+Every page is built from a file that lives elsewhere in the repository and is
+included, never copied by hand: the README's sections (between
+``<!-- docs:NAME:start -->`` and ``<!-- docs:NAME:end -->`` markers), the
+committed ``derivations/REPORT.md``, ``benchmarks/RESULTS.md`` and the
+notebooks, rendered with their saved outputs. MathJax is served from the site
+itself (sphinx-mathjax-offline), so no page loads a script from the network.
+"""
+
+import pathlib
+import shutil
+import sys
+
+DOCS = pathlib.Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT))
+
+import jaxsmx  # noqa: E402
+
+project = "jaxsmx"
+author = "The jaxsmx developers"
+copyright = "2026, The jaxsmx developers"
+release = version = jaxsmx.__version__
+
+extensions = [
+  "myst_nb",
+  "sphinx.ext.autodoc",
+  "sphinx.ext.autosummary",
+  "sphinx.ext.napoleon",
+  "sphinx.ext.mathjax",
+  "sphinx-mathjax-offline",
+]
+
+# --- the notebooks: copied from notebooks/ at build time (one source) --------
+_NB_OUT = DOCS / "notebooks"
+_NB_OUT.mkdir(exist_ok=True)
+for _nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+  _dst = _NB_OUT / _nb.name
+  if not _dst.exists() or _dst.read_bytes() != _nb.read_bytes():
+    shutil.copyfile(_nb, _dst)
+
+nb_execution_mode = "off"  # render the committed outputs; never execute
+nb_ipywidgets_js = {}  # no widget loader from a CDN
+nb_merge_streams = True
+
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "html_image"]
+myst_heading_anchors = 3
+myst_dmath_double_inline = True
+
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
+templates_path = ["_templates"]
+
+# The README's sections and REPORT.md start below a page's own title.
+# Links inside the derivation report point at its own <a id> anchors, which
+# MyST cannot resolve as references (they work in the browser).
+suppress_warnings = ["myst.header", "myst.xref_missing"]
+
+# --- API reference ------------------------------------------------------------
+autosummary_generate = True
+autodoc_default_options = {"members": False}
+autodoc_typehints = "signature"
+autodoc_preserve_defaults = True
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+
+# --- HTML --------------------------------------------------------------------
+html_theme = "sphinx_book_theme"
+html_title = f"jaxsmx {version}"
+html_static_path = ["_static"]
+html_css_files = ["jaxsmx.css"]
+html_theme_options = {
+  "show_toc_level": 2,
+  "use_download_button": False,
+  "use_fullscreen_button": False,
+  "navigation_with_keys": False,
+}
+html_last_updated_fmt = None
+
+
+def _check_api_page(app, config) -> None:
+  """Fails the build if api.md does not list exactly ``jaxsmx.__all__``."""
+  import re
+
+  text = (DOCS / "api.md").read_text(encoding="utf-8")
+  listed = set(re.findall(r"^   ([a-z_]+)$", text, re.M))
+  public = set(jaxsmx.__all__)
+  if listed != public:
+    raise RuntimeError(
+      "docs/api.md must list every name in jaxsmx.__all__ once: "
+      f"missing {sorted(public - listed)}, not public {sorted(listed - public)}; "
+      "add or remove the name under an autosummary directive."
+    )
+
+
+def _short_signature(app, what, name, obj, options, signature, return_annotation):
+  """Shows ``ArrayLike`` by name, not as the union it stands for."""
+  import re
+
+  if signature is None:
+    return None
+  for expanded, short in _ALIASES:
+    signature = re.sub(expanded, short, signature)
+  return signature, return_annotation
+
+
+# how autodoc spells the union behind jax.typing.ArrayLike
+_ALIASES = (
+  (
+    r"~?(?:[\w.]*\.)?Array \| ~?(?:numpy\.)?ndarray \| ~?(?:numpy\.)?bool \| "
+    r"~?(?:numpy\.)?number \| bool \| int \| float \| complex",
+    "~jax.typing.ArrayLike",
+  ),
+)
+
+
+def setup(app):
+  app.connect("config-inited", _check_api_page)
+  app.connect("autodoc-process-signature", _short_signature)
