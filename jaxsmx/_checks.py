@@ -99,16 +99,57 @@ def as_integer_labels(
       " one-hot labels use softmax_cross_entropy; for integer labels stored"
       " as floats use labels.astype(jnp.int32)."
     )
-  if labels.shape != expected_shape:
+  if not _broadcasts_to(labels.shape, expected_shape) or (
+    labels.shape == logits_shape and labels.ndim > len(expected_shape)
+  ):
     hint = ""
     if labels.shape == logits_shape:
       hint = " Did you pass one-hot labels? Use softmax_cross_entropy for those."
     raise ValueError(
-      f"{fn}: labels must have the logits' shape without the class axis:"
-      f" logits {logits_shape}, axis {axes if len(axes) > 1 else axes[0]} ->"
-      f" expected {expected_shape}, got {labels.shape}.{hint}"
+      f"{fn}: labels must have (or broadcast to) the logits' shape without"
+      f" the class axis: logits {logits_shape}, axis"
+      f" {axes if len(axes) > 1 else axes[0]} -> expected {expected_shape}, got"
+      f" {labels.shape}.{hint}"
     )
   return labels
+
+
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+  try:
+    return jnp.broadcast_shapes(shape, target) == tuple(target)
+  except ValueError:
+    return False
+
+
+def broadcast_pair(
+  a: jax.Array, b: jax.Array, a_name: str, b_name: str, fn: str
+) -> tuple[int, ...]:
+  """The shape that `a` and `b` broadcast to (numpy's rule, as optax)."""
+  try:
+    return tuple(jnp.broadcast_shapes(a.shape, b.shape))
+  except ValueError:
+    hint = (
+      " For integer class labels use softmax_cross_entropy_with_integer_labels."
+      if fn.startswith("softmax_cross_entropy")
+      else ""
+    )
+    raise ValueError(
+      f"{fn}: {a_name} and {b_name} must broadcast to one shape: {a_name}"
+      f" {a.shape}, {b_name} {b.shape}.{hint} Reshape one of them, or add the"
+      " missing axes with jnp.expand_dims."
+    ) from None
+
+
+def one_class_axis(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """x with the class axes moved last, in the order given, as one axis.
+
+  A tuple axis is computed on this layout, so that it gives to the last bit
+  what the same data on one flattened axis gives (the flat class index is C
+  order over the axes as given).
+  """
+  ndim, k = x.ndim, len(axes)
+  x = jnp.moveaxis(x, axes, tuple(range(ndim - k, ndim)))
+  return x.reshape((*x.shape[: ndim - k], -1))
 
 
 def same_shape(a: jax.Array, b: jax.Array, a_name: str, b_name: str, fn: str) -> None:
@@ -136,8 +177,9 @@ def as_mask(
   """Checks a `where` mask and gives it the input's rank.
 
   A mask may have the input's shape (or broadcast to it). With `per_slice`, as
-  in optax's losses, it may also have the input's shape without the class
-  axes: then it selects whole slices.
+  in optax's losses, a mask of lower rank than the input is one flag per
+  example: it broadcasts to the shape without the class axes and selects
+  whole slices.
   """
   if where is None:
     return None
@@ -149,17 +191,27 @@ def as_mask(
     )
   ndim = len(shape)
   given = where.shape
-  if per_slice and where.ndim == ndim - len(axes) and where.ndim != ndim:
-    where = jnp.expand_dims(where, axes)
+  if per_slice and where.ndim < ndim:
+    batch = tuple(d for i, d in enumerate(shape) if i not in axes)
+    try:
+      fits = jnp.broadcast_shapes(where.shape, batch) == batch
+    except ValueError:
+      fits = False
+    if fits:
+      if where.shape != batch:
+        where = jnp.broadcast_to(where, batch)
+      where = jnp.expand_dims(where, axes)
   try:
     ok = jnp.broadcast_shapes(where.shape, tuple(shape)) == tuple(shape)
   except ValueError:
     ok = False
+  if per_slice and where.ndim < ndim:
+    ok = False  # lower rank, but not broadcastable to one flag per example
   if not ok:
     batch = tuple(d for i, d in enumerate(shape) if i not in axes)
     alt = f", or have the shape without the class axes {batch}" if per_slice else ""
     hint = ""
-    if where.shape != given:
+    if per_slice and len(given) < ndim:
       hint = (
         f" A mask of rank {len(given)} is read as one flag per example; to"
         " mask classes give it the input's rank, for example"

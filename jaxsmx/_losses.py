@@ -85,12 +85,47 @@ def softmax_cross_entropy(
   """
   fn = "softmax_cross_entropy"
   logits = _checks.as_floating(logits, "logits", fn)
-  labels = _checks.as_floating(labels, "labels", fn)
-  _checks.same_shape(logits, labels, "logits", "labels", fn)
-  axes = _checks.canonical_axes(axis, logits.ndim, fn)
-  mask = _checks.as_mask(where, logits.shape, axes, fn)
+  labels = _label_distribution(labels, logits, fn)
+  shape = _checks.broadcast_pair(logits, labels, "logits", "labels", fn)
+  axes = _checks.canonical_axes(axis, len(shape), fn)
+  mask = _checks.as_mask(where, shape, axes, fn)
   alpha = _checks.static_fraction(label_smoothing, "label_smoothing", fn)
   return _softmax_ce_jit(logits, labels, mask, axes, alpha)
+
+
+def _label_distribution(labels, logits, fn) -> jax.Array:
+  """Floating, integer or boolean labels (one-hot or soft), as optax takes."""
+  labels = jnp.asarray(labels)
+  if labels.dtype == jnp.bool_ or jnp.issubdtype(labels.dtype, jnp.floating):
+    return labels
+  batch_shape = logits.shape[:-1]
+  if not jnp.issubdtype(labels.dtype, jnp.integer) or (
+    labels.shape == batch_shape and labels.ndim < logits.ndim
+  ):
+    raise TypeError(
+      f"{fn}: labels must be a label distribution over the classes (floating,"
+      f" or integer or boolean one-hot) broadcasting to the logits"
+      f" {logits.shape}; got {labels.dtype} with shape {labels.shape}. For"
+      " class indices use softmax_cross_entropy_with_integer_labels."
+    )
+  return labels
+
+
+def _softmax_ce_prepared(logits, labels, where, axes, alpha):
+  """Broadcasts, converts one-hot labels, and gives tuple axes one axis."""
+  if not jnp.issubdtype(labels.dtype, jnp.floating):
+    labels = labels.astype(logits.dtype)  # integer or boolean one-hot
+  shape = jnp.broadcast_shapes(logits.shape, labels.shape)
+  logits, labels = jnp.broadcast_to(logits, shape), jnp.broadcast_to(labels, shape)
+  if len(axes) > 1:
+    logits, labels = (
+      _checks.one_class_axis(logits, axes),
+      _checks.one_class_axis(labels, axes),
+    )
+    if where is not None:
+      where = _checks.one_class_axis(jnp.broadcast_to(where, shape), axes)
+    axes = (logits.ndim - 1,)
+  return _softmax_ce(logits, labels, where, axes, alpha)
 
 
 def _num_classes(shape, axes, where) -> jax.Array | int:
@@ -154,7 +189,7 @@ def _softmax_ce_bwd(axes, alpha, res, g):
 _softmax_ce.defvjp(_softmax_ce_fwd, _softmax_ce_bwd)
 # Checked arguments go through one compiled call, as in jax.nn: eager calls
 # then cost one dispatch instead of one per primitive.
-_softmax_ce_jit = jax.jit(_softmax_ce, static_argnums=(3, 4))
+_softmax_ce_jit = jax.jit(_softmax_ce_prepared, static_argnums=(3, 4))
 
 
 # ---------------------------------------------------------------------------
@@ -254,8 +289,26 @@ def softmax_cross_entropy_with_integer_labels(
   return _integer_ce_checked_jit(*args)
 
 
+def _integer_ce_prepared(logits, labels, where, axes, alpha, ignore_index):
+  """Broadcasts the labels and gives tuple axes one axis, then the loss."""
+  logits, labels, where, axes = _one_layout(logits, labels, where, axes)
+  return _integer_ce(logits, labels, where, axes, alpha, ignore_index)
+
+
+def _one_layout(logits, labels, where, axes):
+  batch = tuple(d for i, d in enumerate(logits.shape) if i not in axes)
+  labels = jnp.broadcast_to(labels, batch)
+  if len(axes) > 1:
+    if where is not None:
+      where = _checks.one_class_axis(jnp.broadcast_to(where, logits.shape), axes)
+    logits = _checks.one_class_axis(logits, axes)
+    axes = (logits.ndim - 1,)
+  return logits, labels, where, axes
+
+
 def _integer_ce_checked(logits, labels, where, axes, alpha, ignore_index):
   """The loss, then checkify.check on its labels (check_labels=True)."""
+  logits, labels, where, axes = _one_layout(logits, labels, where, axes)
   # the check comes after the custom_vjp call: see _checks.report_labels
   out = _integer_ce(logits, labels, where, axes, alpha, ignore_index)
   report_bad_labels(
@@ -386,7 +439,7 @@ def _integer_ce_bwd(axes, alpha, ignore_index, res, g):
 
 
 _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
-_integer_ce_jit = jax.jit(_integer_ce, static_argnums=(3, 4, 5))
+_integer_ce_jit = jax.jit(_integer_ce_prepared, static_argnums=(3, 4, 5))
 
 
 # ---------------------------------------------------------------------------
@@ -411,11 +464,15 @@ def sigmoid_binary_cross_entropy(
 
   Args:
     logits: any shape, floating.
-    labels: targets in [0, 1], the same shape; integer or boolean labels are
-      converted to the logits' dtype.
+    labels: targets in [0, 1], broadcasting against ``logits`` as in optax
+      (a scalar such as ``1.0`` for a GAN loss, or ``[C]`` against
+      ``[..., C]``); integer or boolean labels are converted to the logits'
+      dtype.
 
   Returns:
-    Elementwise losses, the shape of ``logits``.
+    Elementwise losses, the broadcast shape of ``logits`` and ``labels``, in
+    the logits' dtype (as optax). The labels' gradient keeps their dtype and
+    is computed in float32 for 16-bit inputs.
 
   Edge cases: exact for logits of any magnitude, :math:`\pm\infty`
   included: :math:`z = +\infty` with :math:`y = 1` costs 0 (optax gives NaN).
@@ -433,10 +490,23 @@ def sigmoid_binary_cross_entropy(
   fn = "sigmoid_binary_cross_entropy"
   logits = _checks.as_floating(logits, "logits", fn)
   labels = jnp.asarray(labels)
-  if not jnp.issubdtype(labels.dtype, jnp.floating):
-    labels = labels.astype(logits.dtype)
-  _checks.same_shape(logits, labels, "logits", "labels", fn)
+  if not (labels.dtype == jnp.bool_ or jnp.issubdtype(labels.dtype, jnp.number)) or (
+    jnp.issubdtype(labels.dtype, jnp.complexfloating)
+  ):
+    raise TypeError(
+      f"{fn}: labels must be real numbers in [0, 1] (floating, integer or"
+      f" boolean); got {labels.dtype} with shape {labels.shape}."
+    )
+  _checks.broadcast_pair(logits, labels, "logits", "labels", fn)
   return _sigmoid_bce_jit(logits, labels)
+
+
+def _sigmoid_bce_prepared(logits, labels):
+  """Broadcasts as optax does; the loss comes back in the logits' dtype."""
+  if not jnp.issubdtype(labels.dtype, jnp.floating):
+    labels = labels.astype(logits.dtype)  # integer or boolean labels
+  shape = jnp.broadcast_shapes(logits.shape, labels.shape)
+  return _sigmoid_bce(jnp.broadcast_to(logits, shape), jnp.broadcast_to(labels, shape))
 
 
 @jax.custom_vjp
@@ -448,7 +518,8 @@ def _sigmoid_bce_fwd(logits, labels):
   z, y = upcast(logits), upcast(labels)
   pos = jnp.where(y == 0, 0.0, -y * jax.nn.log_sigmoid(z))
   neg = jnp.where(y == 1, 0.0, -(1.0 - y) * jax.nn.log_sigmoid(-z))
-  out = (pos + neg).astype(jnp.result_type(logits, labels))
+  # optax's dtype: it converts the labels to the logits' dtype
+  out = (pos + neg).astype(logits.dtype)
   # saves the inputs
   return out, (logits, labels)
 
@@ -463,4 +534,4 @@ def _sigmoid_bce_bwd(res, g):
 
 
 _sigmoid_bce.defvjp(_sigmoid_bce_fwd, _sigmoid_bce_bwd)
-_sigmoid_bce_jit = jax.jit(_sigmoid_bce)
+_sigmoid_bce_jit = jax.jit(_sigmoid_bce_prepared)
