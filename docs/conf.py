@@ -50,7 +50,6 @@ myst_dmath_double_inline = True
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
-templates_path = ["_templates"]
 
 # The README's sections and REPORT.md start below a page's own title.
 # Links inside the derivation report point at its own <a id> anchors, which
