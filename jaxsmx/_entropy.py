@@ -1,7 +1,8 @@
 r"""Entropy, cross-entropy and relative entropy, of logits and of probabilities.
 
 All results are in nats and reduce over the class axis or axes. Zero
-probabilities follow the limit :math:`0 \log 0 = 0`.
+probabilities follow the limit :math:`0 \log 0 = 0`. Inputs broadcast against
+each other, and a ``where`` mask against them, as in NumPy.
 """
 
 from __future__ import annotations
@@ -14,20 +15,40 @@ import jax.numpy as jnp
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
 from jaxsmx._numerics import (
+  as_array,
+  batch_result,
+  broadcast_shape,
+  elementwise_mask,
   exp_normalizer,
+  flat_inputs,
   log_of_sum,
   log_probs,
   masked,
   ratio,
+  static_axis,
   times_cotangent,
-  upcast,
 )
 
 
-def _prepare(x, axis, where, fn, name):
-  x = _checks.as_floating(x, name, fn)
-  axes = _checks.canonical_axes(axis, x.ndim, fn)
-  return x, axes, _checks.as_mask(where, x.shape, axes, fn)
+def _prepare(fn, axis, where, **arrays):
+  """Checks the floating inputs, broadcasts them and the mask (NumPy rules)
+  and flattens their class axes to one last axis, in the compute dtype.
+
+  Returns (flat arrays..., flat mask, finish), where finish turns a per-slice
+  result [..., 1] into the broadcast shape without the class axes, in the
+  inputs' promoted dtype.
+  """
+  xs = [_checks.as_floating(x, name, fn) for name, x in arrays.items()]
+  shape = broadcast_shape(fn, **dict(zip(arrays, xs, strict=True)))
+  axes = _checks.canonical_axes(axis, len(shape), fn)
+  mask = elementwise_mask(fn, where, shape, axes)
+  dtype = jnp.result_type(*xs)
+  flat = flat_inputs(shape, axes, _checks.compute_dtype(dtype), *xs, mask)
+
+  def finish(h):
+    return batch_result(h, shape, axes).astype(dtype)
+
+  return (*flat, finish)
 
 
 def _nan_or_zero(x: jax.Array) -> jax.Array:
@@ -38,9 +59,10 @@ def _nan_or_zero(x: jax.Array) -> jax.Array:
 def _fill(mask: jax.Array | None, x: jax.Array, value: float) -> jax.Array:
   """x with its masked-out entries set to a harmless `value`.
 
-  A bwd rule fills them before computing: masked entries may hold anything
-  (0, NaN), and a where after the arithmetic alone would leave a 0 * inf =
-  NaN in the derivative of the rule that second-order differentiation takes.
+  Rules fill them before computing: masked entries may hold anything (0, NaN),
+  and a where after the arithmetic alone would form a NaN (0 * inf) on the
+  way, which jax.debug_nans and checkify.float_checks report, and which the
+  second-order rules would differentiate.
   """
   return x if mask is None else jnp.where(mask, x, value)
 
@@ -48,6 +70,10 @@ def _fill(mask: jax.Array | None, x: jax.Array, value: float) -> jax.Array:
 def _keep(mask: jax.Array | None, values: jax.Array) -> jax.Array:
   """Zeroes the masked-out entries of an elementwise term or gradient."""
   return values if mask is None else jnp.where(mask, values, 0.0)
+
+
+def _sum(x: jax.Array) -> jax.Array:
+  return jnp.sum(x, -1, keepdims=True)
 
 
 # ---------------------------------------------------------------------------
@@ -72,10 +98,10 @@ def softmax_entropy(
 
   Args:
     logits: ``[..., num_classes]``, floating.
-    axis: the class axis or axes.
-    where: boolean mask of ``logits.shape`` (or of the shape without the class
-      axes, selecting whole slices): masked classes are left out, as if the
-      slice were cut to the unmasked classes.
+    axis: the class axis or axes; ``None`` means all axes.
+    where: boolean mask that broadcasts to ``logits.shape`` as in NumPy (a
+      ``(num_classes,)`` mask masks classes in every slice): masked classes
+      are left out, as if the slice were cut to the unmasked classes.
 
   Returns:
     ``[...]``: the logits' shape without the class axes, in their dtype.
@@ -84,44 +110,49 @@ def softmax_entropy(
   nothing, with gradient 0. An all :math:`-\infty` or fully masked slice gives
   0 with gradient 0. A :math:`+\infty` or NaN logit makes the slice NaN.
 
-  Gradient: :math:`\partial H/\partial z_i = -a_i(\log a_i + H)`. As the
-  cotangent of :math:`H` is one scalar per slice, the forward pass forms this
-  gradient from its one exponential per element and saves it as the only
-  residual (the size of the logits, which are not kept); the backward pass is
-  one multiply.
-
   Example:
     >>> import jax.numpy as jnp, jaxsmx
     >>> print(jnp.round(jaxsmx.softmax_entropy(jnp.array([0.0, 0.0, -jnp.inf])), 4))
     0.6931
+
+  Notes:
+    Gradient: :math:`\partial H/\partial z_i = -a_i(\log a_i + H)`. As the
+    cotangent of :math:`H` is one scalar per slice, the forward pass forms
+    this gradient from its one exponential per element and saves it as the
+    only residual (the size of the logits, which are not kept); the backward
+    pass is one multiply. 16-bit logits are computed in float32; a tuple
+    ``axis`` is reduced as one flattened axis.
   """
-  logits, axes, mask = _prepare(logits, axis, where, "softmax_entropy", "logits")
-  return _softmax_entropy(logits, mask, axes)
+  return _softmax_entropy_checked(as_array(logits), static_axis(axis), as_array(where))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _softmax_entropy(logits, where, axes):
-  return _softmax_entropy_fwd(logits, where, axes)[0]
+@functools.partial(jax.jit, static_argnums=(1,))
+def _softmax_entropy_checked(logits, axis, where):
+  z, mask, finish = _prepare("softmax_entropy", axis, where, logits=logits)
+  return finish(_softmax_entropy(z, mask))
 
 
-def _softmax_entropy_fwd(logits, where, axes):
-  z = masked(upcast(logits), where)
-  e, s, shift = exp_normalizer(z, axes)
+@jax.custom_vjp
+def _softmax_entropy(z, where):
+  return _softmax_entropy_fwd(z, where)[0]
+
+
+def _softmax_entropy_fwd(z, where):
+  z = masked(z, where)
+  e, s, shift = exp_normalizer(z, (z.ndim - 1,))
   a = ratio(e, s)
   # log a with -inf replaced by 0 before the product, so that a log a = 0
   # where a = 0 and its derivative (second-order rules take it) has no 0 * inf
   lp = log_probs(z, shift, log_of_sum(s))
   lp = jnp.where(lp == -jnp.inf, 0.0, lp)
-  h = -jnp.sum(a * lp, axes, keepdims=True)
-  out = jnp.squeeze(h, axes).astype(logits.dtype)
+  h = -_sum(a * lp)
   # d/dz: -a * (log a + H), formed here, as the cotangent is one scalar per
   # slice; saves that [..., C] and nothing else, so the bwd is one multiply
-  return out, -a * (lp + h)
+  return h, -a * (lp + h)
 
 
-def _softmax_entropy_bwd(axes, grad, g):
-  dz = jnp.expand_dims(upcast(g), axes) * grad
-  return dz.astype(g.dtype), None
+def _softmax_entropy_bwd(grad, g):
+  return g * grad, None
 
 
 _softmax_entropy.defvjp(_softmax_entropy_fwd, _softmax_entropy_bwd)
@@ -146,9 +177,9 @@ def entropy(
 
   Args:
     probs: ``[..., num_classes]``, floating.
-    axis: the class axis or axes.
-    where: boolean mask of ``probs.shape`` (or of the shape without the class
-      axes): masked entries are left out.
+    axis: the class axis or axes; ``None`` means all axes.
+    where: boolean mask that broadcasts to ``probs.shape`` as in NumPy;
+      masked entries are left out.
 
   Returns:
     ``[...]``: the input's shape without the class axes, in its dtype.
@@ -158,40 +189,45 @@ def entropy(
   gradient :math:`-(\log p_i + 1)` is :math:`+\infty` at :math:`p_i = 0`: the
   true one-sided derivative, never NaN (0 where the cotangent is 0).
 
-  Gradient: :math:`\partial H/\partial p_i = -(\log p_i + 1)`. Residual: the
-  input.
-
   Example:
     >>> import jax.numpy as jnp, jaxsmx
     >>> print(jnp.round(jaxsmx.entropy(jnp.array([0.5, 0.5, 0.0])), 4))
     0.6931
+
+  Notes:
+    Gradient: :math:`\partial H/\partial p_i = -(\log p_i + 1)`. Residual:
+    the input. 16-bit inputs are computed in float32.
   """
-  probs, axes, mask = _prepare(probs, axis, where, "entropy", "probs")
-  return _entropy(probs, mask, axes)
+  return _entropy_checked(as_array(probs), static_axis(axis), as_array(where))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _entropy(probs, where, axes):
-  return _entropy_fwd(probs, where, axes)[0]
+@functools.partial(jax.jit, static_argnums=(1,))
+def _entropy_checked(probs, axis, where):
+  p, mask, finish = _prepare("entropy", axis, where, probs=probs)
+  return finish(_entropy(p, mask))
 
 
-def _entropy_fwd(probs, where, axes):
-  p = upcast(probs)
-  entr = jnp.where(
-    p > 0, -p * jnp.log(p), jnp.where(p == 0, 0.0, jnp.where(p < 0, -jnp.inf, p))
-  )
-  h = jnp.sum(_keep(where, entr), axes)
+@jax.custom_vjp
+def _entropy(p, where):
+  return _entropy_fwd(p, where)[0]
+
+
+def _entropy_fwd(p, where):
+  # -p log p for p > 0 with log's argument made safe first (no 0 * -inf);
+  # 0 at p = 0, -inf for p < 0 (as scipy.special.entr), NaN for NaN
+  q = _fill(where, p, 0.0)
+  pos = q > 0
+  terms = -jnp.where(pos, q, 0.0) * jnp.log(jnp.where(pos, q, 1.0))
+  edge = jnp.where(q == 0, 0.0, jnp.where(q < 0, -jnp.inf, q))
   # saves the input
-  return h.astype(probs.dtype), (probs, where)
+  return _sum(jnp.where(pos, terms, edge)), (p, where)
 
 
-def _entropy_bwd(axes, res, g):
+def _entropy_bwd(res, g):
   # d/dp: -(log p + 1)
-  probs, where = res
-  p = _fill(where, upcast(probs), 1.0)
-  g = jnp.expand_dims(upcast(g), axes)
-  dp = times_cotangent(g, -(jnp.log(p) + 1.0))
-  return _keep(where, dp).astype(probs.dtype), None
+  p, where = res
+  dp = times_cotangent(g, -(jnp.log(_fill(where, p, 1.0)) + 1.0))
+  return _keep(where, dp), None
 
 
 _entropy.defvjp(_entropy_fwd, _entropy_bwd)
@@ -218,13 +254,15 @@ def cross_entropy(
 
   Args:
     p: ``[..., num_classes]`` target probabilities.
-    q: predicted probabilities, the same shape as ``p``.
-    axis: the class axis or axes.
-    where: boolean mask of ``p.shape`` (or of the shape without the class
-      axes): masked entries are left out.
+    q: predicted probabilities; ``p`` and ``q`` broadcast against each other
+      (for example one target distribution ``[num_classes]`` for a batch).
+    axis: the class axis or axes; ``None`` means all axes.
+    where: boolean mask that broadcasts to the inputs' broadcast shape as in
+      NumPy; masked entries are left out.
 
   Returns:
-    ``[...]``, in the promoted dtype of ``p`` and ``q``.
+    ``[...]``: the broadcast shape without the class axes, in the promoted
+    dtype of ``p`` and ``q``.
 
   Edge cases: a term with :math:`p_i = 0` is 0 whatever :math:`q_i` is (also
   :math:`q_i = 0`), and its gradient with respect to :math:`q_i` is 0; only a
@@ -233,46 +271,55 @@ def cross_entropy(
   :math:`-\log q_i` with respect to :math:`p_i` is :math:`+\infty` at
   :math:`q_i = 0`: the true derivative, never NaN.
 
-  Gradient: :math:`\partial H/\partial p_i = -\log q_i`,
-  :math:`\partial H/\partial q_i = -p_i/q_i`. Residuals: the inputs.
-
   Example:
     >>> import jax.numpy as jnp, jaxsmx
     >>> p = jnp.array([0.5, 0.5, 0.0])
     >>> print(jnp.round(jaxsmx.cross_entropy(p, jnp.array([0.25, 0.25, 0.5])), 4))
     1.3863
+
+  Notes:
+    Gradient: :math:`\partial H/\partial p_i = -\log q_i`,
+    :math:`\partial H/\partial q_i = -p_i/q_i`. Residuals: the inputs. Each
+    gradient is computed in float32 (or the inputs' wider dtype), summed over
+    the axes its input was broadcast along, and rounded once, to its input's
+    dtype. Inside ``shard_map``, the gradient of an input that does not vary
+    along a mesh axis is summed over that axis.
   """
-  p, axes, mask = _prepare(p, axis, where, "cross_entropy", "p")
-  q = _checks.as_floating(q, "q", "cross_entropy")
-  _checks.same_shape(p, q, "p", "q", "cross_entropy")
-  return _cross_entropy(p, q, mask, axes)
+  return _cross_entropy_checked(
+    as_array(p), as_array(q), static_axis(axis), as_array(where)
+  )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _cross_entropy(p, q, where, axes):
-  return _cross_entropy_fwd(p, q, where, axes)[0]
+@functools.partial(jax.jit, static_argnums=(2,))
+def _cross_entropy_checked(p, q, axis, where):
+  p, q, mask, finish = _prepare("cross_entropy", axis, where, p=p, q=q)
+  return finish(_cross_entropy(p, q, mask))
 
 
-def _cross_entropy_fwd(p, q, where, axes):
-  p32, q32 = upcast(p), upcast(q)
-  # 0 log q = 0, but a NaN q stays NaN: it is never hidden as 0
-  terms = jnp.where(p32 == 0, _nan_or_zero(q32), -p32 * jnp.log(q32))
-  h = jnp.sum(_keep(where, terms), axes)
+@jax.custom_vjp
+def _cross_entropy(p, q, where):
+  return _cross_entropy_fwd(p, q, where)[0]
+
+
+def _cross_entropy_fwd(p, q, where):
+  p_, q_ = _fill(where, p, 0.0), _fill(where, q, 1.0)
+  zero = p_ == 0
+  # 0 log q = 0, but a NaN q stays NaN: it is never hidden as 0; log's
+  # argument is made safe first, so that 0 * log 0 is never formed
+  terms = jnp.where(zero, _nan_or_zero(q_), -p_ * jnp.log(jnp.where(zero, 1.0, q_)))
   # saves p and q
-  return h.astype(jnp.result_type(p, q)), (p, q, where)
+  return _sum(terms), (p, q, where)
 
 
-def _cross_entropy_bwd(axes, res, g):
+def _cross_entropy_bwd(res, g):
   # d/dp: -log q;  d/dq: -p / q (0 where p = 0, also at q = 0)
   p, q, where = res
-  p32, q32 = _fill(where, upcast(p), 0.0), _fill(where, upcast(q), 1.0)
-  g = jnp.expand_dims(upcast(g), axes)
-  dp = times_cotangent(g, -jnp.log(q32))
+  p, q = _fill(where, p, 0.0), _fill(where, q, 1.0)
+  dp = times_cotangent(g, -jnp.log(q))
   # -p / q is 0 at p = 0 for any q > 0 (and its derivative in p is -1/q);
   # only 0 / 0 needs a safe denominator
-  q_safe = jnp.where((p32 == 0) & (q32 == 0), 1.0, q32)
-  dq = times_cotangent(g, -p32 / q_safe)
-  return _keep(where, dp).astype(p.dtype), _keep(where, dq).astype(q.dtype), None
+  dq = times_cotangent(g, -p / jnp.where((p == 0) & (q == 0), 1.0, q))
+  return _keep(where, dp), _keep(where, dq), None
 
 
 _cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
@@ -294,18 +341,23 @@ def kl_divergence(
     D_{KL}(t \,\|\, q) = \sum_i t_i (\log t_i - \log q_i)
       = H(t, q) - H(t) \ge 0
 
-  Same arguments and meaning as :func:`optax.losses.kl_divergence`.
+  Same arguments, broadcasting, masking and result dtype as
+  :func:`optax.losses.kl_divergence`.
 
   Args:
     log_predictions: ``[..., num_classes]``, :math:`\log q`, for example
       from :func:`log_softmax`.
-    targets: target probabilities :math:`t`, the same shape.
-    axis: the class axis or axes.
-    where: boolean mask of the inputs' shape (or of the shape without the
-      class axes): masked entries are left out.
+    targets: target probabilities :math:`t`; the two broadcast against each
+      other as in NumPy (for example one target distribution
+      ``[num_classes]`` for a batch).
+    axis: the class axis or axes; ``None`` means all axes.
+    where: boolean mask that broadcasts to the inputs' broadcast shape as in
+      NumPy (a ``(num_classes,)`` mask masks classes in every example);
+      masked entries are left out.
 
   Returns:
-    ``[...]``, in the promoted dtype of the inputs.
+    ``[...]``: the broadcast shape without the class axes, in the promoted
+    dtype of the inputs.
 
   Edge cases: a term with :math:`t_i = 0` is 0, also when
   :math:`\log q_i = -\infty` (a NaN :math:`\log q_i` still makes the slice
@@ -315,56 +367,60 @@ def kl_divergence(
   (:math:`+\infty` if also :math:`\log q_i = -\infty`), never NaN; optax
   gives NaN there.
 
-  Gradient: :math:`\partial D/\partial \log q_i = -t_i`,
-  :math:`\partial D/\partial t_i = \log t_i + 1 - \log q_i`. Residuals: the
-  inputs.
-
   Example:
     >>> import jax.numpy as jnp, jaxsmx
     >>> t = jnp.array([0.5, 0.5, 0.0])
     >>> log_q = jnp.log(jnp.array([0.25, 0.25, 0.5]))
     >>> print(jnp.round(jaxsmx.kl_divergence(log_q, t), 4))
     0.6931
+
+  Notes:
+    Gradient: :math:`\partial D/\partial \log q_i = -t_i`,
+    :math:`\partial D/\partial t_i = \log t_i + 1 - \log q_i`. Residuals:
+    the inputs. Each gradient is computed in float32 (or the inputs' wider
+    dtype), summed over the axes its input was broadcast along, and rounded
+    once, to its input's dtype. Inside ``shard_map``, the gradient of an
+    input that does not vary along a mesh axis is summed over that axis.
   """
-  log_predictions, axes, mask = _prepare(
-    log_predictions, axis, where, "kl_divergence", "log_predictions"
+  return _kl_divergence_checked(
+    as_array(log_predictions), as_array(targets), static_axis(axis), as_array(where)
   )
-  targets = _checks.as_floating(targets, "targets", "kl_divergence")
-  _checks.same_shape(
-    log_predictions, targets, "log_predictions", "targets", "kl_divergence"
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _kl_divergence_checked(log_predictions, targets, axis, where):
+  lq, t, mask, finish = _prepare(
+    "kl_divergence", axis, where, log_predictions=log_predictions, targets=targets
   )
-  return _kl_divergence(log_predictions, targets, mask, axes)
+  return finish(_kl_divergence(lq, t, mask))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _kl_divergence(log_predictions, targets, where, axes):
-  return _kl_divergence_fwd(log_predictions, targets, where, axes)[0]
+@jax.custom_vjp
+def _kl_divergence(lq, t, where):
+  return _kl_divergence_fwd(lq, t, where)[0]
 
 
-def _kl_divergence_fwd(log_predictions, targets, where, axes):
-  lq, t = upcast(log_predictions), upcast(targets)
-  # 0 (log 0 - log q) = 0, but a NaN log q stays NaN
-  terms = jnp.where(t == 0, _nan_or_zero(lq), t * (jnp.log(t) - lq))
-  d = jnp.sum(_keep(where, terms), axes)
-  out_dtype = jnp.result_type(log_predictions, targets)
+def _kl_divergence_fwd(lq, t, where):
+  lq_, t_ = _fill(where, lq, 0.0), _fill(where, t, 1.0)
+  zero = t_ == 0
+  # 0 (log 0 - log q) = 0, but a NaN log q stays NaN; both operands are made
+  # safe where t = 0 first, so that no -inf + inf or 0 * inf is formed
+  gap = jnp.log(jnp.where(zero, 1.0, t_)) - jnp.where(zero, 0.0, lq_)
+  terms = jnp.where(zero, _nan_or_zero(lq_), t_ * gap)
   # saves both inputs
-  return d.astype(out_dtype), (log_predictions, targets, where)
+  return _sum(_keep(where, terms)), (lq, t, where)
 
 
-def _kl_divergence_bwd(axes, res, g):
-  # d/dlog q: -t;  d/dt: log t + 1 - log q
-  log_predictions, targets, where = res
-  lq, t = _fill(where, upcast(log_predictions), 0.0), _fill(where, upcast(targets), 1.0)
-  g = jnp.expand_dims(upcast(g), axes)
-  dlq = -g * t
-  dt = jnp.log(t) + 1.0 - lq
-  dt = jnp.where((t == 0) & (lq == -jnp.inf), jnp.inf, dt)
-  dt = times_cotangent(g, dt)
-  return (
-    _keep(where, dlq).astype(log_predictions.dtype),
-    _keep(where, dt).astype(targets.dtype),
-    None,
-  )
+def _kl_divergence_bwd(res, g):
+  # d/dlog q: -t;  d/dt: log t + 1 - log q (-inf at t = 0, +inf if also
+  # log q = -inf: the one-sided derivatives)
+  lq, t, where = res
+  lq, t = _fill(where, lq, 0.0), _fill(where, t, 1.0)
+  zero = t == 0
+  dt = jnp.log(jnp.where(zero, 1.0, t)) + 1.0 - jnp.where(zero, 0.0, lq)
+  at_zero = jnp.where(lq == -jnp.inf, jnp.inf, jnp.where(jnp.isnan(lq), lq, -jnp.inf))
+  dt = jnp.where(zero, at_zero, dt)
+  return _keep(where, -g * t), _keep(where, times_cotangent(g, dt)), None
 
 
 _kl_divergence.defvjp(_kl_divergence_fwd, _kl_divergence_bwd)

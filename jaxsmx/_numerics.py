@@ -24,6 +24,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxsmx import _checks
@@ -211,3 +212,58 @@ def like(cotangent: jax.Array, primal) -> jax.Array:
     return cotangent
   extra = varying_axes(cotangent) - varying_axes(primal)
   return lax.psum(cotangent, tuple(sorted(extra))) if extra else cotangent
+
+
+def broadcast_shape(fn: str, **arrays) -> tuple[int, ...]:
+  """The NumPy broadcast shape of the named arrays (None entries skipped)."""
+  shapes = {k: np.shape(v) for k, v in arrays.items() if v is not None}
+  try:
+    return tuple(jnp.broadcast_shapes(*shapes.values()))
+  except ValueError:
+    given = ", ".join(f"{k} {v}" for k, v in shapes.items())
+    raise ValueError(
+      f"{fn}: the inputs must broadcast against each other (NumPy rules);"
+      f" got {given}. Add the missing axes with jnp.expand_dims, or reshape."
+    ) from None
+
+
+def elementwise_mask(
+  fn: str, where, shape: tuple[int, ...], axes: tuple[int, ...]
+) -> jax.Array | None:
+  """A boolean `where` that broadcasts to `shape` as NumPy broadcasts (its
+  trailing axes align with the input's), as in ``np.sum(x, where=m)``."""
+  if where is None:
+    return None
+  where = _checks.as_mask(where, np.shape(where), (), fn, per_slice=False)
+  try:
+    ok = jnp.broadcast_shapes(where.shape, shape) == tuple(shape)
+  except ValueError:
+    ok = False
+  if not ok:
+    batch = tuple(d for i, d in enumerate(shape) if i not in axes)
+    hint = ""
+    if where.shape == batch and batch:
+      hint = (
+        " A mask of the shape without the class axes does not select"
+        " examples here (it broadcasts from the trailing axes, as in NumPy);"
+        f" to mask whole examples pass jnp.expand_dims(where, {tuple(sorted(axes))})."
+      )
+    raise ValueError(
+      f"{fn}: where must broadcast to the input's shape {tuple(shape)} (NumPy"
+      f" rules); got {where.shape}.{hint}"
+    )
+  return where
+
+
+def flat_inputs(shape, axes, compute, *arrays):
+  """Each array (None passes) in the compute dtype, broadcast to `shape`, its
+  class axes flattened to the last one (`to_last`), all of one varying type
+  under shard_map. Differentiating through this rounds each gradient once, to
+  its input's dtype, after its broadcast axes are summed in `compute`."""
+  out = []
+  for x in arrays:
+    if x is not None:
+      x = x.astype(compute) if jnp.issubdtype(x.dtype, jnp.floating) else x
+      x = to_last(jnp.broadcast_to(x, shape), axes)
+    out.append(x)
+  return same_varying_axes(*out)

@@ -831,11 +831,65 @@ def test_where_equals_slicing(name):
 def test_per_row_where_selects_slices(name):
   args = inputs(name)
   rows = np.array([True, False, True, True, False])
-  got = np.asarray(ours(name, rows)(*args))
+  got = np.asarray(ours(name, rows[:, None])(*args))
   np.testing.assert_array_equal(got[~rows], 0.0)
   np.testing.assert_allclose(
     got[rows], np_ref(name, *[a[rows] for a in args]), rtol=1e-6
   )
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(5, 7), (7, 7)], ids=["B!=C", "B=C"])
+def test_class_mask_broadcasts_as_numpy(name, shape):
+  # a (C,) mask masks classes in every slice, as np.sum(x, where=m) and
+  # optax.losses.kl_divergence read it; it is never one flag per example
+  args = inputs(name, shape)
+  classes = np.array([True, False, True, True, False, True, True])
+  got = ours(name, classes)(*args)
+  want = np_ref(name, *[a[:, classes] for a in args])
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  if name == "kl_divergence":
+    np.testing.assert_allclose(
+      got, optax.losses.kl_divergence(*args, where=classes), rtol=1e-6
+    )
+
+
+def test_kl_divergence_where_axis_dtype_match_optax():
+  lq, t = inputs("kl_divergence", (3, 4, 5))
+  m = row_mask((3, 4, 5))
+  for kw in ({"axis": None}, {"axis": (0, 2)}, {"axis": 1, "where": m}):
+    got = jaxsmx.kl_divergence(lq, t, **kw)
+    want = optax.losses.kl_divergence(lq, t, **kw)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+  for a, b in (
+    ("bfloat16", "float32"),
+    ("float32", "bfloat16"),
+    ("bfloat16", "float16"),
+  ):
+    x, y = jnp.asarray(lq, a), jnp.asarray(t, b)
+    got, want = jaxsmx.kl_divergence(x, y), optax.losses.kl_divergence(x, y)
+    assert got.dtype == want.dtype, (a, b, got.dtype, want.dtype)
+
+
+@pytest.mark.parametrize("name", TWO_ARGS)
+@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("shape", [(7,), (1, 7)])
+def test_inputs_broadcast_as_numpy(name, which, shape):
+  # one distribution for a whole batch, as optax (and NumPy) broadcast it
+  f = getattr(jaxsmx, name)
+  args = list(inputs(name, (4, 7)))
+  args[which] = args[which][0].reshape(shape)
+  full = [jnp.broadcast_to(a, (4, 7)) for a in args]
+  np.testing.assert_allclose(f(*args), np_ref(name, *full), rtol=1e-6)
+  # the broadcast input's gradient is the full one summed over the batch
+  grads = jgrad(lambda x, y: f(x, y).sum(), (0, 1))(*args)
+  full_grads = jgrad(lambda x, y: f(x, y).sum(), (0, 1))(*full)
+  assert grads[which].shape == shape
+  np.testing.assert_allclose(
+    grads[which], full_grads[which].sum(0).reshape(shape), rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(grads[1 - which], full_grads[1 - which], rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -883,6 +937,11 @@ def test_bad_input_messages(name):
     f(*args, where=np.ones(3, bool))
   with pytest.raises(ValueError, match=r"got \(4, 6\)"):
     f(*args, where=np.ones((4, 6), bool))
+  # a per-example mask must say so: the message shows how
+  with pytest.raises(
+    ValueError, match=r"got \(4,\)\..*jnp.expand_dims\(where, \(1,\)\)"
+  ):
+    f(*args, where=np.ones(4, bool))
 
 
 @pytest.mark.parametrize("name", TWO_ARGS)
@@ -891,11 +950,9 @@ def test_shape_mismatch_shows_both_shapes(name):
   first, second = (
     ("p", "q") if name == "cross_entropy" else ("log_predictions", "targets")
   )
-  msg = (
-    rf"{second} must have the same shape as {first}: {first} \(4, 7\), {second} \(7,\)"
-  )
+  msg = rf"broadcast against each other.*{first} \(4, 7\), {second} \(6,\)"
   with pytest.raises(ValueError, match=msg):
-    getattr(jaxsmx, name)(a, b[0])
+    getattr(jaxsmx, name)(a, b[0, :6])
 
 
 # ---------------------------------------------------------------------------
