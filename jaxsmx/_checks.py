@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
@@ -108,7 +109,7 @@ def as_integer_labels(
     raise ValueError(
       f"{fn}: labels must have (or broadcast to) the logits' shape without"
       f" the class axis: logits {logits_shape}, axis"
-      f" {axes if len(axes) > 1 else axes[0]} -> expected {expected_shape}, got"
+      f" {axes if len(axes) != 1 else axes[0]} -> expected {expected_shape}, got"
       f" {labels.shape}.{hint}"
     )
   return labels

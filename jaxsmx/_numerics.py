@@ -235,6 +235,7 @@ def elementwise_mask(
   if where is None:
     return None
   where = _checks.as_mask(where, np.shape(where), (), fn, per_slice=False)
+  assert where is not None  # as_mask returns None only for None
   try:
     ok = jnp.broadcast_shapes(where.shape, shape) == tuple(shape)
   except ValueError:
