@@ -34,6 +34,10 @@ _FN = "linear_softmax_cross_entropy"
 # below a tenth of the N x V logits.
 _BLOCK_BYTES = 16 * 2**20
 _LANE = 128
+# Logits of at most 4 MiB (float32) are one chunk: no loop, so small models
+# pay what the dense loss costs. A symbolic N (jax.export) is taken as 4096.
+_SMALL_BYTES = 4 * 2**20
+_SYMBOLIC_ROWS = 4096
 
 
 def linear_softmax_cross_entropy(
@@ -49,6 +53,7 @@ def linear_softmax_cross_entropy(
   softcap: float | None = None,
   chunk_size: int | None = None,
   precision: lax.PrecisionLike = None,
+  check_labels: bool = False,
 ) -> jax.Array:
   r"""Softmax cross-entropy of the logits ``x @ w + bias``, never materialised.
 
@@ -94,6 +99,14 @@ def linear_softmax_cross_entropy(
       ends with a shorter chunk; ``w`` is never padded.
     precision: keyword-only precision of the matmuls, as for
       :func:`jax.lax.dot_general`.
+    check_labels: keyword-only; ``True`` reports bad labels with
+      :func:`jax.experimental.checkify.check`: labels outside ``[0, V)``
+      that are not ``ignore_index``, and labels whose class ``where`` masks
+      out, with the valid range and the labels in the message. An eager call
+      raises :class:`~jax.experimental.checkify.JaxRuntimeError` at once; a
+      traced one must be wrapped in
+      ``checkify.checkify(f, errors=checkify.user_checks)``. ``False`` (the
+      default) adds nothing to the program: no effect, no callback.
 
   Returns:
     ``[...]``: per-example losses, ``labels``' shape, in the promoted dtype
@@ -103,8 +116,9 @@ def linear_softmax_cross_entropy(
   Edge cases, as in :func:`softmax_cross_entropy_with_integer_labels`: a
   label outside ``[0, V)`` that is not ``ignore_index`` gives NaN in its loss
   and in its row of ``dx`` (and so in all of ``dw`` and ``dbias``, as dense
-  autodiff does); under ``checkify.checkify(f, errors=checkify.user_checks)``
-  it is reported, and so is a label whose class ``where`` masks out. A fully
+  autodiff does); ``check_labels=True`` reports it, and a label whose class
+  ``where`` masks out. Labels of any integer dtype are read without wrapping
+  (uint8 labels with V=300 included). A fully
   masked vocabulary gives 0 with gradient 0. A :math:`+\infty` or NaN logit
   makes its example NaN.
 
@@ -193,12 +207,19 @@ def linear_softmax_cross_entropy(
     z_loss=_static_float(z_loss, "z_loss", positive=False),
     softcap=None if softcap is None else _static_float(softcap, "softcap"),
     ignore_index=_checks.static_index(ignore_index, "ignore_index", _FN),
-    chunk=_chunk(chunk_size, math.prod(batch_shape), hidden, vocab),
+    chunk=_chunk(chunk_size, _rows(batch_shape), hidden, vocab),
     precision=tuple(precision) if isinstance(precision, list) else precision,
   )
   x2 = x.reshape(-1, hidden)
   lab = labels.reshape(-1)
-  return _linear_ce_checked(x2, w, bias, lab, mask, opts).reshape(batch_shape)
+  args = (x2, w, bias, lab, mask, opts)
+  if not _checks.static_flag(check_labels, "check_labels", _FN):
+    out = _linear_ce_jit(*args)
+  elif _checks.is_concrete(x2, w, bias, lab, mask):
+    out = _linear_ce_checked(*args)  # eager: a failed check raises here
+  else:
+    out = _linear_ce_checked_jit(*args)
+  return out.reshape(batch_shape)
 
 
 class _Options(NamedTuple):
@@ -234,6 +255,13 @@ def _static_float(value: object, name: str, *, positive: bool = True) -> float:
   return v
 
 
+def _rows(batch_shape) -> object:
+  """N as an int, or the symbolic product when a dimension is symbolic."""
+  if all(isinstance(d, int) for d in batch_shape):
+    return math.prod(batch_shape)
+  return None
+
+
 def _chunk(chunk_size: object, n: int, hidden: int, vocab: int) -> int:
   """The vocabulary chunk: checked if given, else chosen from N, H and V."""
   del hidden  # the N x H and H x chunk operands are small next to N x chunk
@@ -249,6 +277,10 @@ def _chunk(chunk_size: object, n: int, hidden: int, vocab: int) -> int:
         " choose one from the shapes, or a multiple of 128 such as 1024."
       )
     return min(chunk_size, vocab)
+  if not isinstance(n, int):
+    n = _SYMBOLIC_ROWS  # a symbolic batch (jax.export): a fixed bound
+  elif n * vocab * 4 <= _SMALL_BYTES:
+    return vocab  # small logits: one chunk, no loop (as cheap as dense)
   lanes = min(_BLOCK_BYTES // (4 * max(n, 1)), vocab // 32) // _LANE
   chunk = max(1, lanes) * _LANE
   if chunk >= vocab:
@@ -259,9 +291,21 @@ def _chunk(chunk_size: object, n: int, hidden: int, vocab: int) -> int:
   return chunk
 
 
+def _encode(labels, vocab, ignore_index):
+  """Labels of any integer dtype as int32: the class where in [0, V),
+  _IGNORED for ignore_index, _INVALID otherwise. Compared in their own dtype
+  (_checks.label_index), so none wraps or promotes."""
+  index, in_range, ignored = _checks.label_index(labels, vocab, ignore_index)
+  return jnp.where(ignored, _IGNORED, jnp.where(in_range, index, _INVALID))
+
+
+_IGNORED, _INVALID = -1, -2
+
+
 def _report_bad_labels(labels, where, vocab, ignore_index) -> None:
-  """Out-of-range and masked-out labels, reported under checkify; O(N)."""
-  _, invalid, masked_out = _row_flags(labels, where, vocab, ignore_index)
+  """Out-of-range and masked-out labels (check_labels=True); O(N)."""
+  code = _encode(labels, vocab, ignore_index)
+  _, invalid, masked_out = _row_flags(code, where, vocab)
   _checks.report_labels(
     _FN,
     labels,
@@ -272,8 +316,9 @@ def _report_bad_labels(labels, where, vocab, ignore_index) -> None:
   )
 
 
-def _row_flags(labels, where, vocab, ignore_index):
-  """Returns (dropped, invalid, masked_out), each [N] bool.
+def _row_flags(labels, where, vocab):
+  """Returns (dropped, invalid, masked_out), each [N] bool, for the int32
+  labels of _encode.
 
   dropped: ignore_index, a target class masked out by `where`, or any label
     when `where` masks every class; such rows give 0.
@@ -283,9 +328,9 @@ def _row_flags(labels, where, vocab, ignore_index):
   masked_out: an in-range target whose class `where` masks out while other
     classes are left (reported under checkify).
   """
-  in_range = (labels >= 0) & (labels < vocab)
-  ignored = jnp.zeros_like(in_range) if ignore_index is None else labels == ignore_index
-  invalid = ~in_range & ~ignored
+  in_range = labels >= 0
+  ignored = labels == _IGNORED
+  invalid = labels == _INVALID
   if where is None:
     return ignored, invalid, jnp.zeros_like(in_range)
   present = jnp.any(where)
@@ -316,8 +361,11 @@ def _chunk_logits(x, w, bias, where, start, size, opts):
 
   `start` may be traced (inside the loop) or static (the last, short chunk).
   """
-  ct = x.dtype
-  wc = _take(w, start, size).astype(ct)
+  # x is in the compute dtype, or in w's 16-bit dtype: a bfloat16 x @ w runs
+  # as it is, products exact and sums in float32 (widening x would cost XLA a
+  # float32 copy of all of x)
+  ct = _checks.compute_dtype(jnp.result_type(x, w))
+  wc = _take(w, start, size).astype(x.dtype)
   z = lax.dot_general(
     x,
     wc,
@@ -352,17 +400,33 @@ def _put(a, chunk, start):
   return lax.dynamic_update_slice_in_dim(a, chunk, start, a.ndim - 1)
 
 
-# 16-bit floats are sliced and updated as their uint16 bits: on float data
-# XLA:CPU widens the whole loop-invariant w (and the dw carry, at every step)
-# to float32. The bit casts have no derivative, so the two get their (linear)
-# JVPs explicitly and higher derivatives stay right.
+# 16-bit floats are sliced and updated as their uint16 bits. XLA:CPU has no
+# 16-bit float dynamic-slice: its float normalisation widens the slice's
+# operand, all of the loop-invariant w, to float32, and loop-invariant code
+# motion then hoists that copy out of the loop (H V 4 bytes). A bit cast of w
+# is just as invariant, and hoisted too (H V 2 bytes). Inside a conditional
+# the cast stays in the loop, where XLA fuses it into the slice: no copy. The
+# bit casts have no derivative, so the two get their (linear) JVPs explicitly
+# and higher derivatives stay right.
+
+
+def _in_loop(fn, start, *args):
+  """fn(*args), kept in the loop body (see above): `start` is never negative,
+  so the other branch, which gives zeros, never runs."""
+  zeros = lambda *a: jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, *a))
+  return lax.cond(start >= 0, fn, zeros, *args)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _take_16(a, start, size):
-  bits = lax.bitcast_convert_type(a, jnp.uint16)
-  chunk = lax.dynamic_slice_in_dim(bits, start, size, a.ndim - 1)
-  return lax.bitcast_convert_type(chunk, a.dtype)
+  def take(a, start):
+    bits = lax.bitcast_convert_type(a, jnp.uint16)
+    chunk = lax.dynamic_slice_in_dim(bits, start, size, a.ndim - 1)
+    return lax.bitcast_convert_type(chunk, a.dtype)
+
+  if isinstance(start, int):
+    return take(a, start)
+  return _in_loop(take, start, a, start)
 
 
 @_take_16.defjvp
@@ -405,23 +469,33 @@ def _linear_ce(x, w, bias, labels, where, opts):
 
 def _linear_ce_fwd(x, w, bias, labels, where, opts):
   out_dtype, _ = _compute_dtype(x, w, bias)
-  vocab = w.shape[1]
-  lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
   # the loop runs per device, over its columns of w (see Sharding below)
-  shift, log_norm, z_t, z_sum = _kernel(_fwd_stats, opts, (x, w, lab), (bias, where))
+  stats = _kernel(_fwd_stats, opts, (x, w, labels), (bias, where))
+  shift, log_norm = stats[:2]
+  loss = _row_losses(stats, labels, where, w.shape[1], opts)
+  # saves x, w, bias, labels, where and shift, log_norm [N]; recomputes z
+  return loss.astype(out_dtype), (x, w, bias, labels, where, shift, log_norm)
+
+
+def _row_losses(stats, labels, where, vocab, opts):
+  """Per-example losses [N] in the compute dtype from (shift, log_norm, z_t,
+  z_sum): 0 for dropped and empty rows, NaN for invalid labels. No NaN or
+  inf - inf is formed on the way (a masked target logit is -inf)."""
+  shift, log_norm, z_t, z_sum = stats
+  dropped, invalid, _ = _row_flags(labels, where, vocab)
+  off = dropped | is_empty(log_norm)
+  log_norm = jnp.where(off, 0.0, log_norm)
+  z_t = jnp.where(off, shift, z_t)
   lse = shift + log_norm
   # (shift - z_t) + log_norm, not lse - z_t: exact for logits near 1e30
   loss = (shift - z_t) + log_norm
   if opts.alpha:
-    mean_z = z_sum / _num_classes(where, vocab)
+    mean_z = jnp.where(off, shift, z_sum / _num_classes(where, vocab))
     loss = (1.0 - opts.alpha) * loss + opts.alpha * ((shift - mean_z) + log_norm)
   if opts.z_loss:
     loss = loss + opts.z_loss * lse * lse
-  dropped, invalid, _ = _row_flags(lab, where, vocab, opts.ignore_index)
-  loss = jnp.where(dropped | is_empty(log_norm), 0.0, loss)
-  loss = jnp.where(invalid, jnp.nan, loss)
-  # saves x, w, bias, labels, where and shift, log_norm [N]; recomputes z
-  return loss.astype(out_dtype), (x, w, bias, labels, where, shift, log_norm)
+  loss = jnp.where(off, 0.0, loss)
+  return jnp.where(invalid, jnp.nan, loss)
 
 
 def _fwd_stats(x, w, labels, bias, where, *, opts, offset):
@@ -430,7 +504,7 @@ def _fwd_stats(x, w, labels, bias, where, *, opts, offset):
   classes [offset, offset + V) of labels."""
   _, ct = _compute_dtype(x, w, bias)
   n, vocab = x.shape[0], w.shape[1]
-  xc = x.astype(ct)
+  xc = x if x.dtype == w.dtype else x.astype(ct)  # see _chunk_logits
   lab = labels - offset
 
   def body(carry, start, size):
@@ -480,8 +554,8 @@ def _linear_ce_bwd(opts, res, g):
   x, w, bias, labels, where, shift, log_norm = res
   _, ct = _compute_dtype(x, w, bias)
   vocab = w.shape[1]
-  lab = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
-  dropped, invalid, _ = _row_flags(lab, where, vocab, opts.ignore_index)
+  lab = labels
+  dropped, invalid, _ = _row_flags(lab, where, vocab)
   empty = is_empty(log_norm)
   live_norm = jnp.where(empty, 0.0, log_norm)
   g = g.astype(ct)
@@ -508,6 +582,7 @@ def _bwd_grads(x, w, labels, shift, live_norm, g_a, g_t, *rest, opts, offset):
   g_s = rest[0][:, None] if len(rest) == 3 else None
   _, ct = _compute_dtype(x, w, bias)
   vocab = w.shape[1]
+  # x^T d needs x in float32 (XLA:CPU would widen a 16-bit x itself)
   xc = x.astype(ct)
   lab = labels - offset
   shift, live_norm, g_a, g_t = (a[:, None] for a in (shift, live_norm, g_a, g_t))
@@ -524,7 +599,7 @@ def _bwd_grads(x, w, labels, shift, live_norm, g_a, g_t, *rest, opts, offset):
       d = d * (1.0 - t * t)
     dx = dx + lax.dot_general(
       d,
-      wc,
+      wc.astype(ct),
       (((1,), (1,)), ((), ())),
       precision=opts.precision,
       preferred_element_type=ct,
@@ -813,9 +888,21 @@ def _partitioned(fn, opts, n_args: int, present):
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 
 
+def _linear_ce_entry(x, w, bias, labels, where, opts):
+  """The loss of the checked arguments, labels of any integer dtype."""
+  codes = _encode(labels, w.shape[1], opts.ignore_index)
+  return _linear_ce(x, w, bias, codes, where, opts)
+
+
+def _linear_ce_checked(x, w, bias, labels, where, opts):
+  """The loss, then checkify.check on its labels (check_labels=True)."""
+  # the check comes after the custom_vjp call: see _checks.report_labels
+  out = _linear_ce_entry(x, w, bias, labels, where, opts)
+  _report_bad_labels(labels, where, w.shape[1], opts.ignore_index)
+  return out
+
+
 # Checked arguments go through one compiled call, as in jax.nn: eager calls
 # then cost one dispatch instead of one per primitive.
-@functools.partial(jax.jit, static_argnums=(5,))
-def _linear_ce_checked(x, w, bias, labels, where, opts):
-  _report_bad_labels(labels, where, w.shape[1], opts.ignore_index)
-  return _linear_ce(x, w, bias, labels, where, opts)
+_linear_ce_jit = jax.jit(_linear_ce_entry, static_argnums=(5,))
+_linear_ce_checked_jit = jax.jit(_linear_ce_checked, static_argnums=(5,))

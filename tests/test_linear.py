@@ -232,6 +232,7 @@ def test_default_chunk_rule():
   assert chunk(None, 4096, 512, 32768) == 1024  # 16 MiB block, divides V
   assert chunk(None, 1024, 64, 8192) == 256  # at most V / 32
   assert chunk(None, 8, 64, 50) == 50  # small V: one chunk
+  assert chunk(None, 128, 64, 8192) == 8192  # 4 MiB logits: one chunk
   assert chunk(None, 4096, 512, 50257) % 128 == 0  # GPT-2: a short tail
   assert chunk(None, 10**6, 64, 32768) == 128  # at least 128
   assert chunk(None, 4096, 512, 131072) == 1024
@@ -310,9 +311,11 @@ def test_fully_masked_vocabulary_gives_zero():
     assert np.all(g == 0)
 
 
-def test_checkify_reports_bad_labels():
+def test_check_labels_reports_bad_labels():
   x, w, _, labels, where = data()
-  checked = checkify.checkify(lce, errors=checkify.user_checks)
+  checked = checkify.checkify(
+    functools.partial(lce, check_labels=True), errors=checkify.user_checks
+  )
   err, _ = checked(x, w, labels.at[3].set(V))
   with pytest.raises(checkify.JaxRuntimeError, match=r"labels must lie in \[0, 50\)"):
     err.throw()
@@ -322,6 +325,130 @@ def test_checkify_reports_bad_labels():
     err.throw()
   err, _ = checked(x, w, labels.at[3].set(-100), ignore_index=-100)
   err.throw()  # ignored labels are not errors
+  # eager: raises at once
+  with pytest.raises(checkify.JaxRuntimeError, match=r"\[0, 50\)"):
+    lce(x, w, labels.at[0].set(-1), check_labels=True)
+  # the gradient of a checkified loss, and checkify of the gradient
+  total = lambda x, lab: jnp.sum(lce(x, w, lab, check_labels=True))
+  bad = labels.at[3].set(V)
+  grad_of_checked = jax.grad(lambda x: checkify.checkify(total)(x, labels)[1])
+  np.testing.assert_allclose(
+    grad_of_checked(x), jax.grad(lambda x: jnp.sum(lce(x, w, labels)))(x), rtol=1e-6
+  )
+  err, _ = jax.jit(checkify.checkify(jax.grad(total), errors=checkify.user_checks))(
+    x, bad
+  )
+  with pytest.raises(checkify.JaxRuntimeError, match=r"\[0, 50\)"):
+    err.throw()
+
+
+def test_no_effect_unless_check_labels():
+  x, w, b, labels, where = data()
+  kw = dict(bias=b, where=where, ignore_index=-100, label_smoothing=0.1)
+  f = lambda x, w: jnp.sum(lce(x, w, labels, **kw))
+  assert jax.make_jaxpr(f)(x, w).effects == set()
+  assert jax.make_jaxpr(jax.grad(f, (0, 1)))(x, w).effects == set()
+  g = lambda x, w: jnp.sum(lce(x, w, labels, check_labels=True, **kw))
+  assert jax.make_jaxpr(g)(x, w).effects  # the opt-in check is an effect
+  with pytest.raises(TypeError, match="check_labels must be a Python bool"):
+    lce(x, w, labels, check_labels=1)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_labels_of_every_integer_dtype(x64):
+  """Every integer dtype, every class count: no wrap-around, no promotion."""
+  dtypes = ["int8", "int16", "int32", "uint8", "uint16", "uint32"]
+  dtypes += ["int64", "uint64"] if x64 else []
+  with jax.enable_x64(x64):
+    for vocab in (5, 300, 40000, 70000):
+      x, w, _, _, _ = data(n=6, hidden=3, vocab=vocab)
+      for dt in dtypes:
+        info = np.iinfo(dt)
+        top = min(vocab - 1, info.max)
+        want = np.array([0, top // 2, top, 1, top, 0])
+        lab = jnp.asarray(want.astype(dt))
+        ref = composition(x, w, jnp.asarray(want, jnp.int32))
+        got = lce(x, w, lab, check_labels=True)  # eager: no report
+        assert_close(got, ref, 1e-5, f"{dt} V={vocab}")
+        dx = jax.grad(lambda x, w, lab: jnp.sum(lce(x, w, lab)))(x, w, lab)
+        rx = jax.grad(lambda x, w, t: jnp.sum(composition(x, w, t)))(
+          x, w, jnp.asarray(want, jnp.int32)
+        )
+        assert_close(dx, rx, 1e-5, f"dx {dt} V={vocab}")
+        if vocab > info.max:
+          continue  # every value of the dtype is a class
+        bad = jnp.asarray(np.array([0, vocab, 1, 2, 3, 4]).astype(dt))
+        assert np.isnan(lce(x, w, bad)[1]) and not np.isnan(lce(x, w, bad)[0])
+        with pytest.raises(checkify.JaxRuntimeError, match=rf"\[0, {vocab}\)"):
+          lce(x, w, bad, check_labels=True)
+    # the issue's example: uint8 labels [3, 250] with 300 classes
+    x, w, _, _, _ = data(n=2, hidden=3, vocab=300)
+    lab8 = jnp.asarray([3, 250], jnp.uint8)
+    ref = composition(x, w, jnp.asarray([3, 250]))
+    assert_close(lce(x, w, lab8), ref, 1e-6, "uint8 with V=300")
+    if x64:
+      ignored = lce(x, w, jnp.asarray([3, 2**64 - 1], jnp.uint64), ignore_index=-100)
+      assert np.isnan(ignored[1])  # -100 is no uint64 value: out of range
+
+
+def test_jax_export_round_trip():
+  from jax import export
+
+  x, w, b, labels, where = data()
+  kw = dict(bias=b, where=where, ignore_index=-100, label_smoothing=0.1, z_loss=0.01)
+  f = lambda x, w, lab: jnp.sum(lce(x, w, lab, **kw))
+  vg = jax.value_and_grad(f, (0, 1))
+  want = jax.jit(vg)(x, w, labels)
+  (n,) = export.symbolic_shape("b")
+  shapes = [
+    (x, w, labels),
+    (
+      jax.ShapeDtypeStruct((n, H), x.dtype),
+      w,
+      jax.ShapeDtypeStruct((n,), labels.dtype),
+    ),
+  ]
+  for args in shapes:
+    exp = export.export(jax.jit(vg))(*args)
+    got = export.deserialize(exp.serialize()).call(x, w, labels)
+    assert_close(got[0], want[0], 1e-6, "value")
+    for a, r in zip(got[1], want[1], strict=True):
+      assert_close(a, r, 1e-6, "gradient")
+  # a symbolic batch of another size works too
+  x2, _, _, lab2, _ = data(n=40, seed=3)
+  got = export.deserialize(exp.serialize()).call(x2, w, lab2)
+  assert_close(got[0], jax.jit(vg)(x2, w, lab2)[0], 1e-6, "value, b=40")
+
+
+def test_small_problems_are_one_chunk_without_a_loop():
+  assert _linear._chunk(None, 32, 128, 1000) == 1000
+  assert _linear._chunk(None, 32, 128, 10) == 10
+  assert _linear._chunk(None, None, 512, 32768) == 1024  # symbolic N
+  x, w, _, labels, _ = data(n=32, hidden=16, vocab=1000)
+  f = lambda x, w: jnp.sum(lce(x, w, labels))
+  text = str(jax.make_jaxpr(jax.value_and_grad(f, (0, 1)))(x, w))
+  assert "while" not in text
+
+
+def test_debug_tools_stay_quiet_on_finite_inputs():
+  """debug_nans and checkify's float checks: masked classes, ignored and
+  masked-out rows, a fully masked vocabulary and -inf logits form no NaN."""
+  x, w, b, labels, where = data()
+  masked_class = int(np.flatnonzero(~where)[0])
+  lab = labels.at[0].set(-100).at[1].set(masked_class)
+  cases = [
+    dict(where=where, ignore_index=-100, label_smoothing=0.1, z_loss=0.1),
+    dict(where=where, softcap=3.0, bias=b, ignore_index=-100),
+    dict(where=jnp.zeros(V, bool), label_smoothing=0.1, z_loss=0.1, ignore_index=-100),
+  ]
+  for kw in cases:
+    f = lambda x, w, kw=kw: jnp.sum(lce(x, w, lab, chunk_size=CHUNK, **kw))
+    vg = jax.value_and_grad(f, (0, 1))
+    with jax.debug_nans(True):
+      out = jax.block_until_ready(vg(x, w))
+    assert np.isfinite(out[0])
+    err, _ = checkify.checkify(vg, errors=checkify.float_checks)(x, w)
+    assert err.get() is None, err.get()
 
 
 def test_large_logits_stay_exact():
