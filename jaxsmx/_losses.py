@@ -155,7 +155,12 @@ def _softmax_ce_fwd(logits, labels, where, axes, alpha):
   small = logits.dtype != z.dtype  # 16-bit logits
   lp = log_probs(z, shift, log_norm_of(z, e, s, shift, axes, small_losses_exact=small))
   live = s != 0.0  # not an empty slice (NaN slices stay live, and NaN)
-  loss = -jnp.sum(jnp.where(y == 0, 0.0, y * lp), axes, keepdims=True)
+  # 0 * log 0 = 0, with the log replaced before the product (double where),
+  # so that no NaN is formed for jax.debug_nans or checkify to see
+  none = y == 0
+  loss = -jnp.sum(
+    jnp.where(none, 0.0, y * jnp.where(none, 0.0, lp)), axes, keepdims=True
+  )
   loss = jnp.where(live, loss, 0.0)
   out = jnp.squeeze(loss, axes).astype(jnp.result_type(logits, labels))
   # d/dz: a * sum(y) - y, y smoothed;  d/dy: -(1 - alpha) log a. Both are
@@ -384,8 +389,14 @@ def _integer_ce(logits, labels, where, axes, alpha, ignore_index):
 
 
 def _finish(values, void, invalid):
-  """0 for dropped or empty rows, NaN for invalid labels."""
-  return jnp.where(invalid, jnp.nan, jnp.where(void, 0.0, values))
+  """0 for dropped or empty rows, NaN for invalid labels.
+
+  The NaN is log(-1), formed only in the rows with an invalid label: no NaN
+  constant, so jax.debug_nans and checkify stay quiet on valid labels, and
+  point at the bad ones.
+  """
+  poison = jnp.log(jnp.where(invalid, -1.0, 1.0).astype(values.dtype))
+  return jnp.where(void, 0.0, values) + poison
 
 
 def target_logit(z, labels, onehot, axes):
@@ -410,8 +421,11 @@ def _integer_ce_fwd(logits, labels, where, axes, alpha, ignore_index):
   small = logits.dtype != z.dtype  # 16-bit logits
   log_norm = log_norm_of(z, e, s, shift, axes, small_losses_exact=small)
   onehot, dropped, invalid, _ = targets(z.shape, labels, where, axes, ignore_index)
-  # -log a_c as (shift - z_c) + log_norm, not lse - z_c: exact for |z| ~ 1e30
-  loss = (shift - target_logit(z, labels, onehot, axes)) + log_norm
+  # -log a_c as (shift - z_c) + log_norm, not lse - z_c: exact for |z| ~ 1e30.
+  # An empty slice has log_norm = -inf and z_c = -inf: 0 there, not inf - inf
+  # (the row is zeroed below), so that no NaN is ever formed
+  safe_norm = jnp.where(is_empty(log_norm), 0.0, log_norm)
+  loss = (shift - target_logit(z, labels, onehot, axes)) + safe_norm
   if alpha:
     lp = log_probs(z, shift, log_norm)
     kept_lp = lp if where is None else jnp.where(where, lp, 0.0)
@@ -516,8 +530,12 @@ def _sigmoid_bce(logits, labels):
 
 def _sigmoid_bce_fwd(logits, labels):
   z, y = upcast(logits), upcast(labels)
-  pos = jnp.where(y == 0, 0.0, -y * jax.nn.log_sigmoid(z))
-  neg = jnp.where(y == 1, 0.0, -(1.0 - y) * jax.nn.log_sigmoid(-z))
+  # y log sigma(z) is 0 for y = 0, whatever z: the log's argument is replaced
+  # first (double where), so that 0 * -inf is never formed
+  pos = jnp.where(y == 0, 0.0, -y * jax.nn.log_sigmoid(jnp.where(y == 0, 0.0, z)))
+  neg = jnp.where(
+    y == 1, 0.0, -(1.0 - y) * jax.nn.log_sigmoid(jnp.where(y == 1, 0.0, -z))
+  )
   # optax's dtype: it converts the labels to the logits' dtype
   out = (pos + neg).astype(logits.dtype)
   # saves the inputs
