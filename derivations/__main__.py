@@ -136,10 +136,19 @@ def _build(rep, derivations, checks, fns):
 
   if "progress" in inspect.signature(rep.build).parameters:
     return rep.build(derivations, checks, fns, progress=progress)
-  report = rep.build(derivations, checks, fns)
-  for sec in report.sections:
+  from . import all_derivations
+  from .numeric import numeric_checks
+
+  # one derivation at a time, with its own numeric checks, so that each line
+  # prints as soon as that derivation is done (the report is the same bytes)
+  every = tuple(all_derivations() if derivations is None else derivations)
+  checks = list(numeric_checks() if checks is None else checks)
+  sections = []
+  for d in every:
+    (sec,) = rep.build([d], [c for c in checks if c.key == d.key], fns).sections
     progress(sec)
-  return report
+    sections.append(sec)
+  return rep.Report(tuple(sections))
 
 
 def main(
