@@ -20,16 +20,16 @@ from jaxsmx._checks import Axis
 from jaxsmx._numerics import (
   as_array,
   batch_result,
+  broadcast_shape,
   exp_normalizer,
+  flat_inputs,
+  from_last,
   log_of_sum,
   log_probs,
   masked,
   ratio,
-  same_varying_axes,
   static_axis,
   times_cotangent,
-  to_last,
-  upcast,
 )
 
 # ---------------------------------------------------------------------------
@@ -71,29 +71,49 @@ def softmax(
     ...   print(jaxsmx.softmax(jnp.array([3.0, 1.0, -3.0])))
     [0.8789 0.1189 0.0022]
   """
+  return _softmax_checked(as_array(x), static_axis(axis), as_array(where))
+
+
+def _prepare(fn, x, axis, where):
+  """The logits promoted, broadcast with the mask (as jax.nn does: the mask
+  may also broadcast x up), flattened to one class axis in the compute dtype.
+
+  Returns (flat logits, flat mask, finish), where finish restores a [..., C]
+  result to the broadcast shape, in the logits' dtype.
+  """
   x = _checks.as_float_or_promote(x)
-  axes = _checks.canonical_axes(axis, x.ndim, "softmax")
-  mask = _checks.as_mask(where, x.shape, axes, "softmax", per_slice=False)
-  return _softmax(x, mask, axes)
+  mask = _checks.as_mask(where, np.shape(where), (), fn, per_slice=False)
+  shape = broadcast_shape(fn, x=x, where=mask)
+  axes = _checks.canonical_axes(axis, len(shape), fn)
+  z, m = flat_inputs(shape, axes, _checks.compute_dtype(x.dtype), x, mask)
+
+  def finish(y):
+    return from_last(y, shape, axes).astype(x.dtype)
+
+  return z, m, finish
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _softmax(x, where, axes):
-  return _softmax_fwd(x, where, axes)[0]
+@functools.partial(jax.jit, static_argnums=(1,))
+def _softmax_checked(x, axis, where):
+  z, mask, finish = _prepare("softmax", x, axis, where)
+  return finish(_softmax(z, mask))
 
 
-def _softmax_fwd(x, where, axes):
-  e, s, _ = exp_normalizer(masked(upcast(x), where), axes)
-  a = ratio(e, s).astype(x.dtype)
+@jax.custom_vjp
+def _softmax(z, where):
+  return _softmax_fwd(z, where)[0]
+
+
+def _softmax_fwd(z, where):
+  e, s, _ = exp_normalizer(masked(z, where), (z.ndim - 1,))
+  a = ratio(e, s)
   # saves the output a
   return a, a
 
 
-def _softmax_bwd(axes, a, g):
+def _softmax_bwd(a, g):
   # d/dz: a * (g - sum(g * a))
-  a32, g32 = upcast(a), upcast(g)
-  dz = a32 * (g32 - jnp.sum(g32 * a32, axes, keepdims=True))
-  return dz.astype(a.dtype), None
+  return a * (g - jnp.sum(g * a, -1, keepdims=True)), None
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
@@ -138,33 +158,34 @@ def log_softmax(
     >>> print(jaxsmx.log_softmax(jnp.array([1000.0, 0.0])).tolist())
     [0.0, -1000.0]
   """
-  x = _checks.as_float_or_promote(x)
-  axes = _checks.canonical_axes(axis, x.ndim, "log_softmax")
-  mask = _checks.as_mask(where, x.shape, axes, "log_softmax", per_slice=False)
-  return _log_softmax(x, mask, axes)
+  return _log_softmax_checked(as_array(x), static_axis(axis), as_array(where))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _log_softmax(x, where, axes):
-  return _log_softmax_fwd(x, where, axes)[0]
+@functools.partial(jax.jit, static_argnums=(1,))
+def _log_softmax_checked(x, axis, where):
+  z, mask, finish = _prepare("log_softmax", x, axis, where)
+  return finish(_log_softmax(z, mask))
 
 
-def _log_softmax_fwd(x, where, axes):
-  z = masked(upcast(x), where)
-  e, s, shift = exp_normalizer(z, axes)
-  out = log_probs(z, shift, log_of_sum(s)).astype(x.dtype)
+@jax.custom_vjp
+def _log_softmax(z, where):
+  return _log_softmax_fwd(z, where)[0]
+
+
+def _log_softmax_fwd(z, where):
+  z = masked(z, where)
+  e, s, shift = exp_normalizer(z, (z.ndim - 1,))
+  out = log_probs(z, shift, log_of_sum(s))
   # saves softmax(z), e / s, and the mask: the bwd needs no exp
   return out, (ratio(e, s), where)
 
 
-def _log_softmax_bwd(axes, res, g):
+def _log_softmax_bwd(res, g):
   # d/dz: g - softmax(z) * sum(g)
   a, where = res
-  g32 = upcast(g)
   if where is not None:
-    g32 = jnp.where(where, g32, 0.0)
-  dz = g32 - a * jnp.sum(g32, axes, keepdims=True)
-  return dz.astype(g.dtype), None
+    g = jnp.where(where, g, 0.0)
+  return g - a * jnp.sum(g, -1, keepdims=True), None
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
@@ -253,17 +274,11 @@ def _logsumexp_checked(a, axis, b, keepdims, return_sign, where):
   # inputs are refused
   a, b = _promoted(a, dtype), _promoted(b, dtype)
   mask = _checks.as_mask(where, np.shape(where), (), fn, per_slice=False)
-  shape = _broadcast_shape(fn, a=a, b=b, where=mask)
+  shape = broadcast_shape(fn, a=a, b=b, where=mask)
   axes = () if axis == () else _checks.canonical_axes(axis, len(shape), fn)
   compute = _checks.compute_dtype(dtype)
 
-  def flat(x, dt=None):
-    if x is None:
-      return None
-    x = jnp.broadcast_to(x if dt is None else x.astype(dt), shape)
-    return to_last(x, axes)
-
-  a_, b_, m_ = same_varying_axes(flat(a, compute), flat(b, compute), flat(mask))
+  a_, b_, m_ = flat_inputs(shape, axes, compute, a, b, mask)
   value, sign = _lse(a_, b_, m_, b is not None and not return_sign)
   value = batch_result(value, shape, axes, keepdims).astype(dtype)
   if return_sign:
@@ -282,18 +297,6 @@ def _lse_dtype(a, b):
   """The result dtype: a and b promoted together, inexact, as in jax.nn."""
   dtype = jnp.result_type(a) if b is None else jnp.result_type(a, b)
   return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.result_type(float)
-
-
-def _broadcast_shape(fn, **arrays) -> tuple[int, ...]:
-  shapes = {k: jnp.shape(v) for k, v in arrays.items() if v is not None}
-  try:
-    return tuple(jnp.broadcast_shapes(*shapes.values()))
-  except ValueError:
-    given = ", ".join(f"{k} {v}" for k, v in shapes.items())
-    raise ValueError(
-      f"{fn}: the inputs must broadcast against each other (NumPy rules);"
-      f" got {given}. Add the missing axes with jnp.expand_dims, or reshape."
-    ) from None
 
 
 def _lse_stats(a, b, where):

@@ -908,6 +908,14 @@ def test_tuple_axes_equal_reshape(name):
   flat = [np.moveaxis(a, (1, 3), (2, 3)).reshape(2, 4, 15) for a in args]
   np.testing.assert_allclose(got, np_ref(name, *flat), rtol=1e-6)
   np.testing.assert_allclose(ours(name, axis=(3, 1))(*args), got, rtol=1e-6)
+  # to the last bit, in value and gradients
+  np.testing.assert_array_equal(got, ours(name)(*flat))
+  argnums = tuple(range(len(args)))
+  grads = jgrad(lambda *a: jnp.sum(ours(name, axis=(1, 3))(*a)), argnums)(*args)
+  flat_grads = jgrad(lambda *a: jnp.sum(ours(name)(*a)), argnums)(*flat)
+  for g, gf in zip(grads, flat_grads, strict=True):
+    back = np.moveaxis(np.asarray(gf).reshape(2, 4, 3, 5), (2, 3), (1, 3))
+    np.testing.assert_array_equal(g, back)
 
 
 # ---------------------------------------------------------------------------

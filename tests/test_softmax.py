@@ -714,8 +714,27 @@ def test_tuple_axes_equal_reshape(name):
     want = base
   else:
     want = np.moveaxis(base.reshape(2, 4, 3, 5), (2, 3), (1, 3))
-  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # to the last bit, in value and gradient, as optax's test_axes asks
+  np.testing.assert_array_equal(got, want)
   np.testing.assert_allclose(f(x, axis=(3, 1)), got, rtol=1e-6)
+  w = np.random.default_rng(0).standard_normal(got.shape).astype(np.float32)
+  g = jgrad(lambda x: jnp.sum(f(x, axis=(1, 3)) * w))(x)
+  wf = w if name == "logsumexp" else np.moveaxis(w, (1, 3), (2, 3)).reshape(2, 4, 15)
+  gf = np.asarray(jgrad(lambda x: jnp.sum(f(x, axis=-1) * wf))(flat))
+  np.testing.assert_array_equal(g, np.moveaxis(gf.reshape(2, 4, 3, 5), (2, 3), (1, 3)))
+
+
+@pytest.mark.parametrize("name", ("softmax", "log_softmax"))
+def test_where_may_broadcast_the_logits_up_as_in_jax_nn(name):
+  x = logits((7,))
+  m = np.stack([row_mask((7,), seed=s) for s in range(3)])
+  got = getattr(jaxsmx, name)(x, where=m)
+  # jax.nn takes such a mask too, but its masked max then reduces the wrong
+  # data (jax 0.10.2 gives uniform probabilities); the reference is jax.nn on
+  # the logits broadcast explicitly
+  want = getattr(jax.nn, name)(np.broadcast_to(x, m.shape), where=m)
+  assert got.shape == want.shape == (3, 7)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------
