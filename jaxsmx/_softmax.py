@@ -328,7 +328,7 @@ def _lse_fwd(a, b, where, nan_if_negative):
   shift, s = _lse_stats(a, b, where)
   value = shift + log_of_sum(jnp.abs(s))
   if nan_if_negative:
-    value = jnp.where(s < 0, jnp.nan, value)
+    value = value + _nan_where_negative(s)
   # saves the masked input, b, and per slice the shift and the signed sum
   return (value, jnp.sign(s)), (masked(a, where), b, shift, s)
 
@@ -340,7 +340,7 @@ def _lse_bwd(nan_if_negative, res, cts):
   empty = s == 0.0
   w = jnp.where(empty, 0.0, _exp_from(z, shift) / jnp.where(empty, 1.0, s))
   if nan_if_negative:
-    w = jnp.where(s < 0, jnp.nan, w)
+    w = w + _nan_where_negative(s)
   if b is None:
     return g * w, None, None
   da = g * jnp.where(b == 0, 0.0, b * jnp.where(b == 0, 0.0, w))
@@ -348,3 +348,9 @@ def _lse_bwd(nan_if_negative, res, cts):
 
 
 _lse.defvjp(_lse_fwd, _lse_bwd)
+
+
+def _nan_where_negative(s):
+  """NaN where s < 0, else 0, as log(-1): no NaN constant is formed where the
+  sum is not negative (jax.debug_nans checks every primitive op by op)."""
+  return jnp.log(jnp.where(s < 0, -1.0, 1.0))

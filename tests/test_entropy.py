@@ -918,6 +918,53 @@ def test_tuple_axes_equal_reshape(name):
     np.testing.assert_array_equal(g, back)
 
 
+def test_zero_probabilities_keep_debug_tools_quiet():
+  # a zero probability is an ordinary input (the value is finite): neither
+  # jax.debug_nans nor checkify.float_checks may see a NaN, in value or
+  # gradient, and the gradient has none either
+  from jax.experimental import checkify
+
+  p = np.array([[0.5, 0.0, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0]], np.float32)
+  q = np.array([[0.25, 0.0, 0.75, 0.0], [0.5, 0.5, 0.0, 0.0]], np.float32)
+  lq = np.where(q > 0, np.log(np.where(q > 0, q, 1.0)), -np.inf).astype(np.float32)
+  m = np.array([True, True, False, True])
+  cases = {
+    "entropy": (jaxsmx.entropy, (p,)),
+    "cross_entropy": (jaxsmx.cross_entropy, (p * (q > 0), q)),
+    "kl_divergence": (jaxsmx.kl_divergence, (lq, p * (q > 0))),
+    "kl_divergence[where]": (lambda a, b: jaxsmx.kl_divergence(a, b, where=m), (lq, p)),
+    "softmax_entropy": (jaxsmx.softmax_entropy, (lq,)),
+  }
+  for name, (f, args) in cases.items():
+    argnums = tuple(range(len(args)))
+    loss = lambda *a, f=f: jnp.sum(f(*a))
+    vg = jax.value_and_grad(loss, argnums)
+    value, grads = jax.jit(vg)(*args)
+    assert np.isfinite(value), name
+    assert not any(np.any(np.isnan(g)) for g in grads), name
+    with jax.debug_nans(True):
+      jax.jit(vg)(*args)
+      with jax.disable_jit():
+        vg(*args)
+    for fn in (loss, vg):
+      err, _ = jax.jit(checkify.checkify(fn, errors=checkify.float_checks))(*args)
+      assert err.get() is None, (name, err.get())
+
+
+def test_the_debug_tools_catch_optax_kl_at_a_zero_target():
+  # the check above can fail: optax's kl_divergence forms 0 * -inf
+  from jax.experimental import checkify
+
+  lq = np.log(np.array([0.5, 0.25, 0.25], np.float32))
+  t = np.array([0.5, 0.5, 0.0], np.float32)
+  err, _ = checkify.checkify(
+    jax.grad(lambda t: optax.losses.kl_divergence(lq, t)), errors=checkify.float_checks
+  )(t)
+  assert err.get() is not None
+  with jax.debug_nans(True), pytest.raises(FloatingPointError):
+    jax.grad(lambda t: optax.losses.kl_divergence(lq, t))(t)
+
+
 # ---------------------------------------------------------------------------
 # bad input
 

@@ -1015,6 +1015,54 @@ def test_logsumexp_b_under_transforms(transform):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def _quiet_under_debug_tools(f, *args):
+  """f's value and gradient (in every argument) have no NaN, and neither
+  jax.debug_nans (jitted and op by op) nor checkify.float_checks reports."""
+  from jax.experimental import checkify
+
+  argnums = tuple(range(len(args)))
+  vg = jax.value_and_grad(lambda *a: jnp.sum(f(*a)), argnums)
+  value, grads = jax.jit(vg)(*args)
+  assert not np.isnan(value) and not any(np.any(np.isnan(g)) for g in grads)
+  with jax.debug_nans(True):
+    jax.jit(vg)(*args)
+    with jax.disable_jit():
+      vg(*args)
+  for fn in (lambda *a: jnp.sum(f(*a)), vg):
+    err, _ = jax.jit(checkify.checkify(fn, errors=checkify.float_checks))(*args)
+    assert err.get() is None, err.get()
+
+
+def test_logsumexp_b_edges_keep_debug_tools_quiet():
+  a = np.array(
+    [[1.0, -np.inf, 0.5, 2.0], [-np.inf] * 4, [0.3, 0.1, -1.0, 0.0]], np.float32
+  )
+  b = np.array([[1.0, 0.0, 0.0, 2.0], [1.0, 1.0, 0.0, 0.0], [0.0] * 4], np.float32)
+  m = np.array([[True, True, False, True], [True] * 4, [True, False, True, True]])
+  for kw in ({}, {"return_sign": True}):
+    lse = lambda a, b, kw=kw: _first(jaxsmx.logsumexp(a, axis=-1, b=b, **kw))
+    _quiet_under_debug_tools(lse, a, b)
+    _quiet_under_debug_tools(
+      lambda a, b, kw=kw: _first(jaxsmx.logsumexp(a, axis=-1, b=b, where=m, **kw)), a, b
+    )
+  _quiet_under_debug_tools(lambda a: jaxsmx.logsumexp(a, axis=()), a)
+  _quiet_under_debug_tools(
+    lambda a: jaxsmx.logsumexp(a, axis=-1), np.zeros((2, 0), np.float32)
+  )
+
+
+def _first(out):
+  return out[0] if isinstance(out, tuple) else out
+
+
+def test_the_debug_tools_check_catches_a_formed_nan():
+  # jax.nn.logsumexp forms a NaN in its gradient on an all -inf slice
+  a = np.array([[-np.inf, -np.inf], [0.0, 1.0]], np.float32)
+  with pytest.raises((AssertionError, FloatingPointError)):
+    _quiet_under_debug_tools(lambda a: jax.nn.logsumexp(a, axis=-1), a)
+  _quiet_under_debug_tools(lambda a: jaxsmx.logsumexp(a, axis=-1), a)
+
+
 # ---------------------------------------------------------------------------
 # bad input
 
