@@ -965,6 +965,32 @@ def test_the_debug_tools_catch_optax_kl_at_a_zero_target():
     jax.grad(lambda t: optax.losses.kl_divergence(lq, t))(t)
 
 
+@pytest.mark.parametrize("name", TWO_ARGS)
+@pytest.mark.parametrize(
+  ("first", "second"),
+  [("bfloat16", "float32"), ("float32", "bfloat16"), ("float16", "bfloat16")],
+)
+def test_mixed_dtypes(name, first, second):
+  # the result in the promoted dtype (optax's for kl_divergence); each
+  # gradient in its input's dtype, computed in float32 and rounded once: never
+  # through the other input's dtype
+  a, b = inputs(name, (4, 7))
+  a, b = jnp.asarray(a, first), jnp.asarray(b, second)
+  f = getattr(jaxsmx, name)
+  out = f(a, b)
+  assert out.dtype == jnp.result_type(a, b)
+  np.testing.assert_allclose(f64(out), np_ref(name, a, b), rtol=2 * eps(out.dtype))
+  ga, gb = jax.grad(lambda a, b: f(a, b).sum(), (0, 1))(a, b)
+  assert ga.dtype == a.dtype and gb.dtype == b.dtype
+  with jax.enable_x64(True):
+    want = jax.grad(lambda a, b: f(a, b).sum(), (0, 1))(f64(a), f64(b))
+  # half an ulp of a 16-bit dtype; float32 is 1e-6 (a rounding through
+  # bfloat16 would be 4e-3)
+  for g, w, x in ((ga, want[0], a), (gb, want[1], b)):
+    tol = eps(x.dtype) / 2 if x.dtype != jnp.float32 else 1e-6
+    np.testing.assert_allclose(f64(g), w, rtol=tol, atol=tol)
+
+
 # ---------------------------------------------------------------------------
 # bad input
 
