@@ -21,6 +21,7 @@ from jaxsmx._numerics import (
   log_probs,
   masked,
   ratio,
+  same_varying_axes,
   times_cotangent,
   upcast,
 )
@@ -125,7 +126,9 @@ def _softmax_ce_prepared(logits, labels, where, axes, alpha):
     if where is not None:
       where = _checks.one_class_axis(jnp.broadcast_to(where, shape), axes)
     axes = (logits.ndim - 1,)
-  return _softmax_ce(logits, labels, where, axes, alpha)
+  # inside shard_map, one varying type: the cotangent of an input that does
+  # not vary along a mesh axis is summed over it (the cast's transpose)
+  return _softmax_ce(*same_varying_axes(logits, labels, where), axes, alpha)
 
 
 def _num_classes(shape, axes, where) -> jax.Array | int:
@@ -520,7 +523,8 @@ def _sigmoid_bce_prepared(logits, labels):
   if not jnp.issubdtype(labels.dtype, jnp.floating):
     labels = labels.astype(logits.dtype)  # integer or boolean labels
   shape = jnp.broadcast_shapes(logits.shape, labels.shape)
-  return _sigmoid_bce(jnp.broadcast_to(logits, shape), jnp.broadcast_to(labels, shape))
+  logits, labels = jnp.broadcast_to(logits, shape), jnp.broadcast_to(labels, shape)
+  return _sigmoid_bce(*same_varying_axes(logits, labels))
 
 
 @jax.custom_vjp
