@@ -51,10 +51,8 @@ myst_dmath_double_inline = True
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
 
-# The README's sections and REPORT.md start below a page's own title.
-# Links inside the derivation report point at its own <a id> anchors, which
-# MyST cannot resolve as references (they work in the browser).
-suppress_warnings = ["myst.header", "myst.xref_missing"]
+# The README's sections start below a page's own title, one level down.
+suppress_warnings = ["myst.header"]
 
 # --- API reference ------------------------------------------------------------
 autosummary_generate = True
@@ -115,6 +113,33 @@ _ALIASES = (
 )
 
 
+# README links to repository files that are pages of this site
+_README_LINKS = {
+  "](derivations/REPORT.md)": "](derivations.md)",
+  "](benchmarks/RESULTS.md)": "](benchmarks.md)",
+}
+
+
+def _site_links(app, relative_path, parent_docname, content) -> None:
+  """Links in included files that work on a code host, made to work here.
+
+  README: links to REPORT.md and RESULTS.md point at their pages here (the
+  notebooks' links work as they are). REPORT.md: its HTML anchors become
+  MyST targets, so that its contents and summary links resolve; its link to
+  its own folder becomes the folder's name.
+  """
+  import re
+
+  path = pathlib.Path(relative_path)
+  if path.name == "README.md":
+    for repo_link, page in _README_LINKS.items():
+      content[0] = content[0].replace(repo_link, page)
+  elif path.name == "REPORT.md":
+    text = re.sub(r'^<a id="([\w-]+)"></a>$', r"(\1)=", content[0], flags=re.M)
+    content[0] = text.replace("[`derivations/`](.)", "`derivations/`")
+
+
 def setup(app):
   app.connect("config-inited", _check_api_page)
+  app.connect("include-read", _site_links)
   app.connect("autodoc-process-signature", _short_signature)
