@@ -279,7 +279,8 @@ def _logsumexp_checked(a, axis, b, keepdims, return_sign, where):
   compute = _checks.compute_dtype(dtype)
 
   a_, b_, m_ = flat_inputs(shape, axes, compute, a, b, mask)
-  value, sign = _lse(a_, b_, m_, b is not None and not return_sign)
+  # jax types a custom_vjp's call as returning object
+  value, sign = _lse(a_, b_, m_, b is not None and not return_sign)  # pyright: ignore[reportGeneralTypeIssues]
   value = batch_result(value, shape, axes, keepdims).astype(dtype)
   if return_sign:
     return value, batch_result(sign, shape, axes, keepdims).astype(dtype)
