@@ -224,9 +224,9 @@ def softmax_cross_entropy_with_integer_labels(
 
   A drop-in replacement for
   :func:`optax.losses.softmax_cross_entropy_with_integer_labels` (tuple axes
-  and per-example ``where`` included), and for ``torch.nn.functional.
-  cross_entropy(..., reduction='none')`` in ``label_smoothing`` and
-  ``ignore_index``.
+  and per-example ``where`` included), and for
+  ``torch.nn.functional.cross_entropy(..., reduction='none')`` in
+  ``label_smoothing`` and ``ignore_index``.
 
   Args:
     logits: ``[..., num_classes]``, floating.
