@@ -53,6 +53,8 @@ def linear_softmax_cross_entropy(
   softcap: float | None = None,
   chunk_size: int | None = None,
   precision: lax.PrecisionLike = None,
+  reduction: str = "none",
+  weights: jax.typing.ArrayLike | None = None,
   check_labels: bool = False,
 ) -> jax.Array:
   r"""Softmax cross-entropy of the logits ``x @ w + bias``, never materialised.
@@ -91,14 +93,21 @@ def linear_softmax_cross_entropy(
       :math:`c\tanh(u/c)` (Gemma 2), applied to ``x @ w + bias`` before
       masking; None turns it off.
     chunk_size: keyword-only number of vocabulary columns per step, or None
-      to choose one from N and V: the largest multiple of 128 with an
-      ``N x chunk`` float32 block of at most 16 MiB and at most ``V / 32``
-      columns (at least 128; all of V when V is smaller), moved down to a
-      multiple of 128 that divides V when one lies within a factor 2. For
-      N=4096 and V=32768 that is 1024. A V that the chunk does not divide
-      ends with a shorter chunk; ``w`` is never padded.
+      to choose one from N and V (see Notes).
     precision: keyword-only precision of the matmuls, as for
       :func:`jax.lax.dot_general`.
+    reduction: keyword-only ``"none"`` (the default: one loss per example),
+      ``"sum"`` or ``"mean"``. ``"sum"`` gives :math:`\sum_n \omega_n L_n`;
+      ``"mean"`` divides that by :math:`\sum_n \omega_n` over the examples
+      that count, which excludes ignored examples (``ignore_index``) and
+      dropped ones (target class masked out), as
+      ``torch.nn.functional.cross_entropy`` does with ``ignore_index``. When no
+      example counts (all ignored, all weights 0, or every class masked) the
+      mean is 0 with gradient 0, where torch gives NaN.
+    weights: keyword-only per-example weights :math:`\omega_n` (loss masks,
+      token weights), floating, of ``labels``' shape or broadcasting to it;
+      None means 1. With ``reduction="none"`` the result is
+      :math:`\omega_n L_n`. Differentiable.
     check_labels: keyword-only; ``True`` reports bad labels with
       :func:`jax.experimental.checkify.check`: labels outside ``[0, V)``
       that are not ``ignore_index``, and labels whose class ``where`` masks
@@ -109,41 +118,41 @@ def linear_softmax_cross_entropy(
       default) adds nothing to the program: no effect, no callback.
 
   Returns:
-    ``[...]``: per-example losses, ``labels``' shape, in the promoted dtype
-    of ``x``, ``w`` and ``bias``. 16-bit inputs are computed in float32:
-    the matmuls accumulate in float32 and only the loss is rounded back.
+    ``[...]``: per-example losses of ``labels``' shape, or a scalar with
+    ``reduction="sum"`` or ``"mean"``, in the promoted dtype of ``x``, ``w``
+    and ``bias``. 16-bit inputs are computed in float32: the matmuls
+    accumulate in float32 and only the result is rounded back.
 
   Edge cases, as in :func:`softmax_cross_entropy_with_integer_labels`: a
   label outside ``[0, V)`` that is not ``ignore_index`` gives NaN in its loss
   and in its row of ``dx`` (and so in all of ``dw`` and ``dbias``, as dense
-  autodiff does); ``check_labels=True`` reports it, and a label whose class
-  ``where`` masks out. Labels of any integer dtype are read without wrapping
-  (uint8 labels with V=300 included). A fully
+  autodiff does, and in a reduced loss); ``check_labels=True`` reports it,
+  and a label whose class ``where`` masks out. Labels of any integer dtype
+  are read without wrapping (uint8 labels with V=300 included). A fully
   masked vocabulary gives 0 with gradient 0. A :math:`+\infty` or NaN logit
-  makes its example NaN.
+  makes its example NaN. No NaN is formed on the way for finite inputs, so
+  ``jax.debug_nans`` and ``checkify.float_checks`` stay quiet.
 
-  Gradient: with :math:`a = \mathrm{softmax}(z)` and :math:`u = xW + b`,
-  :math:`\partial L/\partial z = a(1 + 2\lambda\ell) - (1-\alpha)\,
-  \mathrm{onehot}(t) - \frac{\alpha}{C} m` and :math:`\partial L/\partial u =
-  \partial L/\partial z \cdot (1 - \tanh^2(u/c))`, then
-  :math:`dx = \delta W^\top`, :math:`dW = x^\top \delta`,
-  :math:`db = \sum_n \delta_n`. Residuals: ``x``, ``w``, ``bias``, ``labels``,
-  ``where`` and two float32 normaliser scalars per example (shift and
-  log-norm); the logits are recomputed chunk by chunk.
-
-  Cost: XLA temp memory :math:`O(N \cdot \mathrm{chunk} + N H)` beyond the
-  :math:`H V` gradient of ``w`` (16-bit ``w`` adds one 16-bit copy of it);
-  at N=4096, H=512, V=32768 float32, 27 MB against dense autodiff's 1074 MB,
-  and still 27 MB at V=131072. Time: four matmuls of :math:`2NHV` flops
-  against dense autodiff's three, as the backward pass recomputes the logits;
-  on CPU the chunked matmuls run faster than the dense ones and there is no
-  :math:`N \times V` memory traffic, so the two take about the same time.
+  Which reduction: when the loss is summed or averaged straight away (language
+  model training), pass ``reduction="mean"`` (or ``"sum"``) instead of
+  calling ``.mean()`` on the per-example losses. The loss is then one number,
+  so the forward pass already forms ``dx``, ``dw`` and ``dbias`` and the
+  backward pass only scales them by the scalar cotangent: no pass over the
+  vocabulary runs in the backward pass, and its residuals are the gradients
+  themselves (``N x H``, ``H x V``) rather than ``x`` and ``w``. Working
+  memory is that of the per-example mode: at Gemma 2 (2B) scale (N=8192,
+  H=2304, V=256000, bfloat16) XLA:CPU's compiled temp memory is 18 MiB for
+  the loss and 221 MiB for ``value_and_grad`` in both modes, against about
+  8,000 and 18,250 MiB for dense autodiff of ``x @ w``. Keep
+  ``reduction="none"`` when the per-example losses are needed, or when only
+  the value is computed.
 
   Sharding: under :func:`jax.jit` with the rows of ``x`` and the columns of
   ``w`` split over mesh axes (data and vocabulary parallel, automatic or
   explicit sharding), each device streams over its own columns. Only
   :math:`O(N)` per-row statistics, the partial ``dx`` (:math:`N H`) and the
-  partial ``dw`` cross devices; ``w`` is never gathered.
+  partial ``dw`` cross devices; ``w`` is never gathered. Inside a
+  :func:`jax.shard_map`, a reduction sums or averages the rows of each device.
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxsmx
@@ -152,6 +161,43 @@ def linear_softmax_cross_entropy(
     >>> print(jnp.round(
     ...     jaxsmx.linear_softmax_cross_entropy(x, w, jnp.array([0, 1])), 4))
     [0.9662 1.379 ]
+
+  Notes:
+    Gradient: with :math:`a = \mathrm{softmax}(z)` and :math:`u = xW + b`,
+    :math:`\partial L/\partial z = a(1 + 2\lambda\ell) - (1-\alpha)\,
+    \mathrm{onehot}(t) - \frac{\alpha}{C} m` and :math:`\partial L/\partial u
+    = \partial L/\partial z \cdot (1 - \tanh^2(u/c))`, then
+    :math:`dx = \delta W^\top`, :math:`dW = x^\top \delta`,
+    :math:`db = \sum_n \delta_n`. A reduced loss :math:`\sum_n r_n L_n`, with
+    :math:`r_n = \omega_n` (sum) or :math:`\omega_n / D` (mean, :math:`D`
+    the total counted weight), has the weighted sum of these per-example
+    gradients, :math:`\delta \to r \odot \delta`; its weights' gradient is
+    :math:`L_n` (sum) or :math:`(L_n - [n \text{ counts}]\,M)/D` (mean).
+
+    Per-example mode: the residuals are ``x``, ``w``, ``bias``, ``labels``,
+    ``where`` and two float32 normaliser scalars per example (shift and
+    log-norm); the backward pass recomputes the logits chunk by chunk. Reduced
+    modes: the forward pass streams twice over the vocabulary (the
+    normalisers, then the gradients with the weights :math:`r_n`), and saves
+    ``dx``, ``dw``, ``dbias`` in their primals' dtypes. Both modes run four
+    matmuls of :math:`2NHV` flops against dense autodiff's three.
+
+    Chunks: ``chunk_size=None`` takes the largest multiple of 128 with an
+    ``N x chunk`` float32 block of at most 16 MiB and at most ``V / 32``
+    columns (at least 128), moved down to a multiple of 128 that divides V
+    when one lies within a factor 2; all of V (no loop) when the float32
+    ``N x V`` logits take at most 4 MiB; a symbolic N (:mod:`jax.export`)
+    counts as 4096. For N=4096 and V=32768 that is 1024. A V that the chunk
+    does not divide ends with a shorter chunk; ``w`` is never padded.
+
+    Memory: XLA temp memory :math:`O(N \cdot \mathrm{chunk} + N H)` beyond
+    the :math:`H V` gradient of ``w``; at N=4096, H=512, V=32768 float32,
+    27 MB against dense autodiff's 1074 MB. A 16-bit ``w`` is never copied:
+    XLA:CPU has no 16-bit float dynamic slice and would widen (and hoist out
+    of the loop) all of ``w``, so its chunks are cut from its bits inside a
+    conditional, and a bfloat16 ``x @ w`` runs in bfloat16 with float32
+    sums. The backward pass of a 16-bit ``x`` holds one float32 copy of
+    ``x`` (for :math:`x^\top\delta`) beside the float32 ``dx`` sum.
 
   References:
     Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models",
@@ -202,6 +248,13 @@ def linear_softmax_cross_entropy(
         f" (per column of w {w.shape}); got {mask.shape}. To drop examples,"
         " use ignore_index on their labels instead."
       )
+  omega = _weights(weights, batch_shape)
+  if reduction not in ("none", "sum", "mean"):
+    raise ValueError(
+      f"{_FN}: reduction must be 'none', 'sum' or 'mean'; got {reduction!r}."
+      " 'mean' divides by the total weight of the examples that count, as"
+      " torch's cross_entropy does with ignore_index."
+    )
   opts = _Options(
     alpha=_checks.static_fraction(label_smoothing, "label_smoothing", _FN),
     z_loss=_static_float(z_loss, "z_loss", positive=False),
@@ -209,17 +262,36 @@ def linear_softmax_cross_entropy(
     ignore_index=_checks.static_index(ignore_index, "ignore_index", _FN),
     chunk=_chunk(chunk_size, _rows(batch_shape), hidden, vocab),
     precision=tuple(precision) if isinstance(precision, list) else precision,
+    reduction=reduction,
   )
   x2 = x.reshape(-1, hidden)
   lab = labels.reshape(-1)
-  args = (x2, w, bias, lab, mask, opts)
+  omega = None if omega is None else omega.reshape(-1)
+  args = (x2, w, bias, lab, mask, omega, opts)
   if not _checks.static_flag(check_labels, "check_labels", _FN):
     out = _linear_ce_jit(*args)
-  elif _checks.is_concrete(x2, w, bias, lab, mask):
+  elif _checks.is_concrete(x2, w, bias, lab, mask, omega):
     out = _linear_ce_checked(*args)  # eager: a failed check raises here
   else:
     out = _linear_ce_checked_jit(*args)
-  return out.reshape(batch_shape)
+  return out if reduction != "none" else out.reshape(batch_shape)
+
+
+def _weights(weights, batch_shape):
+  """Per-example weights, broadcast to the labels' shape, or None."""
+  if weights is None:
+    return None
+  omega = _checks.as_floating(weights, "weights", _FN)
+  try:
+    ok = jnp.broadcast_shapes(omega.shape, batch_shape) == tuple(batch_shape)
+  except ValueError:
+    ok = False
+  if not ok:
+    raise ValueError(
+      f"{_FN}: weights must have the labels' shape {tuple(batch_shape)} (one"
+      f" weight per example), or broadcast to it; got {omega.shape}."
+    )
+  return jnp.broadcast_to(omega, batch_shape)
 
 
 class _Options(NamedTuple):
@@ -231,6 +303,7 @@ class _Options(NamedTuple):
   ignore_index: int | None
   chunk: int
   precision: lax.PrecisionLike
+  reduction: str = "none"
 
 
 def _static_float(value: object, name: str, *, positive: bool = True) -> float:
@@ -549,9 +622,15 @@ def _combine_stats(stats, vocab_axes):
 
 
 def _linear_ce_bwd(opts, res, g):
+  x, w, bias = res[:3]
+  dx, dw, db = _grads(*res, g, opts)
+  return _like(dx, x), _like(dw, w), _like(db, bias), None, None
+
+
+def _grads(x, w, bias, labels, where, shift, log_norm, g, opts):
+  """(dx, dw, dbias) of sum_n g_n L_n, in the primals' dtypes."""
   # d/dz: a (1 + 2 z_loss lse) - (1 - alpha) onehot - alpha / C * mask;
   # d/du = d/dz * (1 - tanh^2(u / c)); dx = d @ w.T, dw = x.T @ d, db = sum d
-  x, w, bias, labels, where, shift, log_norm = res
   _, ct = _compute_dtype(x, w, bias)
   vocab = w.shape[1]
   lab = labels
@@ -570,8 +649,7 @@ def _linear_ce_bwd(opts, res, g):
   g_t = per_row(g * (1.0 - opts.alpha))
   g_s = per_row(g * (opts.alpha / _num_classes(where, vocab))) if opts.alpha else None
   rows = (x, w, lab, shift, live_norm, g_a, g_t) + (() if g_s is None else (g_s,))
-  dx, dw, db = _kernel(_bwd_grads, opts, rows, (bias, where))
-  return _like(dx, x), _like(dw, w), _like(db, bias), None, None
+  return _kernel(_bwd_grads, opts, rows, (bias, where))
 
 
 def _bwd_grads(x, w, labels, shift, live_norm, g_a, g_t, *rest, opts, offset):
@@ -888,21 +966,89 @@ def _partitioned(fn, opts, n_args: int, present):
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 
 
-def _linear_ce_entry(x, w, bias, labels, where, opts):
+# ---------------------------------------------------------------------------
+# Reduced modes: the loss is one number, so the forward rule forms dx, dw and
+# dbias (the per-example gradients summed with the weights r_n) and the
+# backward rule only scales them by the scalar cotangent.
+
+
+def _row_weights(labels, where, weights, vocab, opts, ct):
+  """(r, counted, denominator): loss = sum_n r_n L_n. For 'mean', r_n =
+  omega_n / D with D the total weight of the counted rows (1 when D = 0, so
+  that a batch of which nothing counts gives 0)."""
+  dropped, _, _ = _row_flags(labels, where, vocab)
+  omega = jnp.ones(labels.shape, ct) if weights is None else weights.astype(ct)
+  counted = ~dropped
+  if opts.reduction == "sum":
+    return omega, counted, None
+  total = jnp.sum(jnp.where(counted, omega, 0.0))
+  denom = jnp.where(total == 0, 1.0, total)
+  return omega / denom, counted, denom
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _linear_ce_reduced(x, w, bias, labels, where, weights, opts):
+  out_dtype, ct = _compute_dtype(x, w, bias)
+  stats = _kernel(_fwd_stats, opts, (x, w, labels), (bias, where))
+  losses = _row_losses(stats, labels, where, w.shape[1], opts)
+  r, _, _ = _row_weights(labels, where, weights, w.shape[1], opts, ct)
+  return jnp.sum(r * losses).astype(out_dtype)
+
+
+def _linear_ce_reduced_fwd(x, w, bias, labels, where, weights, opts):
+  out_dtype, ct = _compute_dtype(x, w, bias)
+  vocab = w.shape[1]
+  stats = _kernel(_fwd_stats, opts, (x, w, labels), (bias, where))
+  losses = _row_losses(stats, labels, where, vocab, opts)
+  r, counted, denom = _row_weights(labels, where, weights, vocab, opts, ct)
+  value = jnp.sum(r * losses)
+  # the gradient now, with the per-row weights r: two more passes, no more
+  dx, dw, db = _grads(x, w, bias, labels, where, *stats[:2], r, opts)
+  d_omega = None
+  if weights is not None:
+    d_omega = losses if denom is None else (losses - counted * value) / denom
+    d_omega = d_omega.astype(weights.dtype)
+  return value.astype(out_dtype), (dx, dw, db, d_omega, x, w, bias, weights)
+
+
+def _linear_ce_reduced_bwd(opts, res, g):
+  del opts
+  dx, dw, db, d_omega, x, w, bias, weights = res
+  scale = lambda d, p: None if d is None else _like((g * d).astype(d.dtype), p)
+  return (
+    scale(dx, x),
+    scale(dw, w),
+    scale(db, bias),
+    None,
+    None,
+    scale(d_omega, weights),
+  )
+
+
+_linear_ce_reduced.defvjp(_linear_ce_reduced_fwd, _linear_ce_reduced_bwd)
+
+
+def _linear_ce_entry(x, w, bias, labels, where, weights, opts):
   """The loss of the checked arguments, labels of any integer dtype."""
   codes = _encode(labels, w.shape[1], opts.ignore_index)
-  return _linear_ce(x, w, bias, codes, where, opts)
+  if opts.reduction != "none":
+    return _linear_ce_reduced(x, w, bias, codes, where, weights, opts)
+  out = _linear_ce(x, w, bias, codes, where, opts)
+  if weights is None:
+    return out
+  _, ct = _compute_dtype(x, w, bias)
+  return (out.astype(ct) * weights.astype(ct)).astype(out.dtype)
 
 
-def _linear_ce_checked(x, w, bias, labels, where, opts):
+def _linear_ce_checked(x, w, bias, labels, where, weights, opts):
   """The loss, then checkify.check on its labels (check_labels=True)."""
   # the check comes after the custom_vjp call: see _checks.report_labels
-  out = _linear_ce_entry(x, w, bias, labels, where, opts)
+  out = _linear_ce_entry(x, w, bias, labels, where, weights, opts)
   _report_bad_labels(labels, where, w.shape[1], opts.ignore_index)
   return out
 
 
 # Checked arguments go through one compiled call, as in jax.nn: eager calls
 # then cost one dispatch instead of one per primitive.
-_linear_ce_jit = jax.jit(_linear_ce_entry, static_argnums=(5,))
-_linear_ce_checked_jit = jax.jit(_linear_ce_checked, static_argnums=(5,))
+_linear_ce_jit = jax.jit(_linear_ce_entry, static_argnums=(6,))
+_linear_ce_checked_jit = jax.jit(_linear_ce_checked, static_argnums=(6,))

@@ -248,6 +248,180 @@ def test_precision_argument():
 
 
 # ---------------------------------------------------------------------------
+# reduced modes: reduction="sum" | "mean" and per-example weights
+
+
+def reduce_dense(losses, labels, where, ignore_index, reduction, weights):
+  """The dense reference of a reduction: sum_n omega_n L_n, over the total
+  weight of the rows that count for "mean" (0 when none does)."""
+  omega = jnp.ones(losses.shape) if weights is None else weights
+  if reduction == "none":
+    return losses * omega
+  total = jnp.sum(omega * losses)
+  if reduction == "sum":
+    return total
+  vocab = None if where is None else where.shape[0]
+  counted = kept_rows(labels, where, ignore_index, vocab or 10**9)
+  if where is not None:
+    counted &= jnp.any(where)
+  denom = jnp.sum(jnp.where(counted, omega, 0.0))
+  return jnp.where(denom == 0, 0.0, total / jnp.where(denom == 0, 1.0, denom))
+
+
+def reduced_problem(options, reduction, weighted, dtype=np.float32, **kw):
+  """(f, dense, args): functions of (x, w[, bias], weights) or (x, w[, bias])."""
+  _, _, _, args, labels = problem(options, dtype=dtype, **kw)
+  opts = {k: v for k, v in options.items() if k != "bias"}
+  _, _, _, _, where = data(dtype=dtype, **kw)
+  if opts.pop("where", False):
+    opts["where"] = where
+  r = np.random.default_rng(7)
+  omega = jnp.asarray(r.random(labels.shape) * 2, dtype)
+  use_bias = len(args) == 3
+
+  def split(a):
+    a = list(a)
+    om = a.pop() if weighted else None
+    b = a.pop() if use_bias else None
+    return a[0], a[1], b, om
+
+  def f(*a):
+    x, w, b, om = split(a)
+    return lce(
+      x,
+      w,
+      labels,
+      bias=b,
+      chunk_size=CHUNK,
+      reduction=reduction,
+      weights=om,
+      **opts,
+    )
+
+  def dense(*a):
+    x, w, b, om = split(a)
+    losses = composition(x, w, labels, bias=b, **opts)
+    return reduce_dense(
+      losses, labels, opts.get("where"), opts.get("ignore_index"), reduction, om
+    )
+
+  return f, dense, args + ((omega,) if weighted else ())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
+@pytest.mark.parametrize("case", list(OPTIONS))
+def test_reductions_and_weights_match_dense(case, reduction, weighted):
+  f, dense, args = reduced_problem(OPTIONS[case], reduction, weighted)
+  assert_matches(f, dense, args, RTOL[np.float32])
+
+
+def test_reduced_float64_and_batch_dims():
+  with jax.enable_x64(True):
+    f, dense, args = reduced_problem(OPTIONS["all"], "mean", True, dtype=np.float64)
+    assert_matches(f, dense, args, RTOL[np.float64])
+  f, dense, args = reduced_problem(OPTIONS["all"], "sum", True, batch=(3, 4))
+  assert f(*args).shape == ()
+  assert_matches(f, dense, args, RTOL[np.float32])
+
+
+def test_mean_of_a_batch_that_nothing_counts_is_zero():
+  x, w, b, labels, _ = data()
+  ignored = jnp.full_like(labels, -100)
+  for kw in (
+    dict(ignore_index=-100),
+    dict(where=jnp.zeros(V, bool)),
+    dict(weights=jnp.zeros(N)),
+  ):
+    lab = ignored if "ignore_index" in kw else labels
+    f = lambda x, w, b, lab=lab, kw=kw: lce(x, w, lab, bias=b, reduction="mean", **kw)
+    value, grads = jax.value_and_grad(f, (0, 1, 2))(x, w, b)
+    assert value == 0, kw
+    for g in grads:
+      assert np.all(g == 0), kw
+
+
+def test_reduced_out_of_range_label_is_nan():
+  x, w, _, labels, _ = data()
+  for red in ("sum", "mean"):
+    f = lambda x, red=red: lce(x, w, labels.at[2].set(V), reduction=red)
+    value, dx = jax.value_and_grad(f)(x)
+    assert np.isnan(value) and np.all(np.isnan(dx[2]))
+
+
+def test_reduced_jit_vmap_hessian():
+  x, w, b, labels, where = data(batch=(3, 4))
+  kw = dict(bias=b, where=where, label_smoothing=0.1, z_loss=0.01, softcap=3.0)
+  omega = jnp.linspace(0.5, 1.5, 12).reshape(3, 4)
+  for red in ("sum", "mean"):
+    f = lambda x, w, om, red=red: lce(
+      x, w, labels[0], chunk_size=CHUNK, reduction=red, weights=om, **kw
+    )
+    dense = lambda x, w, om, red=red: reduce_dense(
+      composition(x, w, labels[0], **kw), labels[0], where, None, red, om
+    )
+    ws = jnp.stack([w, 2.0 * w, -w])
+    want = jax.vmap(dense)(x, ws, omega)
+    assert_close(jax.jit(jax.vmap(f))(x, ws, omega), want, 1e-5, "jit(vmap)")
+    total = lambda ws, fn: jnp.sum(jax.vmap(fn)(x, ws, omega))
+    got = jax.jit(jax.grad(total), static_argnums=1)(ws, f)
+    ref = jax.grad(total)(ws, dense)
+    assert_close(got, ref, 1e-5, "grad of vmap")
+  x, w, b, labels, where = data(n=2, hidden=3, vocab=7)
+  where = where.at[labels].set(True)
+  kw = dict(bias=b, where=where, label_smoothing=0.1, z_loss=0.05, softcap=2.0)
+  for red in ("sum", "mean"):
+    f = lambda x, red=red: lce(x, w, labels, chunk_size=3, reduction=red, **kw)
+    ref = lambda x, red=red: reduce_dense(
+      autodiff(x, w, labels, **kw), labels, where, None, red, None
+    )
+    got = jax.jit(jax.hessian(f))(x)
+    assert_close(got, jax.jit(jax.hessian(ref))(x), 1e-5, f"hessian, {red}")
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_reduced_16_bit_inputs(dtype):
+  f, dense, args = reduced_problem(OPTIONS["all"], "mean", True, dtype=dtype)
+  out, vjp = jax.vjp(f, *args)
+  assert out.dtype == dtype
+  grads = vjp(jnp.ones_like(out))
+  assert [g.dtype for g in grads] == [dtype] * len(args)
+  with jax.enable_x64(True):
+    args64 = [jnp.asarray(f64(a)) for a in args]
+    want, ref_vjp = jax.vjp(dense, *args64)
+    want_grads = ref_vjp(jnp.ones_like(want))
+  e = float(jnp.finfo(dtype).eps)
+  np.testing.assert_allclose(f64(out), f64(want), rtol=e, atol=0)
+  for g, r in zip(grads, want_grads, strict=True):
+    r = f64(r)
+    np.testing.assert_allclose(f64(g), r, rtol=e, atol=1e-5 * np.abs(r).max())
+
+
+def _wrong_mean_normaliser():
+  """The reduced rule with a deliberately wrong normaliser: every row counts."""
+  real = _linear._row_weights
+
+  def wrong(labels, where, weights, vocab, opts, ct):
+    r, counted, denom = real(labels, where, weights, vocab, opts, ct)
+    if denom is None:
+      return r, counted, denom
+    n = jnp.asarray(labels.shape[0], ct)
+    return r * denom / n, counted, n
+
+  return wrong
+
+
+def test_a_wrong_reduced_rule_is_caught(monkeypatch):
+  f, dense, args = reduced_problem(OPTIONS["ignore_index"], "mean", False)
+  assert_matches(f, dense, args, RTOL[np.float32])
+  monkeypatch.setattr(_linear, "_row_weights", _wrong_mean_normaliser())
+  jax.clear_caches()
+  with pytest.raises(AssertionError):
+    assert_matches(f, dense, args, RTOL[np.float32])
+  jax.clear_caches()
+
+
+# ---------------------------------------------------------------------------
 # edge rules, as in softmax_cross_entropy_with_integer_labels
 
 
@@ -584,6 +758,42 @@ def test_temp_memory_is_a_fraction_of_the_logits():
   assert full < logits / 8, full
 
 
+MIB = 2**20
+GEMMA = (8192, 2304, 256000)  # Gemma 2 (2B): tokens per batch, H, V
+
+
+def gemma_temp(dtype, reduction, grad):
+  """XLA's temp bytes (outputs excluded) at Gemma 2 (2B) scale: compile only."""
+  n, hidden, vocab = GEMMA
+  x = jax.ShapeDtypeStruct((n, hidden), dtype)
+  w = jax.ShapeDtypeStruct((hidden, vocab), dtype)
+  labels = jax.ShapeDtypeStruct((n,), jnp.int32)
+
+  def loss(x, w, labels):
+    out = lce(x, w, labels, reduction=reduction)
+    return jnp.sum(out.astype(jnp.float32))
+
+  f = jax.value_and_grad(loss, (0, 1)) if grad else loss
+  compiled = jax.jit(f).lower(x, w, labels).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_gemma_scale_memory_has_no_copy_of_w(dtype, reduction):
+  hidden, vocab = GEMMA[1:]
+  w_bytes = hidden * vocab * jnp.dtype(dtype).itemsize
+  loss_only = gemma_temp(dtype, reduction, grad=False)
+  assert loss_only <= 64 * MIB, loss_only / MIB
+  both = gemma_temp(dtype, reduction, grad=True)
+  if dtype == jnp.float32 or reduction != "none":
+    # reduced modes may add one float32 H x V accumulator for dw
+    extra = 0 if reduction == "none" else hidden * vocab * 4
+    assert both <= 160 * MIB + extra, both / MIB
+  # in every case: not even a 16-bit copy of w (it was 1,346 MiB in bf16)
+  assert both < w_bytes / 4, (both / MIB, w_bytes / MIB)
+
+
 # ---------------------------------------------------------------------------
 # the comparison helper catches a wrong gradient
 
@@ -641,6 +851,9 @@ def test_a_wrong_bwd_is_caught():
     ({"chunk_size": 0}, ValueError, "chunk_size must be positive"),
     ({"chunk_size": 128.0}, TypeError, "chunk_size must be a Python int"),
     ({"ignore_index": 1.0}, TypeError, "ignore_index must be a Python int"),
+    ({"reduction": "avg"}, ValueError, "reduction must be 'none', 'sum' or 'mean'"),
+    ({"weights": np.ones((N + 1,), np.float32)}, ValueError, "weights must have"),
+    ({"weights": np.ones((N,), np.int32)}, TypeError, "weights must have a float"),
   ],
 )
 def test_bad_input_errors(change, error, match):
