@@ -296,6 +296,134 @@ def _cases(jax, jnp, np, jaxsmx, P):
   ]
 
 
+def _mixed_cases(jax, jnp, np, jaxsmx, P):
+  """Inside a user's shard_map, differentiable inputs that vary over different
+  mesh axes: (name, fn, [(array, in_spec)], out_spec). Each cotangent must
+  come back summed over the axes its input does not vary along."""
+  rng = np.random.default_rng(2)
+  n, c = 16, 64
+  z = (2.0 * rng.standard_normal((n, c))).astype(np.float32)
+  lq = np.asarray(jax.nn.log_softmax(rng.standard_normal((n, c))), np.float32)
+  q = np.exp(lq)
+  # one target distribution for the whole batch, replicated on every device
+  t = np.asarray(jax.nn.softmax(rng.standard_normal(c)), np.float32)
+  b = rng.uniform(0.1, 2.0, c).astype(np.float32)
+  b4 = rng.uniform(0.1, 2.0, (MP, 1, c)).astype(np.float32)
+  # one target distribution per "model" index: varies over the other axis
+  t4 = np.asarray(jax.nn.softmax(rng.standard_normal((MP, 1, c))), np.float32)
+  rows, rep, per_model = P("data"), P(), P("model")
+  return [
+    (
+      "softmax_cross_entropy[logits over data, labels replicated]",
+      jaxsmx.softmax_cross_entropy,
+      [(z, rows), (t, rep)],
+      rows,
+    ),
+    (
+      "softmax_cross_entropy[logits over data, labels over model]",
+      jaxsmx.softmax_cross_entropy,
+      [(z, rows), (t4, per_model)],
+      P("model", "data"),
+    ),
+    (
+      "cross_entropy[p replicated, q over data]",
+      jaxsmx.cross_entropy,
+      [(t, rep), (q, rows)],
+      rows,
+    ),
+    (
+      "kl_divergence[log_predictions over data, targets replicated]",
+      jaxsmx.kl_divergence,
+      [(lq, rows), (t, rep)],
+      rows,
+    ),
+    (
+      "kl_divergence[log_predictions over data, targets over model]",
+      jaxsmx.kl_divergence,
+      [(lq, rows), (t4, per_model)],
+      P("model", "data"),
+    ),
+    (
+      "sigmoid_binary_cross_entropy[logits over data, labels replicated]",
+      jaxsmx.sigmoid_binary_cross_entropy,
+      [(z, rows), (t, rep)],
+      rows,
+    ),
+    (
+      "logsumexp[a over data, b replicated]",
+      lambda a, b: jaxsmx.logsumexp(a, axis=-1, b=b),
+      [(z, rows), (b, rep)],
+      rows,
+    ),
+    (
+      "logsumexp[a over data, b over model, return_sign]",
+      lambda a, b: jaxsmx.logsumexp(a, axis=-1, b=b, return_sign=True)[0],
+      [
+        (z, rows),
+        (b4, per_model),
+      ],
+      P("model", "data"),
+    ),
+  ]
+
+
+def _check_mixed_in_shard_map(jax, np, mesh, put, fn, diff, out_spec, ref):
+  """shard_map with the given in_specs (check_vma on, the default): values
+  and VJPs equal one device's."""
+  value_and_vjp = _value_and_vjp(jax, fn)
+  ct, (want_out, want_grads) = ref.get()
+  specs = [s for _, s in diff]
+  mapped = jax.shard_map(
+    value_and_vjp,
+    mesh=mesh,
+    in_specs=(specs, [], out_spec),
+    out_specs=(out_spec, tuple(specs)),
+  )
+  got_out, got_grads = jax.jit(mapped)(
+    [put(a, s) for a, s in diff], [], put(ct, out_spec)
+  )
+  np.testing.assert_allclose(got_out, want_out, rtol=RTOL, atol=ATOL)
+  for i, (g, wg) in enumerate(zip(got_grads, want_grads, strict=True)):
+    np.testing.assert_allclose(
+      g, wg, rtol=RTOL, atol=ATOL, err_msg=f"gradient of argument {i}"
+    )
+  return {"in_specs": [str(s) for s in specs], "out_spec": str(out_spec)}
+
+
+def _careless_kl(jax, jnp):
+  """kl_divergence as a custom_vjp without the varying-type cast: inside
+  shard_map, its targets' cotangent varies where the targets do not."""
+
+  @jax.custom_vjp
+  def kl(lq, t):
+    return jnp.sum(t * (jnp.log(t) - lq), -1)
+
+  def fwd(lq, t):
+    return kl(lq, t), (lq, t)
+
+  def bwd(res, g):
+    lq, t = res
+    g = g[..., None]
+    return -g * t, g * (jnp.log(t) + 1.0 - lq)
+
+  kl.defvjp(fwd, bwd)
+  return lambda lq, t: kl(lq, jnp.broadcast_to(t, lq.shape))
+
+
+def _rejects_careless(jax, jnp, np, jaxsmx, mesh, put, P):
+  """The mixed-axes check fails on a rule without the cast."""
+  _, _, diff, out_spec = next(
+    c for c in _mixed_cases(jax, jnp, np, jaxsmx, P) if c[0].startswith("kl_div")
+  )
+  fn = _careless_kl(jax, jnp)
+  ref = _Reference(jax, np, fn, diff, [], {}, "careless")
+  try:
+    _check_mixed_in_shard_map(jax, np, mesh, put, fn, diff, out_spec, ref)
+  except (ValueError, TypeError, AssertionError) as e:
+    return {"caught": f"{type(e).__name__}: {str(e)[:300]}"}
+  return False, {"caught": None}
+
+
 def _hlo_cases(jax, jnp, np, jaxsmx, P, *, n=64, h=16, v=1024, report=False):
   """value_and_grad of the two cross-entropies, vocabulary-parallel.
 
@@ -422,6 +550,21 @@ def main(argv: list[str]) -> int:
             _check_in_shard_map,
             *(jax, np, mesh, put, fn, diff, other, out_spec, ref),
           )
+      if mode == "auto":
+        for name, fn, diff, out_spec in _mixed_cases(jax, jnp, np, jaxsmx, P):
+          ref = _Reference(jax, np, fn, diff, [], references, name)
+          _run(
+            checks,
+            f"shard_map mixed varying axes: {name}",
+            _check_mixed_in_shard_map,
+            *(jax, np, mesh, put, fn, diff, out_spec, ref),
+          )
+        _run(
+          checks,
+          "shard_map mixed varying axes: checker rejects a rule without the cast",
+          _rejects_careless,
+          *(jax, jnp, np, jaxsmx, mesh, put, P),
+        )
 
     sizes = _REPORT_SIZE if report else {}
     for name, fn, specs, argnums, block in _hlo_cases(jax, jnp, np, jaxsmx, P, **sizes):

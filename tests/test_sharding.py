@@ -15,6 +15,11 @@ What the subprocess checks, on a 2 x 4 ("data", "model") mesh, in JAX's
 * every public function inside a user's ``jax.shard_map`` (rows split over
   "data", ``w`` and the vocabulary-sized arrays invariant): the same values
   and VJPs;
+* every function with two differentiable inputs inside ``jax.shard_map``
+  with those inputs varying over different mesh axes (per-device logits
+  against a replicated target distribution, or one per "model" index): the
+  same values and VJPs, so each cotangent is summed over the axes its input
+  does not vary along; a rule without that cast is caught;
 * in the compiled HLO of value_and_grad of the integer-label and the linear
   cross-entropy, vocabulary-parallel, no collective has a result as large as
   a per-device logits block (N/dp x V/mp elements);
@@ -74,6 +79,19 @@ def test_every_function_sharded_on_8_simulated_devices():
       if mode == "shard_map" and key.startswith(("collectives", "checker")):
         continue
       assert any(n.startswith(f"{mode}: ") and key in n for n in names), (mode, key)
+  # two differentiable inputs varying over different mesh axes, for every
+  # function that has two
+  for key in (
+    "softmax_cross_entropy[",
+    "cross_entropy[",
+    "kl_divergence[",
+    "sigmoid_binary_cross_entropy[",
+    "logsumexp[",
+  ):
+    assert any(n.startswith(f"shard_map mixed varying axes: {key}") for n in names), key
+  assert (
+    "shard_map mixed varying axes: checker rejects a rule without the cast" in names
+  )
   failed = [c for c in report["checks"] if not c["ok"]]
   message = "\n".join(
     f"- {c['name']}: {json.dumps(c['detail'])[:1500]}" for c in failed
