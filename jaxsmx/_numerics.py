@@ -15,7 +15,16 @@ The edge rules, used everywhere:
   has the lowest finite float as its shift and log-norm :math:`-\infty`: its
   logsumexp is :math:`-\infty` and its probabilities are 0;
 * a :math:`+\infty` or NaN entry makes the slice's shift, and so everything
-  computed from it, NaN.
+  computed from it, NaN (logsumexp alone gives :math:`+\infty` for
+  :math:`+\infty`, as jax.nn does).
+
+The calling conventions, also shared: class axes are moved to one flattened
+last axis before any rule runs (a tuple ``axis`` then gives what the data
+moved to one axis gives, to the last bit); inputs are broadcast and cast to
+the compute dtype outside the rules, so that each gradient is summed and
+rounded once, to its input's dtype; and inside a user's ``shard_map`` the
+differentiable inputs of a rule are given one varying type, so that a
+cotangent is summed over the mesh axes along which its input does not vary.
 """
 
 from __future__ import annotations
@@ -201,17 +210,6 @@ def same_varying_axes(*arrays):
     missing = () if a is None else tuple(sorted(axes - varying_axes(a)))
     out.append(lax.pcast(a, missing, to="varying") if missing else a)
   return tuple(out)
-
-
-def like(cotangent: jax.Array, primal) -> jax.Array:
-  """A cotangent summed over the manual mesh axes (inside shard_map) over
-  which it varies and its primal does not: the transpose of the implicit
-  broadcast of an invariant input. For bwd rules whose primal inputs were not
-  passed through `same_varying_axes`."""
-  if primal is None:
-    return cotangent
-  extra = varying_axes(cotangent) - varying_axes(primal)
-  return lax.psum(cotangent, tuple(sorted(extra))) if extra else cotangent
 
 
 def broadcast_shape(fn: str, **arrays) -> tuple[int, ...]:

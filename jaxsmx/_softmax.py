@@ -4,7 +4,12 @@ Every function here reduces over one or more class axes. They share one rule
 for the edges: masked entries count as :math:`-\infty`; a slice with no finite
 mass (all :math:`-\infty`, or fully masked) has logsumexp :math:`-\infty` and
 all its probabilities :math:`0`; a :math:`+\infty` or NaN anywhere in a slice
-makes that whole slice NaN.
+makes that whole slice NaN, except in logsumexp, where :math:`+\infty` gives
+:math:`+\infty` (as in jax.nn and scipy).
+
+Each public function is one compiled call (``jax.jit`` around the checked
+arguments), as jax.nn's are, and reduces a tuple ``axis`` as one flattened
+axis, so that it gives to the last bit what the data moved to one axis gives.
 """
 
 from __future__ import annotations
@@ -52,24 +57,27 @@ def softmax(
     x: logits, ``[..., num_classes]``. Integers are promoted to the default
       float dtype; 16-bit floats are computed in float32.
     axis: the class axis or axes; ``None`` means all axes.
-    where: boolean mask broadcastable to ``x.shape``; masked entries take no
-      part and get probability 0.
+    where: boolean mask broadcastable against ``x`` (it may also broadcast
+      ``x`` up, as in jax.nn); masked entries take no part and get
+      probability 0.
 
   Returns:
-    Probabilities with the shape and dtype of ``x``.
+    Probabilities with the broadcast shape of ``x`` and ``where``, in the
+    dtype of ``x``.
 
   Edge cases: a :math:`-\infty` logit gets probability 0. A slice that is all
   :math:`-\infty` or fully masked gives all zeros (``jax.nn.softmax`` gives
   NaN). A :math:`+\infty` or NaN logit makes its slice NaN.
-
-  Gradient: :math:`\bar z = a \odot (g - \langle g, a\rangle)`; the residual is
-  the output :math:`a` itself.
 
   Example:
     >>> import jax.numpy as jnp, jaxsmx
     >>> with jnp.printoptions(precision=4):
     ...   print(jaxsmx.softmax(jnp.array([3.0, 1.0, -3.0])))
     [0.8789 0.1189 0.0022]
+
+  Notes:
+    Gradient: :math:`\bar z = a \odot (g - \langle g, a\rangle)`; the
+    residual is the output :math:`a` itself, in float32 for 16-bit logits.
   """
   return _softmax_checked(as_array(x), static_axis(axis), as_array(where))
 
@@ -138,25 +146,27 @@ def log_softmax(
   Args:
     x: logits, ``[..., num_classes]``.
     axis: the class axis or axes; ``None`` means all axes.
-    where: boolean mask broadcastable to ``x.shape``; masked entries give
-      :math:`-\infty`.
+    where: boolean mask broadcastable against ``x``, as for :func:`softmax`;
+      masked entries give :math:`-\infty`.
 
   Returns:
-    Log-probabilities with the shape and dtype of ``x``.
+    Log-probabilities with the broadcast shape of ``x`` and ``where``, in the
+    dtype of ``x``.
 
   Edge cases: logits of magnitude up to the dtype's maximum are exact. A
   :math:`-\infty` logit gives :math:`-\infty`; a slice that is all
   :math:`-\infty` or fully masked gives :math:`-\infty` throughout. A
   :math:`+\infty` or NaN logit makes its slice NaN.
 
-  Gradient: :math:`\bar z = g - \mathrm{softmax}(z) \sum_k g_k`; the
-  residual is softmax(z), which the forward pass forms anyway from the one
-  exponential per element; masked entries get 0.
-
   Example:
     >>> import jax.numpy as jnp, jaxsmx
     >>> print(jaxsmx.log_softmax(jnp.array([1000.0, 0.0])).tolist())
     [0.0, -1000.0]
+
+  Notes:
+    Gradient: :math:`\bar z = g - \mathrm{softmax}(z) \sum_k g_k`; the
+    residual is softmax(z), which the forward pass forms anyway from the one
+    exponential per element; masked entries get 0.
   """
   return _log_softmax_checked(as_array(x), static_axis(axis), as_array(where))
 
