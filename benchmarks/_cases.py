@@ -315,6 +315,120 @@ def linear_ce_vag(n: int, h: int, v: int, runs: int) -> list[Row]:
   )
 
 
+def linear_ce_reduced_vag(n: int, h: int, v: int, runs: int) -> list[Row]:
+  """The reduced mode (reduction="mean"): dx and dw formed in the forward pass."""
+  k1, k2 = jax.random.split(jax.random.key(4))
+  x = jax.random.normal(k1, (n, h), jnp.float32)
+  w = jax.random.normal(k2, (h, v), jnp.float32) / np.sqrt(h)
+  y = _labels(n, v)
+  both = (0, 1)
+  ours = _jax(
+    "jaxsmx",
+    _vag(
+      lambda x, w, y: jaxsmx.linear_softmax_cross_entropy(x, w, y, reduction="mean"),
+      both,
+    ),
+    x,
+    w,
+    y,
+  )
+  peers = [
+    _jax(
+      "dense optax on x @ w",
+      _vag(
+        lambda x, w, y: optax.softmax_cross_entropy_with_integer_labels(
+          x @ w, y
+        ).mean(),
+        both,
+      ),
+      x,
+      w,
+      y,
+    )
+  ]
+  try:
+    import jax_cce
+  except ImportError:
+    jax_cce = None
+  if jax_cce is not None:
+    wt = jnp.asarray(w.T)
+    peers.append(
+      _jax(
+        "jax-cce",
+        _vag(lambda x, wt, y: jax_cce.linear_cross_entropy(x, wt, y), both),
+        x,
+        wt,
+        y,
+      )
+    )
+  a = jax.random.normal(k1, (n, h), jnp.float32)
+  matmul = Contender("matmul", jax.jit(lambda a, w: a @ w), (a, w))
+  t_matmul = interleaved_medians([matmul], runs)["matmul"]
+  return _measure(
+    "reduced linear CE (mean) value_and_grad",
+    f"N={n} H={h} V={v}",
+    ours,
+    peers,
+    runs,
+    1.00,
+    memory=True,
+    mem_target=1 / 16,
+    t_limit=3 * t_matmul,
+    limit_name="3 matmuls",
+  )
+
+
+GEMMA_2B = (8192, 2304, 256000)  # tokens per batch, H, V (Wijmans et al.)
+
+
+def gemma_memory_table(n: int = 8192, h: int = 2304, v: int = 256000) -> str:
+  """Compiled temp memory (outputs excluded) at Gemma 2 (2B) scale, bfloat16:
+  compile only, nothing runs. A markdown table with the paper's figures."""
+  bf16 = jnp.bfloat16
+  x = jax.ShapeDtypeStruct((n, h), bf16)
+  w = jax.ShapeDtypeStruct((h, v), bf16)
+  y = jax.ShapeDtypeStruct((n,), jnp.int32)
+
+  def dense(x, w, y):
+    z = jnp.matmul(x, w, preferred_element_type=jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+
+  def fused(reduction):
+    def loss(x, w, y):
+      out = jaxsmx.linear_softmax_cross_entropy(x, w, y, reduction=reduction)
+      return jnp.mean(out.astype(jnp.float32))
+
+    return loss
+
+  def mib(f, grad):
+    f = jax.value_and_grad(f, (0, 1)) if grad else f
+    m = jax.jit(f).lower(x, w, y).compile().memory_analysis()
+    return m.temp_size_in_bytes / 2**20, m.output_size_in_bytes / 2**20
+
+  rows = [
+    ("dense optax on x @ w (logits in float32)", dense),
+    ('jaxsmx fused, reduction="none" (then .mean())', fused("none")),
+    ('jaxsmx fused, reduction="mean"', fused("mean")),
+  ]
+  lines = [
+    f"N={n} tokens, H={h}, V={v}, bfloat16 x and w; XLA:CPU"
+    " `memory_analysis()` of the compiled program (nothing is run).\n",
+    "| | loss only, temp MiB | value_and_grad w.r.t. x and w, temp MiB (outputs MiB) |",
+    "|---|---|---|",
+  ]
+  for name, f in rows:
+    loss_temp, _ = mib(f, False)
+    vg_temp, vg_out = mib(f, True)
+    lines.append(f"| {name} | {loss_temp:,.0f} | {vg_temp:,.0f} ({vg_out:,.0f}) |")
+  lines.append(
+    "| Cut Cross-Entropy paper, Gemma 2 (2B), 8,192 tokens: baseline -> CCE"
+    " (Wijmans et al., ICLR 2025, arXiv:2411.09009; GPU) | 24 GB -> 1 MB"
+    " (loss) | 28 GB -> 1 GB"
+    " (classifier head, loss + gradient) |"
+  )
+  return "\n".join(lines) + "\n"
+
+
 def matmul_gflops(n: int, h: int, v: int, runs: int) -> float:
   a = jnp.ones((n, h), jnp.float32)
   b = jnp.ones((h, v), jnp.float32)

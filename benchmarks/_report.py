@@ -53,6 +53,7 @@ def write(
   extra: dict[str, str],
   notes: str,
   command: str,
+  sections: dict[str, str] | None = None,
 ) -> None:
   out.mkdir(parents=True, exist_ok=True)
   facts = "\n".join(f"- {k}: {v}" for k, v in {**info, **extra}.items())
@@ -68,6 +69,8 @@ def write(
     f"## Machine\n\n{facts}\n\n## Results\n\n{table(rows)}\n"
     "![ratios](ratios.png)\n\n![linear CE memory](linear_memory.png)\n"
   )
+  for title, body in (sections or {}).items():
+    text += f"\n## {title}\n\n{body.strip()}\n"
   if notes:
     text += "\n" + notes.strip() + "\n"
   (out / "RESULTS.md").write_text(text)

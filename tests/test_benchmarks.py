@@ -35,6 +35,9 @@ def test_quick_benchmark_writes_results(tmp_path):
     "soft-label CE value_and_grad",
     "softmax_entropy value_and_grad",
     "fused linear CE value_and_grad",
+    "reduced linear CE (mean) value_and_grad",
+    "## Memory at Gemma 2 (2B) scale",
+    'jaxsmx fused, reduction="mean"',
   ):
     assert case in results
   rows = json.loads((tmp_path / "results.json").read_text())["rows"]
