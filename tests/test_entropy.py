@@ -991,6 +991,14 @@ def test_mixed_dtypes(name, first, second):
     np.testing.assert_allclose(f64(g), w, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_an_eager_call_is_one_compiled_call(name):
+  args, m = inputs(name), row_mask()
+  for f in (ours(name), ours(name, m)):
+    eqns = jax.make_jaxpr(f)(*args).eqns
+    assert [e.primitive.name for e in eqns] == ["jit"], eqns
+
+
 # ---------------------------------------------------------------------------
 # bad input
 

@@ -1063,6 +1063,23 @@ def test_the_debug_tools_check_catches_a_formed_nan():
   _quiet_under_debug_tools(lambda a: jaxsmx.logsumexp(a, axis=-1), a)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_an_eager_call_is_one_compiled_call(name):
+  # as jax.nn's functions are: the trace has one jit call and nothing else, so
+  # that an eager call costs one dispatch, not one per primitive
+  x, m = logits(), row_mask()
+  b = np.abs(x) + 0.1
+  calls = [
+    lambda x: getattr(jaxsmx, name)(x),
+    lambda x: getattr(jaxsmx, name)(x, where=m),
+  ]
+  if name == "logsumexp":
+    calls.append(lambda x: jaxsmx.logsumexp(x, -1, b, return_sign=True))
+  for f in calls:
+    eqns = jax.make_jaxpr(f)(x).eqns
+    assert [e.primitive.name for e in eqns] == ["jit"], eqns
+
+
 # ---------------------------------------------------------------------------
 # bad input
 
