@@ -325,9 +325,18 @@ def _lse_stats(a, b, where):
 
 def _exp_from(z, shift):
   """exp(z - shift), with exp(+inf - +inf) taken as 1 (a +inf entry at the
-  maximum), and no NaN formed on the way."""
-  top = z == shift
-  return jnp.exp(jnp.where(top, 0.0, z) - jnp.where(top, 0.0, shift))
+  maximum), and no NaN formed on the way.
+
+  A slice whose shift is +inf is shifted by the largest finite float instead
+  and capped at 0: its +inf entries give 1 and its finite ones 0. The fix-up
+  is per slice; elementwise there is only a subtract, a min and the exp, which
+  XLA fuses into the reduction that follows (an elementwise select would be
+  materialised there).
+  """
+  inf = shift == jnp.inf
+  finite_shift = jnp.where(inf, jnp.finfo(z.dtype).max, shift)
+  cap = jnp.where(inf, 0.0, jnp.inf)
+  return jnp.exp(jnp.minimum(z - finite_shift, cap))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
