@@ -146,7 +146,9 @@ def one_class_axis(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 
   A tuple axis is computed on this layout, so that it gives to the last bit
   what the same data on one flattened axis gives (the flat class index is C
-  order over the axes as given).
+  order over the axes as given). The losses call it before their compiled
+  call: an eager call then hands XLA the flattened array itself, not a
+  transpose that XLA could fuse into the reductions and sum in another order.
   """
   ndim, k = x.ndim, len(axes)
   x = jnp.moveaxis(x, axes, tuple(range(ndim - k, ndim)))

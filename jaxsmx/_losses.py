@@ -91,7 +91,23 @@ def softmax_cross_entropy(
   axes = _checks.canonical_axes(axis, len(shape), fn)
   mask = _checks.as_mask(where, shape, axes, fn)
   alpha = _checks.static_fraction(label_smoothing, "label_smoothing", fn)
+  if len(axes) > 1:
+    logits, labels = jnp.broadcast_to(logits, shape), jnp.broadcast_to(labels, shape)
+    logits, labels, mask, axes = _one_class_axis(logits, labels, mask, axes)
   return _softmax_ce_jit(logits, labels, mask, axes, alpha)
+
+
+def _one_class_axis(logits, labels, where, axes):
+  """Tuple class axes moved last and flattened into one (see one_class_axis).
+
+  `labels` is flattened too when it has the logits' shape (soft labels).
+  """
+  if where is not None:
+    where = _checks.one_class_axis(jnp.broadcast_to(where, logits.shape), axes)
+  if labels.shape == logits.shape:
+    labels = _checks.one_class_axis(labels, axes)
+  logits = _checks.one_class_axis(logits, axes)
+  return logits, labels, where, (logits.ndim - 1,)
 
 
 def _label_distribution(labels, logits, fn) -> jax.Array:
@@ -113,19 +129,11 @@ def _label_distribution(labels, logits, fn) -> jax.Array:
 
 
 def _softmax_ce_prepared(logits, labels, where, axes, alpha):
-  """Broadcasts, converts one-hot labels, and gives tuple axes one axis."""
+  """Broadcasts and converts one-hot labels (tuple axes are flat by now)."""
   if not jnp.issubdtype(labels.dtype, jnp.floating):
     labels = labels.astype(logits.dtype)  # integer or boolean one-hot
   shape = jnp.broadcast_shapes(logits.shape, labels.shape)
   logits, labels = jnp.broadcast_to(logits, shape), jnp.broadcast_to(labels, shape)
-  if len(axes) > 1:
-    logits, labels = (
-      _checks.one_class_axis(logits, axes),
-      _checks.one_class_axis(labels, axes),
-    )
-    if where is not None:
-      where = _checks.one_class_axis(jnp.broadcast_to(where, shape), axes)
-    axes = (logits.ndim - 1,)
   # inside shard_map, one varying type: the cotangent of an input that does
   # not vary along a mesh axis is summed over it (the cast's transpose)
   return _softmax_ce(*same_varying_axes(logits, labels, where), axes, alpha)
@@ -289,8 +297,11 @@ def softmax_cross_entropy_with_integer_labels(
   mask = _checks.as_mask(where, logits.shape, axes, fn)
   alpha = _checks.static_fraction(label_smoothing, "label_smoothing", fn)
   ignore_index = _checks.static_index(ignore_index, "ignore_index", fn)
+  check = _checks.static_flag(check_labels, "check_labels", fn)
+  if len(axes) > 1:
+    logits, labels, mask, axes = _one_class_axis(logits, labels, mask, axes)
   args = (logits, labels, mask, axes, alpha, ignore_index)
-  if not _checks.static_flag(check_labels, "check_labels", fn):
+  if not check:
     return _integer_ce_jit(*args)
   if _checks.is_concrete(logits, labels, mask):
     return _integer_ce_checked(*args)  # eager: a failed check raises here
@@ -298,25 +309,19 @@ def softmax_cross_entropy_with_integer_labels(
 
 
 def _integer_ce_prepared(logits, labels, where, axes, alpha, ignore_index):
-  """Broadcasts the labels and gives tuple axes one axis, then the loss."""
-  logits, labels, where, axes = _one_layout(logits, labels, where, axes)
+  """Broadcasts the labels to the batch shape, then the loss."""
+  labels = _batch_labels(logits, labels, axes)
   return _integer_ce(logits, labels, where, axes, alpha, ignore_index)
 
 
-def _one_layout(logits, labels, where, axes):
+def _batch_labels(logits, labels, axes):
   batch = tuple(d for i, d in enumerate(logits.shape) if i not in axes)
-  labels = jnp.broadcast_to(labels, batch)
-  if len(axes) > 1:
-    if where is not None:
-      where = _checks.one_class_axis(jnp.broadcast_to(where, logits.shape), axes)
-    logits = _checks.one_class_axis(logits, axes)
-    axes = (logits.ndim - 1,)
-  return logits, labels, where, axes
+  return jnp.broadcast_to(labels, batch)
 
 
 def _integer_ce_checked(logits, labels, where, axes, alpha, ignore_index):
   """The loss, then checkify.check on its labels (check_labels=True)."""
-  logits, labels, where, axes = _one_layout(logits, labels, where, axes)
+  labels = _batch_labels(logits, labels, axes)
   # the check comes after the custom_vjp call: see _checks.report_labels
   out = _integer_ce(logits, labels, where, axes, alpha, ignore_index)
   report_bad_labels(

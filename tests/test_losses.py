@@ -1237,3 +1237,249 @@ def test_16_bit_tiny_losses_keep_their_relative_accuracy():
   ):
     rel = np.abs(np.asarray(loss, np.float64) / expected - 1)
     assert rel.max() <= 2 * eps, rel
+
+
+# ---------------------------------------------------------------------------
+# integer labels of every dtype, with every class count (never a wrong logit)
+
+LABEL_DTYPES = (
+  "int8",
+  "int16",
+  "int32",
+  "int64",
+  "uint8",
+  "uint16",
+  "uint32",
+  "uint64",
+)
+CLASS_COUNTS = (3, 200, 300, 40000, 70000)
+
+
+def _label_values(dtype, num_classes):
+  """Valid labels near both ends, and out-of-range ones the dtype can hold."""
+  top = min(num_classes - 1, int(np.iinfo(dtype).max))
+  valid = [top, 1, 0, top // 2]
+  bad = [
+    v for v in (-1, num_classes) if np.iinfo(dtype).min <= v <= np.iinfo(dtype).max
+  ]
+  return valid, bad
+
+
+@pytest.mark.parametrize("x64_on", [False, True], ids=["x32", "x64"])
+@pytest.mark.parametrize("num_classes", CLASS_COUNTS)
+@pytest.mark.parametrize("label_dtype", LABEL_DTYPES)
+def test_labels_of_every_integer_dtype(label_dtype, num_classes, x64_on):
+  valid, bad = _label_values(np.dtype(label_dtype), num_classes)
+  values = valid + bad
+  z = rng(5).normal(size=(len(values), num_classes)).astype(np.float32)
+  with jax.enable_x64(x64_on):
+    c = jnp.asarray(np.array(values, label_dtype))
+    loss, vjp = jax.vjp(lambda z: ice(z, c), jnp.asarray(z))
+    (g,) = vjp(jnp.ones(len(values), jnp.float32))
+  loss, g = np.asarray(loss, np.float64), np.asarray(g, np.float64)
+  n = len(valid)
+  z64 = z[:n].astype(np.float64)
+  want = scipy.special.logsumexp(z64, -1) - z64[np.arange(n), valid]
+  np.testing.assert_allclose(loss[:n], want, rtol=1e-6)
+  onehot = np.zeros((n, num_classes))
+  onehot[np.arange(n), valid] = 1.0
+  np.testing.assert_allclose(g[:n], scipy.special.softmax(z64, -1) - onehot, atol=1e-6)
+  assert np.all(np.isnan(loss[n:])) and np.all(np.isnan(g[n:]))
+
+
+@pytest.mark.parametrize("x64_on", [False, True], ids=["x32", "x64"])
+@pytest.mark.parametrize("label_dtype", LABEL_DTYPES)
+def test_check_labels_of_every_integer_dtype(label_dtype, x64_on):
+  for num_classes in (3, 300, 70000):
+    valid, bad = _label_values(np.dtype(label_dtype), num_classes)
+    z = jnp.zeros((len(valid), num_classes))
+    f = checkify.checkify(
+      lambda z, c: ice(z, c, ignore_index=-100, check_labels=True),
+      errors=checkify.user_checks,
+    )
+    with jax.enable_x64(x64_on):
+      err, _ = f(z, jnp.asarray(np.array(valid, label_dtype)))
+      assert err.get() is None, (num_classes, err.get())
+      for b in bad:
+        labels = np.array([*valid[:-1], b], label_dtype)
+        err, _ = f(z, jnp.asarray(labels))
+        assert f"[0, {num_classes})" in (err.get() or ""), (num_classes, b)
+
+
+def test_uint8_labels_with_300_classes_read_the_right_logit():
+  # the issue's example: the clip bound 299 overflowed uint8 and read class 43
+  z = jnp.broadcast_to(jnp.arange(300.0) / 40, (2, 300))
+  got = ice(z, jnp.array([3, 250], jnp.uint8))
+  want = scipy.special.logsumexp(np.arange(300.0) / 40) - np.array([3, 250]) / 40
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# mixed and 16-bit dtypes: gradients in the primal's dtype, computed in float32
+
+
+@pytest.mark.parametrize(
+  "z_dtype,y_dtype",
+  [("bfloat16", "float32"), ("float32", "bfloat16"), ("float16", "float32")],
+)
+@pytest.mark.parametrize(
+  "loss", ["softmax_cross_entropy", "sigmoid_binary_cross_entropy"]
+)
+def test_mixed_dtype_gradients_keep_their_precision(loss, z_dtype, y_dtype):
+  f = getattr(jaxsmx, loss)
+  z = jnp.asarray(rng(3).normal(size=(4, 7)), z_dtype)
+  y = jnp.asarray(rng(4).dirichlet(np.ones(7), 4), y_dtype)
+  out = f(z, y)
+  gz, gy = jax.grad(lambda a, b: f(a, b).astype(jnp.float32).sum(), (0, 1))(z, y)
+  assert gz.dtype == z.dtype and gy.dtype == y.dtype
+  with jax.enable_x64(True):
+    z64, y64 = (jnp.asarray(f64(a)) for a in (z, y))
+    if loss == "softmax_cross_entropy":
+      ref = lambda a, b: -jnp.sum(b * jax.nn.log_softmax(a), -1)
+    else:
+      ref = ref_bce
+    rz, ry = jax.grad(lambda a, b: ref(a, b).sum(), (0, 1))(z64, y64)
+  # each gradient is computed in float32 and rounded once to its own dtype
+  # (the issue: a float32 labels' gradient rounded through bfloat16 had 4e-3)
+  for got, want in [(gz, rz), (gy, ry)]:
+    err = np.abs(f64(got) - np.asarray(want)) / np.maximum(
+      np.abs(np.asarray(want)), 1e-3
+    )
+    tol = eps_of(got.dtype) + 8 * eps_of(jnp.float32)
+    assert err.max() <= tol, (got.dtype, err.max())
+  # the result dtype is optax's
+  want_dtype = optax_loss(loss)(z, y).dtype
+  assert out.dtype == want_dtype, (out.dtype, want_dtype)
+
+
+def eps_of(dtype):
+  return float(jnp.finfo(dtype).eps)
+
+
+def optax_loss(name):
+  return getattr(optax.losses, name)
+
+
+# ---------------------------------------------------------------------------
+# optax's semantics: broadcasting, masks, one-hot dtypes, tuple axes
+
+
+def _same_as_optax(name, *args, rtol=1e-6, **kw):
+  got = getattr(jaxsmx, name)(*args, **kw)
+  want = getattr(optax.losses, name)(*args, **kw)
+  assert got.shape == want.shape and got.dtype == want.dtype, (got, want)
+  np.testing.assert_allclose(f64(got), f64(want), rtol=rtol, atol=1e-6)
+  return got
+
+
+def test_bce_broadcasts_as_optax():
+  z = logits((4, 3))
+  _same_as_optax("sigmoid_binary_cross_entropy", z, 1.0)  # the GAN loss
+  _same_as_optax("sigmoid_binary_cross_entropy", z, jnp.array([0.0, 1.0, 0.5]))
+  _same_as_optax("sigmoid_binary_cross_entropy", z[0], soft_labels((4, 3)))
+  _same_as_optax("sigmoid_binary_cross_entropy", z, jnp.array([True, False, True]))
+  # gradients of broadcast labels are summed over the broadcast axes
+  gy = jax.grad(lambda y: bce(z, y).sum())(jnp.array([0.0, 1.0, 0.5]))
+  np.testing.assert_allclose(gy, -np.asarray(z).sum(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("labels_dtype", ["float32", "bfloat16"])
+def test_bce_result_dtype_is_optax(labels_dtype):
+  z = logits((3, 2), jnp.bfloat16)
+  _same_as_optax(
+    "sigmoid_binary_cross_entropy", z, soft_labels((3, 2), labels_dtype), rtol=1e-2
+  )
+
+
+@pytest.mark.parametrize("dtype", ["int32", "bool", "float32"])
+def test_soft_ce_takes_one_hot_labels_of_any_dtype(dtype):
+  z, c = logits((5, 4)), int_labels((5,), 4)
+  onehot = jax.nn.one_hot(c, 4, dtype=dtype)
+  got = _same_as_optax("softmax_cross_entropy", z, onehot)
+  np.testing.assert_allclose(got, ice(z, c), rtol=1e-6)
+  assert jax.grad(lambda z: sce(z, onehot).sum())(z).dtype == z.dtype
+
+
+def test_soft_ce_broadcasts_labels_as_optax():
+  z = logits((5, 4))
+  y = soft_labels((4,))
+  _same_as_optax("softmax_cross_entropy", z, y)  # one distribution for all
+  _same_as_optax("softmax_cross_entropy", z[:1], soft_labels((5, 4)))
+  gy = jax.grad(lambda y: sce(z, y).sum())(y)
+  np.testing.assert_allclose(gy, -jax.nn.log_softmax(z).sum(0), rtol=1e-5)
+
+
+def test_integer_labels_broadcast_as_optax():
+  z = logits((5, 4))
+  _same_as_optax(
+    "softmax_cross_entropy_with_integer_labels", z[None], jnp.array([[1] * 5])
+  )
+  np.testing.assert_allclose(ice(z, jnp.array(2)), ice(z, jnp.full(5, 2)), rtol=0)
+
+
+def test_class_indices_given_to_soft_ce_are_refused():
+  with pytest.raises(TypeError, match="softmax_cross_entropy_with_integer_labels"):
+    sce(logits((4, 4)), jnp.array([0, 1, 2, 3]))
+
+
+@pytest.mark.parametrize(
+  "name", ["softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
+)
+def test_lower_rank_mask_is_one_flag_per_example_as_optax(name):
+  z = logits((4, 4))
+  labels = (
+    soft_labels((4, 4)) if name == "softmax_cross_entropy" else int_labels((4,), 4)
+  )
+  rows = jnp.array([True, False, True, True])
+  # B == C: a (C,) mask is read as one flag per example, as optax reads it
+  got = _same_as_optax(name, z, labels, where=rows)
+  assert got[1] == 0
+  # and optax's rank rule for a batch of rank 2 (optax's integer-label CE
+  # fails there, in its jnp.any over the class axis)
+  if name == "softmax_cross_entropy":
+    z3 = logits((2, 4, 3))
+    _same_as_optax(name, z3, soft_labels((2, 4, 3)), where=jnp.array([True, False] * 2))
+  # B != C: optax raises, and so does jaxsmx, with the per-example reading
+  with pytest.raises(ValueError, match="one flag per example"):
+    getattr(jaxsmx, name)(logits((3, 4)), labels[:3], where=jnp.ones(4, bool))
+
+
+@pytest.mark.parametrize("axis", [(1, 3), (3, 2), (0, 1, 3), (-1, -2)])
+def test_tuple_axis_is_bit_exact_with_one_flattened_axis(axis):
+  shape = (2, 3, 4, 5)
+  ndim = len(shape)
+  class_axes = tuple(a % ndim for a in axis)
+  batch_axes = tuple(a for a in range(ndim) if a not in class_axes)
+  z = logits(shape)
+  flat = jnp.transpose(z, batch_axes + class_axes).reshape(
+    (*tuple(shape[a] for a in batch_axes), -1)
+  )
+  num_classes = flat.shape[-1]
+  c = int_labels(flat.shape[:-1], num_classes)
+  y = soft_labels(flat.shape)
+  y_full = jnp.transpose(
+    y.reshape(
+      tuple(shape[a] for a in batch_axes) + tuple(shape[a] for a in class_axes)
+    ),
+    np.argsort(batch_axes + class_axes),
+  )
+  pairs = [
+    (lambda z: ice(z, c, axis=axis), lambda f: ice(f, c)),
+    (lambda z: sce(z, y_full, axis=axis), lambda f: sce(f, y)),
+    (
+      lambda z: ice(z, c, axis=axis, label_smoothing=0.1),
+      lambda f: ice(f, c, label_smoothing=0.1),
+    ),
+  ]
+  for tuple_f, flat_f in pairs:
+    np.testing.assert_array_equal(tuple_f(z), flat_f(flat))
+    g = jax.grad(lambda z, f=tuple_f: f(z).sum())(z)
+    g_flat = jax.grad(lambda x, f=flat_f: f(x).sum())(flat)
+    # the gradient to within an ulp of the row's largest entry: XLA fuses
+    # the transpose back into the last multiply
+    np.testing.assert_allclose(
+      jnp.transpose(g, batch_axes + class_axes).reshape(flat.shape),
+      g_flat,
+      rtol=0,
+      atol=eps_of(jnp.float32) * float(jnp.max(jnp.abs(g_flat))),
+    )
