@@ -402,6 +402,97 @@ def label_smoothing_derivation() -> Derivation:
 
 
 # ---------------------------------------------------------------------------
+# Soft labels with label smoothing.
+
+ys = sp.IndexedBase(r"\tilde{y}", real=True)  # the smoothed soft labels
+SOFT_SMOOTH_CTX = Context(
+  {
+    **CE_CTX.defs,
+    C: -summation(ys[k] * sp.log(a[k])),
+    ys: lambda c: (1 - alpha) * y[c] + alpha / n,
+  },
+  "ỹ = (1 - α) y + α/n, C = -Σ ỹ log a",
+)
+
+
+def _soft_smooth_explicit(size: int) -> sp.Expr:
+  logs = _log_softmax_explicit(size)
+  yv = [(1 - alpha) * v + alpha / size for v in vec(y, size)]
+  return -sum(w * lv for w, lv in zip(yv, logs, strict=True))
+
+
+def soft_label_smoothing_derivation() -> Derivation:
+  sum_y = summation(y[k])
+  dz = Terms(
+    Dot(a[i], Terms(Dot(1 - alpha, sum_y), alpha)), -Dot(1 - alpha, y[i]), -alpha / n
+  )
+  dy = -Dot(1 - alpha, sp.log(a[i]))
+  steps = (
+    Step(
+      "optax smooths soft labels the same way: mass $\\alpha$ is spread "
+      "evenly over the $n$ classes.",
+      eq(ys[i], Terms(Dot(1 - alpha, y[i]), alpha / n)),
+      role="definition",
+      name="definition",
+    ),
+    Step(
+      "The gradient with respect to the logits is $a_i \\sum_k \\tilde y_k "
+      "- \\tilde y_i$, with $\\sum_k \\tilde y_k = (1 - \\alpha)\\sum_k y_k "
+      "+ \\alpha$.",
+      eq(D(C, z[i]), dz),
+      (
+        General(),
+        Concrete(
+          gradient_ref(_soft_smooth_explicit, z), (i,), sizes=tuple(range(1, 7))
+        ),
+      ),
+      name="grad_z",
+      role="result",
+    ),
+    Step(
+      "With respect to the labels, the chain rule through $\\tilde y$ "
+      "brings the factor $1 - \\alpha$.",
+      eq(D(C, y[i]), dy),
+      (
+        General(),
+        Concrete(
+          gradient_ref(_soft_smooth_explicit, y), (i,), sizes=tuple(range(1, 7))
+        ),
+      ),
+      name="grad_y",
+      role="result",
+    ),
+    Step(
+      "The VJPs.",
+      Chain(label(r"\bar{z}_{i}"), gs * D(C, z[i]), Dot(gs, dz)),
+      (General(), vjp_check(_soft_smooth_explicit, z, gs)),
+      name="vjp_z",
+      role="vjp",
+    ),
+    Step(
+      "",
+      Chain(label(r"\bar{y}_{i}"), gs * D(C, y[i]), Dot(gs, dy)),
+      (General(), vjp_check(_soft_smooth_explicit, y, gs)),
+      name="vjp_y",
+      role="vjp",
+    ),
+  )
+  return Derivation(
+    key="soft_label_smoothing",
+    title="Soft labels and label smoothing",
+    functions=("softmax_cross_entropy",),
+    intro=(
+      "`softmax_cross_entropy(..., label_smoothing=α)` smooths soft labels "
+      "before the loss; both gradients change, the labels' by the factor "
+      "$1 - \\alpha$."
+    ),
+    ctx=SOFT_SMOOTH_CTX,
+    steps=steps,
+    headline=eq(D(C, y[i]), dy),
+  )
+
+
+# ---------------------------------------------------------------------------
 # Sigmoid binary cross-entropy.
 
 SIGMA = r"\sigma"
@@ -709,6 +800,7 @@ def derivations() -> tuple[Derivation, ...]:
   return (
     softmax_cross_entropy_derivation(),
     label_smoothing_derivation(),
+    soft_label_smoothing_derivation(),
     sigmoid_bce_derivation(),
     linear_cross_entropy_derivation(),
   )

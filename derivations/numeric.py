@@ -170,10 +170,10 @@ def _grid(axis: int, width: int) -> np.ndarray:
 class _AxisPrinter:
   """Factory for a JaxPrinter that prints indices as array axes."""
 
-  def __new__(cls, free: Sequence[sp.Symbol], width: int):
-    from sympy.printing.numpy import JaxPrinter
+  def __new__(cls, free: Sequence[sp.Symbol], width: int, numpy: bool = False):
+    from sympy.printing.numpy import JaxPrinter, NumPyPrinter
 
-    class Printer(JaxPrinter):
+    class Printer(NumPyPrinter if numpy else JaxPrinter):
       def __init__(self):
         super().__init__()
         self._depth = len(free)
@@ -206,8 +206,11 @@ class _AxisPrinter:
     return Printer()
 
 
-def _helpers(batch: int, width: int) -> dict:
-  import jax.numpy as jnp
+def _helpers(batch: int, width: int, numpy: bool = False) -> dict:
+  if numpy:
+    jnp = np
+  else:
+    import jax.numpy as jnp
 
   rows = np.arange(batch).reshape((batch,) + (1,) * (_RANK - 1))
 
@@ -234,6 +237,7 @@ def lambdify_general(
   inputs: Sequence[Any],
   batch: int,
   width: int,
+  numpy: bool = False,
 ):
   """Lambdifies a general-n expression for a batch of sizes.
 
@@ -244,13 +248,18 @@ def lambdify_general(
     inputs: the ``IndexedBase`` and scalar ``Symbol`` inputs, in call order.
     batch: the number of sizes evaluated at once.
     width: the largest size.
+    numpy: evaluate with NumPy instead of JAX (no compiles, for small
+      one-off evaluations).
 
   Returns:
     ``f(n, ell, *arrays)``: ``n`` and ``ell`` of shape ``[batch]``; each
     vector input ``[batch, width]`` (padded), each scalar ``[batch]``; the
     result ``[batch, width]`` or ``[batch, width, width]``.
   """
-  import jax.numpy as jnp
+  if numpy:
+    jnp = np
+  else:
+    import jax.numpy as jnp
 
   # Python-safe names for the inputs (an IndexedBase may be called \ell).
   names = {}
@@ -267,8 +276,9 @@ def lambdify_general(
   args = [nn, el, *free_args] + [
     names[x].label if isinstance(x, sp.IndexedBase) else names[x] for x in inputs
   ]
-  printer = _AxisPrinter(free_args, width)
-  f = sp.lambdify(args, expr, modules=[_helpers(batch, width), "jax"], printer=printer)
+  printer = _AxisPrinter(free_args, width, numpy)
+  modules = [_helpers(batch, width, numpy), "numpy" if numpy else "jax"]
+  f = sp.lambdify(args, expr, modules=modules, printer=printer)
   grids = [_grid(-(len(free) - r), width) for r in range(len(free))]
   lead = (batch,) + (1,) * (_RANK - 1)
 

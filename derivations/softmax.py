@@ -309,6 +309,101 @@ def logsumexp_derivation() -> Derivation:
   )
 
 
+# The scale factors b of jax.nn.logsumexp(a, b=b); positive in the symbolic
+# steps, any sign in the numeric ones (see the sign step).
+bb = sp.IndexedBase("b", positive=True)
+SB = summation(bb[k] * sp.exp(z[k]))
+LSE_B = r"\operatorname{lse}_b"
+LSE_B_CTX = Context(
+  {
+    **SOFTMAX_CTX.defs,
+    LSE_B: lambda base, w: sp.log(summation(w[k] * sp.exp(base[k]))),
+  },
+  "lse_b(z) = log Σ b e^z",
+)
+
+
+def _lse_b_explicit(size: int) -> sp.Expr:
+  return sp.log(
+    sum(w * sp.exp(x) for x, w in zip(vec(z, size), vec(bb, size), strict=True))
+  )
+
+
+def _log_abs_rule() -> bool:
+  s_ = sp.Symbol("S", negative=True)
+  return sp.simplify(sp.diff(sp.log(-s_), s_) - 1 / s_) == 0
+
+
+def logsumexp_b_derivation() -> Derivation:
+  lse_b = named(LSE_B, z, bb)
+  gs = sp.Symbol("g", real=True)
+  da = bb[i] * sp.exp(z[i]) / SB
+  db = sp.exp(z[i]) / SB
+  steps = (
+    Step(
+      "`logsumexp(a, b=b)` weighs each term, as in `jax.nn.logsumexp`; "
+      "$b = 1$ is the plain log-normaliser.",
+      eq(lse_b, sp.log(SB)),
+      role="definition",
+      name="definition",
+    ),
+    Step(
+      "For a negative sum the value is $\\log|S|$ and `return_sign` gives "
+      "the sign; $\\frac{d}{dS}\\log|S| = 1/S$ either way, so the gradients "
+      "below hold for $b$ of any sign (where $S \\ne 0$).",
+      eq(sp.Symbol(r"\frac{d}{dS}\log(-S)"), sp.Symbol(r"\frac{1}{S}")),
+      (Explicit(_log_abs_rule, "sympy.diff for S < 0"),),
+    ),
+    Step(
+      "The gradient with respect to the logits: the weighted softmax.",
+      eq(D(lse_b, z[i]), da),
+      (
+        General(),
+        Concrete(gradient_ref(_lse_b_explicit, z), (i,), sizes=tuple(range(1, 7))),
+      ),
+      name="grad_z",
+      role="result",
+    ),
+    Step(
+      "With respect to the weights.",
+      eq(D(lse_b, bb[i]), db),
+      (
+        General(),
+        Concrete(gradient_ref(_lse_b_explicit, bb), (i,), sizes=tuple(range(1, 7))),
+      ),
+      name="grad_b",
+      role="result",
+    ),
+    Step(
+      "The VJPs; the sign output is piecewise constant and gets no cotangent.",
+      Chain(label(r"\bar{z}_{i}"), gs * D(lse_b, z[i]), gs * da),
+      (General(), vjp_check(_lse_b_explicit, z, gs)),
+      name="vjp_z",
+      role="vjp",
+    ),
+    Step(
+      "",
+      Chain(label(r"\bar{b}_{i}"), gs * D(lse_b, bb[i]), gs * db),
+      (General(), vjp_check(_lse_b_explicit, bb, gs)),
+      name="vjp_b",
+      role="vjp",
+    ),
+  )
+  return Derivation(
+    key="logsumexp_b",
+    title="Logsumexp with weights and sign",
+    functions=("logsumexp",),
+    intro=(
+      "`logsumexp(a, b=b, return_sign=True)` as in `jax.nn.logsumexp`: "
+      "the value is $\\log|\\sum_k b_k e^{z_k}|$ and the sign is returned "
+      "beside it."
+    ),
+    ctx=LSE_B_CTX,
+    steps=steps,
+    headline=eq(D(lse_b, z[i]), da),
+  )
+
+
 def _f64(values):
   import jax.numpy as jnp
 
@@ -316,4 +411,9 @@ def _f64(values):
 
 
 def derivations() -> tuple[Derivation, ...]:
-  return (softmax_derivation(), log_softmax_derivation(), logsumexp_derivation())
+  return (
+    softmax_derivation(),
+    log_softmax_derivation(),
+    logsumexp_derivation(),
+    logsumexp_b_derivation(),
+  )
