@@ -13,7 +13,7 @@ import jaxsmx
 API = {
   "softmax": "(x, axis=-1, where=None)",
   "log_softmax": "(x, axis=-1, where=None)",
-  "logsumexp": "(x, axis=None, where=None, keepdims=False)",
+  "logsumexp": "(a, axis=None, b=None, keepdims=False, return_sign=False, where=None)",
   "softmax_entropy": "(logits, axis=-1, where=None)",
   "entropy": "(probs, axis=-1, where=None)",
   "cross_entropy": "(p, q, axis=-1, where=None)",
