@@ -1000,6 +1000,34 @@ def test_logsumexp_second_order(x64):
   np.testing.assert_allclose(hb, -np.outer(w, w), rtol=1e-12)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+  a=hnp.arrays(np.float64, (3, 4), elements=st.floats(-50, 50)),
+  b=hnp.arrays(np.float64, (3, 4), elements=st.floats(-3, 3)),
+)
+def test_logsumexp_signed_b_matches_scipy_property(a, b):
+  import scipy.special
+
+  with jax.enable_x64(True):
+    value, sign = _lse_axis1(a, b)
+  want, want_sign = scipy.special.logsumexp(a, axis=1, b=b, return_sign=True)
+  # a sum that cancels to nearly 0 leaves neither its sign nor its value
+  # determined by rounding: compare the slices cancelled by less than e^-20
+  magnitude = scipy.special.logsumexp(a, axis=1, b=np.abs(b))
+  ok = want - magnitude > -20
+  np.testing.assert_array_equal(np.asarray(sign)[ok], want_sign[ok])
+  np.testing.assert_allclose(np.asarray(value)[ok], want[ok], rtol=1e-9, atol=1e-9)
+  zero = np.all(b == 0, axis=1)
+  assert np.all(np.asarray(value)[zero] == -np.inf) and np.all(
+    np.asarray(sign)[zero] == 0
+  )
+
+
+@jax.jit
+def _lse_axis1(a, b):
+  return jaxsmx.logsumexp(a, axis=1, b=b, return_sign=True)
+
+
 @pytest.mark.parametrize("transform", ["jit", "vmap"])
 def test_logsumexp_b_under_transforms(transform):
   a, b = lse_args((3, 4, 5), (3, 4, 5), signed=True, seed=10)
