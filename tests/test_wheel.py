@@ -132,3 +132,20 @@ def test_installed_unwritable_out_is_one_line(env, tmp_path):
 def test_python_dash_m_runs_the_same_cli(env, tmp_path):
   r = _run([env["python"], "-m", "jaxsmx_derivations", "--help"], cwd=tmp_path)
   assert r.returncode == 0 and "./REPORT.md from an installed package" in r.stdout
+
+
+def test_editable_install_runs_the_checkout(tmp_path):
+  """In the development install (`pip install -e .`), jaxsmx_derivations is
+  the checkout's derivations/ folder, live, and jaxsmx-derive writes there."""
+  code = (
+    "import jaxsmx_derivations as d, jaxsmx_derivations.__main__ as m; "
+    "print(d.__path__[0]); print(m.default_out('markdown'))"
+  )
+  r = _run([sys.executable, "-c", code], cwd=tmp_path)
+  assert r.returncode == 0, r.stderr
+  path, out = r.stdout.splitlines()
+  assert pathlib.Path(path) == REPO / "derivations"
+  assert pathlib.Path(out) == REPO / "derivations" / "REPORT.md"
+  script = pathlib.Path(sys.executable).parent / "jaxsmx-derive"
+  r = _run([script, "--help"], cwd=tmp_path)
+  assert r.returncode == 0 and r.stdout.startswith("usage: jaxsmx-derive"), r.stderr
