@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --progress-bar on
 CORE := $(VENV)/.stamp-core
 
-.PHONY: report test bench bench-quick lint docs docs-check clean
+.PHONY: report mutate test bench bench-quick lint docs docs-check clean
 
 $(CORE): pyproject.toml
 	@echo "== setting up $(VENV): jaxsmx with jax and sympy (the first time takes a minute or two)"
@@ -28,6 +28,11 @@ $(VENV)/.stamp-%: $(CORE)
 
 report: $(CORE)
 	$(BIN)/python -u -m derivations
+
+# applies each plausible one-line bug to a copy of jaxsmx's backward rules and
+# runs the derivation checks on it; writes the table the report includes
+mutate: $(CORE)
+	$(BIN)/python -m derivations.mutate --out derivations/MUTATIONS.md
 
 test: $(VENV)/.stamp-test $(VENV)/.stamp-notebooks
 	$(BIN)/python -m pytest -n 2 --durations=10

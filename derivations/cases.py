@@ -347,6 +347,10 @@ def _soft_ce_cases():
         x[:, 3] = -np.inf  # zero probability, zero label: loss term 0
         lab[:, 3] = 0.0
         lab[1] = 0.0  # an all-zero label row
+        x[2] = -np.inf  # an empty slice: loss 0, gradient 0
+        return Problem(
+          {"logits": x, "labels": lab}, kw, _cot(rng), zero=np.arange(ROWS) == 2
+        )
       return Problem({"logits": x, "labels": lab}, kw, _cot(rng), keep=keep)
 
     return build

@@ -9,6 +9,7 @@ machine, write the same bytes.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 
@@ -68,10 +69,12 @@ class Section:
 @dataclasses.dataclass(frozen=True)
 class Report:
   sections: tuple[Section, ...]
+  cases: tuple = ()  # derivations.cases.CaseResult
+  mutations: str = ""  # the committed table of `make mutate`
 
   @property
   def ok(self) -> bool:
-    return all(s.ok for s in self.sections)
+    return all(s.ok for s in self.sections) and all(c.ok for c in self.cases)
 
   @property
   def failures(self) -> list[str]:
@@ -88,6 +91,11 @@ class Report:
       for e in sec.examples:
         if not e.ok:
           out.append(f"{key} example: {e.detail}")
+    from .cases import bound
+
+    for c in self.cases:
+      if not c.ok:
+        out.append(f"case {c.case.name}: {bound(c)}")
     return out
 
 
@@ -143,10 +151,14 @@ class _Module:
     return getattr(jaxsmx, name)
 
 
+MUTATIONS = pathlib.Path(__file__).resolve().parent / "MUTATIONS.md"
+
+
 def build(
   derivations: Sequence[Derivation] | None = None,
   checks: Sequence[Numeric] | None = None,
   fns: Mapping[str, Callable] | None = None,
+  cases: Sequence | None = None,
 ) -> Report:
   """Re-derives everything: symbolic checks, numeric checks, examples.
 
@@ -154,6 +166,8 @@ def build(
     derivations: default :func:`derivations.all_derivations`.
     checks: numeric checks; default every check whose derivation is present.
     fns: replacements for jaxsmx functions, by name (for tests).
+    cases: the option, edge and dtype cases of :mod:`derivations.cases`;
+      default all of them when ``derivations`` is the default, else none.
 
   Returns:
     The report data, ready to render.
@@ -161,6 +175,7 @@ def build(
   from . import all_derivations
   from .numeric import numeric_checks, run_numerics
 
+  derivations_default = derivations is None
   derivations = tuple(all_derivations() if derivations is None else derivations)
   by_key = {d.key: d for d in derivations}
   if checks is None:
@@ -174,7 +189,13 @@ def build(
     steps = _core.check_derivation(d)
     examples = tuple(_run_example(ex, fns) for ex in d.examples)
     sections.append(Section(d, steps, tuple(by_derivation.get(d.key, ())), examples))
-  return Report(tuple(sections))
+  from . import cases as cs
+
+  if cases is None:
+    cases = cs.cases() if derivations_default else ()
+  case_results = tuple(cs.run_cases(cases, fns)) if cases else ()
+  mutations = MUTATIONS.read_text(encoding="utf-8") if MUTATIONS.exists() else ""
+  return Report(tuple(sections), case_results, mutations if derivations_default else "")
 
 
 # ---------------------------------------------------------------------------
@@ -272,9 +293,26 @@ def render_markdown(report: Report) -> str:
   for num, sec in enumerate(report.sections, 1):
     d = sec.derivation
     w(f"{num}. [{d.title}](#{_anchor(d.key)})")
-  w(f"{len(report.sections) + 1}. [Summary](#summary)\n")
+  extra = []
+  if report.cases:
+    extra.append(("options", "Options, edges and dtypes"))
+  if report.mutations:
+    extra.append(("mutations", "Mutation test"))
+  for r, (key, title) in enumerate(extra):
+    w(f"{len(report.sections) + 1 + r}. [{title}](#{key})")
+  w(f"{len(report.sections) + 1 + len(extra)}. [Summary](#summary)\n")
   for num, sec in enumerate(report.sections, 1):
     _section_markdown(out, num, sec)
+  num = len(report.sections)
+  if report.cases:
+    num += 1
+    _cases_markdown(out, num, report.cases)
+  if report.mutations:
+    num += 1
+    w('<a id="mutations"></a>\n')
+    w(f"## {num}. Mutation test\n")
+    w(_MUTATION_INTRO)
+    w(report.mutations)
   _summary_markdown(out, report)
   return "\n".join(out).rstrip() + "\n"
 
@@ -336,6 +374,66 @@ def _section_markdown(out: list[str], num: int, sec: Section) -> None:
     f"verified; {sum(r.ok for r in sec.numerics)}/{len(sec.numerics)} numeric "
     "checks agree.\n"
   )
+
+
+_CASES_INTRO = """\
+Each jaxsmx function, called with every option that changes its gradient and
+at the edges its closed forms define, differentiated with `jax.vjp` against
+a random cotangent (one row's cotangent is 0). The expected gradient is the
+derivation's closed form, lambdified for general $n$ and evaluated on the
+slice the options define: masking means slicing, so a row keeps the classes
+with $m_k = 1$, the closed form is evaluated at $n = \\sum_k m_k$ and masked
+entries get 0; a $-\\infty$ logit is evaluated as it stands (the limit, with
+probability 0); empty slices, ignored and dropped rows, and a zero cotangent
+give 0. The error is $\\max |\\text{got} - \\text{want}| / \\max(1,
+|\\text{want}|)$; infinities must match exactly. The float32 and bfloat16
+rows feed the function inputs in that dtype (a second dtype: the other
+floating input's) and compare with the closed form at the rounded inputs,
+with a tolerance tied to the dtype's epsilon ($64\\,\\epsilon$ for float32,
+$4\\,\\epsilon$ for bfloat16; $10^{-10}$ for float64); the result and gradient
+dtypes must be the promoted dtype and the input's dtype.
+"""
+
+_MUTATION_INTRO = """\
+`python -m derivations.mutate` (`make mutate`) applies each plausible
+one-line bug below to a temporary copy of jaxsmx's backward rules, imports the
+copy in a subprocess and runs the derivation checks alone on it (the numeric
+comparisons and the option cases of the functions in the mutated file). The
+table is that command's output, committed as `derivations/MUTATIONS.md`.
+"""
+
+
+def _cases_markdown(out: list[str], num: int, results) -> None:
+  from .cases import bound
+
+  w = out.append
+  w('<a id="options"></a>\n')
+  w(f"## {num}. Options, edges and dtypes\n")
+  w(_CASES_INTRO)
+  by_fn: dict[str, list] = {}
+  for r in results:
+    by_fn.setdefault(r.case.function, []).append(r)
+  ok = sum(r.ok for r in results)
+  w(f"**{ok} of {len(results)} cases agree.**\n")
+  for fn, rs in by_fn.items():
+    dtypes = []
+    for r in rs:
+      dt = r.case.dtype + (f" / {r.case.other_dtype}" if r.case.other_dtype else "")
+      if dt not in dtypes:
+        dtypes.append(dt)
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rs:
+      dt = r.case.dtype + (f" / {r.case.other_dtype}" if r.case.other_dtype else "")
+      mark = "✅" if r.ok else "❌"
+      rows.setdefault((r.case.option, r.case.wrt), {})[dt] = f"{mark} {bound(r)}"
+    w(f"### `{fn}`\n")
+    w("| options | gradient of | " + " | ".join(dtypes) + " |")
+    w("|---|---|" + "---|" * len(dtypes))
+    for (option, wrt), cells in rows.items():
+      w(
+        f"| {option} | `{wrt}` | " + " | ".join(cells.get(d, "") for d in dtypes) + " |"
+      )
+    w("")
 
 
 def _examples_markdown(out: list[str], examples: Sequence[ExampleResult]) -> None:

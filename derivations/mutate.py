@@ -1,0 +1,546 @@
+r"""Mutation test of the derivations: do their checks catch a wrong rule?
+
+``python -m derivations.mutate`` applies each plausible one-line bug of
+:data:`MUTATIONS` to a temporary copy of ``jaxsmx`` (never to the real files),
+imports the copy in a fresh subprocess and runs the derivations' numeric
+checks alone on it: the plain-case comparisons of :mod:`derivations.numeric`
+and the option, edge and dtype cases of :mod:`derivations.cases`, for the
+functions whose file the mutation touches (every function for the shared
+numerics). A mutation is caught when a check fails. ``--sample N`` runs the
+first N of a fixed spread; ``--markdown`` prints the table for the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jaxsmx as _jaxsmx_location  # only its path: the copy is imported elsewhere
+
+SOURCE = pathlib.Path(_jaxsmx_location.__file__).resolve().parent
+del _jaxsmx_location
+
+SOFTMAX = ("softmax", "log_softmax", "logsumexp")
+ENTROPY = ("softmax_entropy", "entropy", "cross_entropy", "kl_divergence")
+LOSSES = (
+  "softmax_cross_entropy",
+  "softmax_cross_entropy_with_integer_labels",
+  "sigmoid_binary_cross_entropy",
+)
+LINEAR = ("linear_softmax_cross_entropy",)
+BY_FILE = {
+  "_softmax.py": SOFTMAX,
+  "_entropy.py": ENTROPY,
+  "_losses.py": LOSSES,
+  "_linear.py": LINEAR,
+  "_numerics.py": SOFTMAX + ENTROPY + LOSSES + LINEAR,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+  """One plausible bug: replace ``old`` (a unique line fragment) by ``new``."""
+
+  key: str
+  file: str
+  old: str
+  new: str
+  what: str
+  kind: str  # term, mask, option, guard, chunk, dtype, cotangent
+
+
+M = Mutation
+MUTATIONS = (
+  M(
+    "softmax-dot",
+    "_softmax.py",
+    "jnp.sum(g * a, -1, keepdims=True)), None",
+    "jnp.sum(g, -1, keepdims=True)), None",
+    "softmax: <g, a> as sum(g)",
+    "term",
+  ),
+  M(
+    "softmax-sign",
+    "_softmax.py",
+    "a * (g - jnp.sum(g * a",
+    "a * (g + jnp.sum(g * a",
+    "softmax: sign of the inner product",
+    "term",
+  ),
+  M(
+    "log_softmax-mask",
+    "_softmax.py",
+    "    g = jnp.where(where, g, 0.0)\n",
+    "    g = g\n",
+    "log_softmax: masked cotangents not dropped",
+    "mask",
+  ),
+  M(
+    "log_softmax-sum",
+    "_softmax.py",
+    "return g - a * jnp.sum(g, -1, keepdims=True)",
+    "return g - a * jnp.sum(g * a, -1, keepdims=True)",
+    "log_softmax: sum(g) as <g, a>",
+    "term",
+  ),
+  M(
+    "lse-cot",
+    "_softmax.py",
+    "return g * w, None, None",
+    "return w, None, None",
+    "logsumexp: cotangent dropped",
+    "cotangent",
+  ),
+  M(
+    "lse-b",
+    "_softmax.py",
+    "b * jnp.where(b == 0, 0.0, w)",
+    "jnp.where(b == 0, 0.0, w)",
+    "logsumexp(b): d/da without the factor b",
+    "option",
+  ),
+  M(
+    "lse-db",
+    "_softmax.py",
+    "return da, times_cotangent(g, w), None",
+    "return da, times_cotangent(g, b * w), None",
+    "logsumexp(b): d/db with a factor b",
+    "option",
+  ),
+  M(
+    "lse-empty",
+    "_softmax.py",
+    "w = jnp.where(empty, 0.0, _exp_from(z, shift) / jnp.where(empty, 1.0, s))",
+    "w = _exp_from(z, shift) / s",
+    "logsumexp: empty-slice guard removed",
+    "guard",
+  ),
+  M(
+    "lse-sign",
+    "_softmax.py",
+    "/ jnp.where(empty, 1.0, s))",
+    "/ jnp.where(empty, 1.0, jnp.abs(s)))",
+    "logsumexp(b): |S| for S in the gradient",
+    "option",
+  ),
+  M(
+    "sce-sumy",
+    "_losses.py",
+    "dz = ratio(e, s) * jnp.sum(y, axes, keepdims=True) - y",
+    "dz = ratio(e, s) - y",
+    "softmax_cross_entropy: a sum(y) as a",
+    "term",
+  ),
+  M(
+    "sce-alpha",
+    "_losses.py",
+    "dy = jnp.where(keep, -(1.0 - alpha) * lp, 0.0)",
+    "dy = jnp.where(keep, -lp, 0.0)",
+    "softmax_cross_entropy: d/dy without (1 - alpha)",
+    "option",
+  ),
+  M(
+    "sce-live",
+    "_losses.py",
+    "dz_out = jnp.where(live, g * upcast(dz), 0.0)",
+    "dz_out = g * upcast(dz)",
+    "softmax_cross_entropy: empty slices not zeroed",
+    "guard",
+  ),
+  M(
+    "sce-cot",
+    "_losses.py",
+    "jnp.where(live, g * upcast(dz), 0.0)",
+    "jnp.where(live, upcast(dz), 0.0)",
+    "softmax_cross_entropy: cotangent dropped (d/dz)",
+    "cotangent",
+  ),
+  M(
+    "sce-guard",
+    "_losses.py",
+    "times_cotangent(g, upcast(dy))",
+    "g * upcast(dy)",
+    "softmax_cross_entropy: 0 * inf guard on d/dy removed",
+    "guard",
+  ),
+  M(
+    "sce-dtype",
+    "_losses.py",
+    "dy.astype(labels.dtype), live, where)",
+    "dy.astype(logits.dtype), live, where)",
+    "softmax_cross_entropy: d/dy residual in the logits' dtype",
+    "dtype",
+  ),
+  M(
+    "ice-alpha",
+    "_losses.py",
+    "grad = ratio(e, s) - (1.0 - alpha) * onehot",
+    "grad = ratio(e, s) - onehot",
+    "integer CE: one-hot without (1 - alpha)",
+    "option",
+  ),
+  M(
+    "ice-spread-mask",
+    "_losses.py",
+    "grad = grad - (spread if where is None else jnp.where(where, spread, 0.0))",
+    "grad = grad - spread",
+    "integer CE: smoothing spread onto masked classes",
+    "mask",
+  ),
+  M(
+    "ice-classes",
+    "_losses.py",
+    "spread = alpha / _num_classes(z.shape, axes, where)",
+    "spread = alpha / _num_classes(z.shape, axes, None)",
+    "integer CE: C counts masked classes",
+    "mask",
+  ),
+  M(
+    "ice-void",
+    "_losses.py",
+    "return _finish(dz, void, invalid).astype(grad.dtype)",
+    "return dz.astype(grad.dtype)",
+    "integer CE: ignored rows not zeroed",
+    "guard",
+  ),
+  M(
+    "ice-cot",
+    "_losses.py",
+    "dz = jnp.expand_dims(upcast(g), axes) * upcast(grad)",
+    "dz = upcast(grad)",
+    "integer CE: cotangent dropped",
+    "cotangent",
+  ),
+  M(
+    "ice-dtype",
+    "_losses.py",
+    "return out, (grad.astype(logits.dtype), void, invalid)",
+    "return out, (grad.astype(jnp.bfloat16), void, invalid)",
+    "integer CE: residual kept in bfloat16",
+    "dtype",
+  ),
+  M(
+    "bce-dz",
+    "_losses.py",
+    "dz = g * (jax.nn.sigmoid(z) - y)",
+    "dz = g * (jax.nn.sigmoid(-z) - y)",
+    "sigmoid BCE: sigma(-z) for sigma(z)",
+    "term",
+  ),
+  M(
+    "bce-dy",
+    "_losses.py",
+    "dy = times_cotangent(g, -z)",
+    "dy = times_cotangent(g, z)",
+    "sigmoid BCE: sign of d/dy",
+    "term",
+  ),
+  M(
+    "bce-dtype",
+    "_losses.py",
+    "dy.astype(labels.dtype)\n\n\n_sigmoid_bce.defvjp",
+    "dy.astype(logits.dtype)\n\n\n_sigmoid_bce.defvjp",
+    "sigmoid BCE: d/dy rounded to the logits' dtype",
+    "dtype",
+  ),
+  M(
+    "se-h",
+    "_entropy.py",
+    "return h, -a * (lp + h)",
+    "return h, -a * (lp - h)",
+    "softmax_entropy: sign of H",
+    "term",
+  ),
+  M(
+    "se-cot",
+    "_entropy.py",
+    "return g * grad, None",
+    "return grad, None",
+    "softmax_entropy: cotangent dropped",
+    "cotangent",
+  ),
+  M(
+    "entropy-one",
+    "_entropy.py",
+    "-(jnp.log(_fill(where, p, 1.0)) + 1.0)",
+    "-jnp.log(_fill(where, p, 1.0))",
+    "entropy: the +1 dropped",
+    "term",
+  ),
+  M(
+    "entropy-mask",
+    "_entropy.py",
+    "return _keep(where, dp), None",
+    "return dp, None",
+    "entropy: masked entries get a gradient",
+    "mask",
+  ),
+  M(
+    "ce-00",
+    "_entropy.py",
+    "-p / jnp.where((p == 0) & (q == 0), 1.0, q)",
+    "-p / q",
+    "cross_entropy: 0/0 guard removed",
+    "guard",
+  ),
+  M(
+    "ce-dp",
+    "_entropy.py",
+    "dp = times_cotangent(g, -jnp.log(q))",
+    "dp = times_cotangent(g, jnp.log(q))",
+    "cross_entropy: sign of d/dp",
+    "term",
+  ),
+  M(
+    "ce-guard",
+    "_entropy.py",
+    "dp = times_cotangent(g, -jnp.log(q))",
+    "dp = g * -jnp.log(q)",
+    "cross_entropy: 0 * inf guard removed",
+    "guard",
+  ),
+  M(
+    "kl-cot",
+    "_entropy.py",
+    "_keep(where, -g * t)",
+    "_keep(where, -t)",
+    "kl_divergence: cotangent dropped (d/dlog q)",
+    "cotangent",
+  ),
+  M(
+    "kl-mask",
+    "_entropy.py",
+    "_keep(where, -g * t)",
+    "-g * t",
+    "kl_divergence: masked entries get a gradient",
+    "mask",
+  ),
+  M(
+    "kl-one",
+    "_entropy.py",
+    "dt = jnp.log(jnp.where(zero, 1.0, t)) + 1.0 -",
+    "dt = jnp.log(jnp.where(zero, 1.0, t)) -",
+    "kl_divergence: the +1 dropped",
+    "term",
+  ),
+  M(
+    "times-cotangent",
+    "_numerics.py",
+    "return g * jnp.where((g == 0) & ~jnp.isfinite(d), 0.0, d)",
+    "return g * d",
+    "times_cotangent: 0 * inf guard removed",
+    "guard",
+  ),
+  M(
+    "ratio",
+    "_numerics.py",
+    "return e / jnp.where(s == 0.0, 1.0, s)",
+    "return e / s",
+    "ratio: empty-slice guard removed",
+    "guard",
+  ),
+  M(
+    "linear-offset",
+    "_linear.py",
+    "cols = start + lax.broadcasted_iota(",
+    "cols = lax.broadcasted_iota(",
+    "linear CE: one-hot without the chunk offset",
+    "chunk",
+  ),
+  M(
+    "linear-dw",
+    "_linear.py",
+    "dw = _put(dw, dwc.astype(dw.dtype), start)",
+    "dw = _put(dw, dwc.astype(dw.dtype), start + 1)",
+    "linear CE: dw one column off",
+    "chunk",
+  ),
+  M(
+    "linear-dx",
+    "_linear.py",
+    "    dx = dx + lax.dot_general(\n",
+    "    dx = lax.dot_general(\n",
+    "linear CE: dx not accumulated over chunks",
+    "chunk",
+  ),
+  M(
+    "linear-spread-mask",
+    "_linear.py",
+    "d = d - (g_s if mask is None else jnp.where(mask, g_s, 0.0))",
+    "d = d - g_s",
+    "linear CE: smoothing spread onto masked classes",
+    "mask",
+  ),
+  M(
+    "linear-cap",
+    "_linear.py",
+    "d = d * (1.0 - t * t)\n    dx = dx + lax.dot_general(",
+    "d = d * (1.0 - t)\n    dx = dx + lax.dot_general(",
+    "linear CE: tanh' as 1 - tanh",
+    "option",
+  ),
+  M(
+    "linear-zloss",
+    "_linear.py",
+    "(1.0 + 2.0 * opts.z_loss * lse)",
+    "(1.0 + opts.z_loss * lse)",
+    "linear CE: z-loss without its factor 2",
+    "option",
+  ),
+  M(
+    "linear-alpha",
+    "_linear.py",
+    "g_t = per_row(g * (1.0 - opts.alpha))",
+    "g_t = per_row(g)",
+    "linear CE: one-hot without (1 - alpha)",
+    "option",
+  ),
+  M(
+    "linear-classes",
+    "_linear.py",
+    "g_s = per_row(g * (opts.alpha / _num_classes(where, vocab)))",
+    "g_s = per_row(g * (opts.alpha / vocab))",
+    "linear CE: C counts masked classes",
+    "mask",
+  ),
+  M(
+    "linear-dropped",
+    "_linear.py",
+    "coef = jnp.where(dropped | empty, 0.0, coef)",
+    "coef = jnp.where(empty, 0.0, coef)",
+    "linear CE: dropped rows not zeroed",
+    "guard",
+  ),
+)
+del M
+
+# A spread over functions and kinds, for the test suite's sample.
+SAMPLE = ("kl-cot", "linear-offset", "ice-spread-mask", "sce-dtype", "times-cotangent")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  mutation: Mutation
+  status: str  # "caught", "survived", "stale" (the line is gone)
+  failed: tuple[str, ...] = ()
+
+
+def functions_of(m: Mutation) -> tuple[str, ...]:
+  return BY_FILE[m.file]
+
+
+def apply(m: Mutation, root: pathlib.Path) -> bool:
+  """Writes the mutated copy of jaxsmx under root; False if ``old`` is not unique."""
+  dest = root / "jaxsmx"
+  shutil.copytree(SOURCE, dest, ignore=shutil.ignore_patterns("__pycache__"))
+  path = dest / m.file
+  text = path.read_text(encoding="utf-8")
+  if text.count(m.old) != 1:
+    return False
+  path.write_text(text.replace(m.old, m.new, 1), encoding="utf-8")
+  return True
+
+
+CHILD = """
+import json, sys
+sys.path.insert(0, {root!r})
+import jaxsmx
+assert jaxsmx.__file__.startswith({root!r}), jaxsmx.__file__
+from derivations import mutate
+print("RESULT " + json.dumps(mutate.failing({functions!r})))
+"""
+
+
+def failing(functions: tuple[str, ...]) -> list[str]:
+  """The derivation checks of these functions that fail (run in the child)."""
+  from . import all_derivations
+  from .cases import cases, run_cases
+  from .numeric import numeric_checks, run_numerics
+
+  by_key = {d.key: d for d in all_derivations()}
+  checks = [c for c in numeric_checks() if c.function in functions]
+  bad = [r.check.name for r in run_numerics(checks, by_key) if not r.ok]
+  selected = [c for c in cases() if c.function in functions]
+  bad += [r.case.name for r in run_cases(selected) if not r.ok]
+  return bad
+
+
+def run_one(m: Mutation) -> Outcome:
+  with tempfile.TemporaryDirectory(prefix="jaxsmx-mutant-") as tmp:
+    if not apply(m, pathlib.Path(tmp)):
+      return Outcome(m, "stale")
+    code = CHILD.format(root=tmp, functions=functions_of(m))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+      [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+    )
+  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+  if proc.returncode != 0 or not lines:
+    # the mutant broke the import or the run itself: the checks saw it fail
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+    return Outcome(m, "caught", (f"run failed: {tail[0][:120]}",))
+  failed = tuple(json.loads(lines[-1][len("RESULT ") :]))
+  return Outcome(m, "caught" if failed else "survived", failed)
+
+
+def run_all(mutations=MUTATIONS, workers: int = 2) -> list[Outcome]:
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    return list(pool.map(run_one, mutations))
+
+
+def markdown(outcomes: list[Outcome]) -> str:
+  live = [o for o in outcomes if o.status != "stale"]
+  caught = sum(o.status == "caught" for o in live)
+  lines = [
+    f"{caught} of {len(live)} mutations caught "
+    f"({100 * caught / max(len(live), 1):.0f}%) by the derivation checks alone.",
+    "",
+    "| mutation | kind | bug | caught by |",
+    "|---|---|---|---|",
+  ]
+  for o in outcomes:
+    if o.status == "stale":
+      by = "not applied (line changed)"
+    elif o.status == "survived":
+      by = "**survived**"
+    else:
+      first = o.failed[0]
+      by = f"`{first}`" + (
+        f" and {len(o.failed) - 1} more" if len(o.failed) > 1 else ""
+      )
+    lines.append(
+      f"| `{o.mutation.key}` | {o.mutation.kind} | {o.mutation.what} | {by} |"
+    )
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m derivations.mutate")
+  parser.add_argument("--sample", type=int, default=0, help="run only N mutations")
+  parser.add_argument("--workers", type=int, default=2)
+  parser.add_argument("--out", type=pathlib.Path, help="write the Markdown table here")
+  args = parser.parse_args(argv)
+  chosen = MUTATIONS
+  if args.sample:
+    by_key = {m.key: m for m in MUTATIONS}
+    chosen = tuple(by_key[k] for k in SAMPLE[: args.sample])
+  outcomes = run_all(chosen, args.workers)
+  table = markdown(outcomes)
+  print(table)
+  if args.out:
+    args.out.write_text(table, encoding="utf-8")
+  live = [o for o in outcomes if o.status != "stale"]
+  rate = sum(o.status == "caught" for o in live) / max(len(live), 1)
+  return 0 if rate >= 0.9 else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,129 @@
+"""The option, edge and dtype cases, and the mutation test of the derivations.
+
+The full run of the cases is in test_derivations.py's shared report; these
+tests show that the cases and the mutation runner catch wrong rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import jax
+import jax.numpy as jnp
+
+import jaxsmx
+from derivations import cases, mutate
+
+
+def _kl_forgetting_the_cotangent():
+  @jax.custom_vjp
+  def kl(lq, t):
+    return jaxsmx.kl_divergence(lq, t)
+
+  def fwd(lq, t):
+    return kl(lq, t), (lq, t)
+
+  def bwd(res, g):
+    lq, t = res
+    # wrong: the gradient of the sum, whatever the cotangent
+    _, pull = jax.vjp(jaxsmx.kl_divergence, lq, t)
+    return pull(jnp.ones_like(g))
+
+  kl.defvjp(fwd, bwd)
+
+  def fn(log_predictions, targets, axis=-1, where=None):
+    assert where is None
+    return kl(log_predictions, targets)
+
+  return fn
+
+
+def test_plain_cases_pass_on_jaxsmx():
+  chosen = [c for c in cases.cases() if c.function == "kl_divergence"]
+  chosen = [c for c in chosen if "where" not in c.option]
+  results = cases.run_cases(chosen)
+  assert all(r.ok for r in results), [(r.case.name, cases.bound(r)) for r in results]
+
+
+def test_a_rule_that_forgets_the_cotangent_is_caught():
+  chosen = [
+    c
+    for c in cases.cases()
+    if c.function == "kl_divergence" and c.option == "plain" and c.dtype == "float64"
+  ]
+  results = cases.run_cases(chosen, {"kl_divergence": _kl_forgetting_the_cotangent()})
+  by_wrt = {r.case.wrt: r for r in results}
+  assert not by_wrt["log_predictions"].ok
+  assert by_wrt["log_predictions"].error > 1e-3
+
+
+def test_a_gradient_in_the_wrong_dtype_is_caught():
+  def rounded(logits, labels, axis=-1, where=None, *, label_smoothing=0.0):
+    # the labels' gradient rounded through the logits' dtype
+    @jax.custom_vjp
+    def f(z, y):
+      return jaxsmx.softmax_cross_entropy(z, y)
+
+    def fwd(z, y):
+      return f(z, y), (z, y)
+
+    def bwd(res, g):
+      z, y = res
+      dz, dy = jax.vjp(jaxsmx.softmax_cross_entropy, z, y)[1](g)
+      return dz, dy.astype(z.dtype).astype(y.dtype)
+
+    f.defvjp(fwd, bwd)
+    return f(logits, labels)
+
+  chosen = [
+    c
+    for c in cases.cases()
+    if c.function == "softmax_cross_entropy"
+    and c.option == "plain"
+    and c.dtype == "float32"
+    and c.other_dtype == "bfloat16"
+    and c.wrt == "labels"
+  ]
+  assert len(chosen) == 1
+  (result,) = cases.run_cases(chosen, {"softmax_cross_entropy": rounded})
+  assert not result.ok
+  (right,) = cases.run_cases(chosen)
+  assert right.ok
+
+
+def test_every_function_is_run_with_its_options():
+  by_fn: dict[str, set[str]] = {}
+  for c in cases.cases():
+    by_fn.setdefault(c.function, set()).add(c.option)
+  assert set(by_fn) == set(jaxsmx.__all__)
+  for fn, options in by_fn.items():
+    if fn not in ("sigmoid_binary_cross_entropy", "linear_softmax_cross_entropy"):
+      assert any("where per class" in o for o in options), fn
+  assert any(
+    "ignore_index" in o for o in by_fn["softmax_cross_entropy_with_integer_labels"]
+  )
+  linear = by_fn["linear_softmax_cross_entropy"]
+  for word in ("V = 7", "where", "ignore_index", "z_loss", "softcap", "reduction"):
+    assert any(word in o for o in linear), word
+
+
+def test_mutations_are_many_and_apply_to_a_copy(tmp_path):
+  assert len(mutate.MUTATIONS) >= 30
+  assert len({m.key for m in mutate.MUTATIONS}) == len(mutate.MUTATIONS)
+  kinds = {m.kind for m in mutate.MUTATIONS}
+  assert {"mask", "option", "guard", "chunk", "dtype", "cotangent"} <= kinds
+  files = {m.file for m in mutate.MUTATIONS}
+  assert files == set(mutate.BY_FILE)
+  m = mutate.MUTATIONS[0]
+  real = mutate.SOURCE / m.file
+  before = hashlib.sha256(real.read_bytes()).hexdigest()
+  assert mutate.apply(m, tmp_path)
+  assert m.new in (tmp_path / "jaxsmx" / m.file).read_text()
+  assert hashlib.sha256(real.read_bytes()).hexdigest() == before
+
+
+def test_a_sample_of_mutations_is_caught():
+  by_key = {m.key: m for m in mutate.MUTATIONS}
+  outcomes = mutate.run_all(tuple(by_key[k] for k in mutate.SAMPLE), workers=2)
+  assert len(outcomes) == 5
+  assert [o.status for o in outcomes] == ["caught"] * 5, mutate.markdown(outcomes)
