@@ -13,7 +13,7 @@ import pathlib
 import sys
 import time
 
-from . import _cases, _report, _timing
+from . import _cases, _report, _small, _timing
 
 HERE = pathlib.Path(__file__).parent
 
@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     "--out", type=pathlib.Path, default=HERE, help="folder for RESULTS.md etc."
   )
   parser.add_argument("--runs", type=int, default=None, help="samples per contender")
+  parser.add_argument(
+    "--small-only",
+    action="store_true",
+    help="only the small-model cases (MLP training steps, eager calls)",
+  )
   args = parser.parse_args(argv)
 
   if args.quick:
@@ -42,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
 
   start = time.perf_counter()
   rows: list[_cases.Row] = []
+  # small models: per-call overhead (dispatch, effects) is what a user feels
+  small = [r for c in (10, 1000) for r in _small.train_step(c, max(runs, 5))]
+  small += _small.eager_calls(max(runs, 5))
+  for r in small:
+    print(f"{r.case:52s} {r.size:16s} vs {r.peer:28s} ratio {r.ratio:6.2f}", flush=True)
+  rows += small
+  if args.small_only:
+    sizes, linear = [], []
   for n, c in sizes:
     for case in (
       _cases.softmax_forward,
@@ -67,19 +80,29 @@ def main(argv: list[str] | None = None) -> int:
         f"{r.case:34s} {r.size:18s} vs {r.peer:22s} ratio {r.ratio:6.2f}{mem}",
         flush=True,
       )
-  gflops = _cases.matmul_gflops(*matmul_shape, runs)
+  gflops = 0.0 if args.small_only else _cases.matmul_gflops(*matmul_shape, runs)
   # compile only (nothing runs), so the full Gemma 2 (2B) shape even in --quick
-  sections = {"Memory at Gemma 2 (2B) scale": _cases.gemma_memory_table()}
+  sections = (
+    {}
+    if args.small_only
+    else {"Memory at Gemma 2 (2B) scale": _cases.gemma_memory_table()}
+  )
   elapsed = time.perf_counter() - start
   extra = {
-    "matmul throughput": f"{gflops:.0f} GFLOP/s (float32, {matmul_shape})",
+    "matmul throughput": "–"
+    if args.small_only
+    else f"{gflops:.0f} GFLOP/s (float32, {matmul_shape})",
     "runs per contender": str(runs),
     "peak RSS": f"{_timing.peak_rss_mb():.0f} MB",
     "wall time": f"{elapsed:.0f} s",
   }
   notes_file = HERE / "NOTES.md"
   notes = "" if args.quick or not notes_file.exists() else notes_file.read_text()
-  command = "python -m benchmarks" + (" --quick" if args.quick else "")
+  command = (
+    "python -m benchmarks"
+    + (" --quick" if args.quick else "")
+    + (" --small-only" if args.small_only else "")
+  )
   _report.write(args.out, rows, _timing.machine_info(), extra, notes, command, sections)
   missed = [r for r in rows if not r.met]
   print(

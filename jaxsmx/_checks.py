@@ -7,6 +7,7 @@ cost nothing inside a compiled function.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -60,10 +61,44 @@ def canonical_axes(axis: Axis, ndim: int, fn: str) -> tuple[int, ...]:
   return tuple(out)
 
 
+def as_array(x: jax.typing.ArrayLike) -> jax.Array:
+  """jnp.asarray, without its cost (microseconds) for an array already."""
+  return x if isinstance(x, jax.Array) else jnp.asarray(x)
+
+
+@functools.cache
+def dtype_kind(dtype) -> str:
+  """'floating', 'complex', 'integer', 'bool' or 'other' (cached: an eager call
+  pays for jnp.issubdtype once per dtype, not once per call)."""
+  dtype = np.dtype(dtype)
+  for kind, parent in [
+    ("floating", jnp.floating),
+    ("complex", jnp.complexfloating),
+    ("integer", jnp.integer),
+    ("bool", jnp.bool_),
+  ]:
+    if jnp.issubdtype(dtype, parent):
+      return kind
+  return "other"
+
+
+def broadcast_shapes(*shapes: tuple) -> tuple:
+  """jnp.broadcast_shapes, cached for concrete shapes."""
+  try:
+    return _broadcast_cached(*shapes)
+  except TypeError:  # an unhashable dimension
+    return tuple(jnp.broadcast_shapes(*shapes))
+
+
+@functools.lru_cache(maxsize=4096)
+def _broadcast_cached(*shapes: tuple) -> tuple:
+  return tuple(jnp.broadcast_shapes(*shapes))
+
+
 def as_floating(x: jax.typing.ArrayLike, name: str, fn: str) -> jax.Array:
   """Converts to an array and requires a floating dtype."""
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
+  x = as_array(x)
+  if dtype_kind(x.dtype) != "floating":
     raise TypeError(
       f"{fn}: {name} must have a floating dtype; got {x.dtype} with shape"
       f" {x.shape}. Convert it first, for example {name}.astype(jnp.float32)."
@@ -92,8 +127,8 @@ def as_integer_labels(
   axes: tuple[int, ...],
 ) -> jax.Array:
   """Requires integer labels of the logits' shape without the class axes."""
-  labels = jnp.asarray(labels)
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
+  labels = as_array(labels)
+  if dtype_kind(labels.dtype) != "integer":
     raise TypeError(
       f"{fn}: labels must have an integer dtype (class indices); got"
       f" {labels.dtype} with shape {labels.shape}. For probabilities or"
@@ -117,7 +152,7 @@ def as_integer_labels(
 
 def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
   try:
-    return jnp.broadcast_shapes(shape, target) == tuple(target)
+    return broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
   except ValueError:
     return False
 
@@ -127,7 +162,7 @@ def broadcast_pair(
 ) -> tuple[int, ...]:
   """The shape that `a` and `b` broadcast to (numpy's rule, as optax)."""
   try:
-    return tuple(jnp.broadcast_shapes(a.shape, b.shape))
+    return broadcast_shapes(tuple(a.shape), tuple(b.shape))
   except ValueError:
     hint = (
       " For integer class labels use softmax_cross_entropy_with_integer_labels."

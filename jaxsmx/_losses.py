@@ -112,13 +112,12 @@ def _one_class_axis(logits, labels, where, axes):
 
 def _label_distribution(labels, logits, fn) -> jax.Array:
   """Floating, integer or boolean labels (one-hot or soft), as optax takes."""
-  labels = jnp.asarray(labels)
-  if labels.dtype == jnp.bool_ or jnp.issubdtype(labels.dtype, jnp.floating):
+  labels = _checks.as_array(labels)
+  kind = _checks.dtype_kind(labels.dtype)
+  if kind in ("bool", "floating"):
     return labels
   batch_shape = logits.shape[:-1]
-  if not jnp.issubdtype(labels.dtype, jnp.integer) or (
-    labels.shape == batch_shape and labels.ndim < logits.ndim
-  ):
+  if kind != "integer" or (labels.shape == batch_shape and labels.ndim < logits.ndim):
     raise TypeError(
       f"{fn}: labels must be a label distribution over the classes (floating,"
       f" or integer or boolean one-hot) broadcasting to the logits"
@@ -511,10 +510,8 @@ def sigmoid_binary_cross_entropy(
   """
   fn = "sigmoid_binary_cross_entropy"
   logits = _checks.as_floating(logits, "logits", fn)
-  labels = jnp.asarray(labels)
-  if not (labels.dtype == jnp.bool_ or jnp.issubdtype(labels.dtype, jnp.number)) or (
-    jnp.issubdtype(labels.dtype, jnp.complexfloating)
-  ):
+  labels = _checks.as_array(labels)
+  if _checks.dtype_kind(labels.dtype) not in ("bool", "integer", "floating"):
     raise TypeError(
       f"{fn}: labels must be real numbers in [0, 1] (floating, integer or"
       f" boolean); got {labels.dtype} with shape {labels.shape}."
