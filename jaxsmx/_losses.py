@@ -48,11 +48,15 @@ def softmax_cross_entropy(
 
   Args:
     logits: ``[..., num_classes]``, floating.
-    labels: ``[..., num_classes]`` label distribution (one-hot or soft), the
-      same shape as ``logits``.
+    labels: ``[..., num_classes]`` label distribution (soft, or one-hot
+      of a floating, integer or boolean dtype), broadcasting against
+      ``logits`` as in optax (``[num_classes]`` for one distribution shared
+      by every example). Integer and boolean labels are converted to the
+      logits' dtype.
     axis: the class axis or axes.
-    where: boolean mask of ``logits.shape``, or of the shape without the class
-      axes (one flag per example). Masking means slicing:
+    where: boolean mask broadcasting to ``logits.shape``; as in optax, a
+      mask of lower rank than the logits is one flag per example (it
+      broadcasts to the shape without the class axes). Masking means slicing:
       ``f(z, y, where=m) == f(z[m], y[m])``; label mass on a masked class is
       dropped, so the loss is never negative.
     label_smoothing: keyword-only :math:`\alpha \in [0, 1]`; the labels become
@@ -60,7 +64,8 @@ def softmax_cross_entropy(
       classes.
 
   Returns:
-    ``[...]``: per-example losses, in the promoted dtype of the inputs.
+    ``[...]``: per-example losses, in the promoted dtype of the inputs
+    (integer and boolean labels count as the logits' dtype), as in optax.
 
   Edge cases: a :math:`-\infty` logit is a class of probability 0: it costs
   nothing and gets gradient 0 unless the label puts mass there, which costs
@@ -237,13 +242,15 @@ def softmax_cross_entropy_with_integer_labels(
 
   Args:
     logits: ``[..., num_classes]``, floating.
-    labels: ``[...]`` integer class indices: the logits' shape without the
-      class axes. With a tuple ``axis``, a label is the flat (C-order) index
-      into the slice ``logits[axis]``, axes taken in the order given.
+    labels: ``[...]`` integer class indices of any integer dtype: the
+      logits' shape without the class axes (or broadcasting to it). With a
+      tuple ``axis``, a label is the flat (C-order) index into the slice
+      ``logits[axis]``, axes taken in the order given.
     axis: the class axis or axes.
-    where: boolean mask of ``logits.shape`` (masks classes) or of the labels'
-      shape (masks examples). Masking means slicing, and agrees with the
-      one-hot labels under the same mask: an example whose target class is
+    where: boolean mask of ``logits.shape`` (masks classes) or of lower rank
+      (one flag per example, broadcast to the labels' shape, as in optax).
+      Masking means slicing, and agrees with the one-hot labels under the
+      same mask: an example whose target class is
       masked out is dropped (loss 0, gradient 0).
       An example masked out entirely gives 0 whatever its label, which is
       never read (as in optax): padding rows may hold any label.

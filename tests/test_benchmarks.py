@@ -36,12 +36,22 @@ def test_quick_benchmark_writes_results(tmp_path):
     "softmax_entropy value_and_grad",
     "fused linear CE value_and_grad",
     "reduced linear CE (mean) value_and_grad",
+    "MLP sgd step, integer-label CE",
+    "MLP sgd step, linear CE last layer",
+    "eager softmax_cross_entropy_with_integer_labels",
+    "eager linear_softmax_cross_entropy",
     "## Memory at Gemma 2 (2B) scale",
     'jaxsmx fused, reduction="mean"',
   ):
     assert case in results
   rows = json.loads((tmp_path / "results.json").read_text())["rows"]
   assert all(r["t_ours"] > 0 and r["t_peer"] > 0 for r in rows)
+  # the small-model targets of issue 8: 1.05 for training steps, 1.2 eager
+  small = {
+    r["case"]: r["target"] for r in rows if r["case"].startswith(("MLP", "eager"))
+  }
+  assert len(small) == 2 + 11
+  assert all(t == (1.05 if c.startswith("MLP") else 1.2) for c, t in small.items())
   linear = [r for r in rows if r["case"].startswith("fused linear")]
   assert linear and all(r["mem_ours"] is not None for r in linear)
   for png in ("ratios.png", "linear_memory.png"):
