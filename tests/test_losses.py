@@ -1483,3 +1483,26 @@ def test_tuple_axis_is_bit_exact_with_one_flattened_axis(axis):
       rtol=0,
       atol=eps_of(jnp.float32) * float(jnp.max(jnp.abs(g_flat))),
     )
+
+
+# ---------------------------------------------------------------------------
+# eager calls: one compiled call
+
+
+@pytest.mark.parametrize(
+  "call",
+  [
+    lambda z, p, c, m: sce(z, p),
+    lambda z, p, c, m: sce(z, p, where=m, label_smoothing=0.1),
+    lambda z, p, c, m: ice(z, c),
+    lambda z, p, c, m: ice(z, c, where=m, ignore_index=-100),
+    lambda z, p, c, m: bce(z, p),
+    lambda z, p, c, m: bce(z, 1.0),
+  ],
+)
+def test_a_loss_is_one_compiled_call(call):
+  # the argument checks run in Python at trace time; all of the arithmetic,
+  # broadcasting and dtype conversion included, is one jitted call
+  z, p, c = logits((4, 5)), soft_labels((4, 5)), int_labels((4,), 5)
+  eqns = jax.make_jaxpr(call)(z, p, c, p > 0.05).jaxpr.eqns
+  assert [e.primitive.name for e in eqns] == ["jit"], eqns
