@@ -19,7 +19,7 @@ from ._core import Step as Step
 
 def all_derivations() -> tuple[Derivation, ...]:
   """Every derivation, in report order."""
-  from . import entropy, losses, softmax
+  from . import entropy, losses, masks, softmax
 
   sm = {d.key: d for d in softmax.derivations()}
   ls = {d.key: d for d in losses.derivations()}
@@ -29,6 +29,7 @@ def all_derivations() -> tuple[Derivation, ...]:
     sm["log_softmax"],
     sm["logsumexp"],
     sm["logsumexp_b"],
+    masks.masks_derivation(),
     ls["softmax_cross_entropy"],
     ls["label_smoothing"],
     ls["soft_label_smoothing"],

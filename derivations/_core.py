@@ -55,6 +55,7 @@ p = sp.IndexedBase("p", positive=True)  # probabilities
 q = sp.IndexedBase("q", positive=True)  # predicted probabilities
 t = sp.IndexedBase("t", positive=True)  # KL targets
 lp = sp.IndexedBase(r"\ell", real=True)  # KL log-predictions
+mask = sp.IndexedBase("m", nonnegative=True)  # a mask, m_i in {0, 1}
 
 # The dummy index of the normaliser sum, used nowhere else, so that an
 # a_k inside a sum over k never captures it.
@@ -509,14 +510,28 @@ def normal_form(expr: sp.Expr, assume: Sequence[Assumption] = ()) -> sp.Expr:
   def apply(e):
     for old, new in assume:
       e = e.xreplace({old: new})
-    return e
+    return _idempotent(e)
 
   expr = sp.expand_log(sp.expand(_together_in_logs(expr)), force=True)
   expr = apply(canonical_dummies(close_sums(expr)))
   num, _ = sp.fraction(sp.together(expr))
   num = apply(canonical_dummies(close_sums(sp.expand(num))))
   num = apply(_merge_deltas(sp.expand(num)))
-  return sp.expand(num)
+  return apply(sp.expand(num))
+
+
+def _idempotent(e: sp.Expr) -> sp.Expr:
+  """``m_i^k = m_i``: a mask takes the values 0 and 1 only."""
+  return e.replace(
+    lambda x: (
+      isinstance(x, sp.Pow)
+      and isinstance(x.base, sp.Indexed)
+      and x.base.base == mask
+      and x.exp.is_Integer
+      and x.exp > 1
+    ),
+    lambda x: x.base,
+  )
 
 
 def is_zero(expr: sp.Expr, assume: Sequence[Assumption] = ()) -> bool:
@@ -622,7 +637,9 @@ def _specialise_matrix(entry, ctx, size, index, extra):
     cells = [[{index[0]: r}] for r in rng]
   else:
     cells = [[{index[0]: r, index[1]: c} for c in rng] for r in rng]
-  return sp.Matrix([[_fill(e, cell) for cell in row] for row in cells])
+  # plain symbols among the extra values (a concrete mask m1, m2, ...) are set
+  # once the indexed entries have become plain symbols
+  return sp.Matrix([[_fill(e, cell).xreplace(values) for cell in row] for row in cells])
 
 
 def _fill(e: sp.Expr, values: Mapping[sp.Symbol, int]) -> sp.Expr:
@@ -921,10 +938,42 @@ class StepResult:
     return all(v.ok for v in self.verdicts)
 
 
+@dataclasses.dataclass(frozen=True)
+class Defines(Check):
+  """A definition step shows the very definition the checks substitute.
+
+  The displayed right-hand side, evaluated, must equal the context's
+  definition of the left-hand side for general n; a definition displayed one
+  way and used another (softmax with :math:`e^{-z_i}` on screen) fails.
+  """
+
+  def run(self, step, ctx):
+    lhs, rhs = _sides(step.expr)
+    diff = evaluate(lhs, ctx) - evaluate(rhs, ctx)
+    method = "displayed = the definition the checks use"
+    if is_zero(diff):
+      return Verdict(True, method)
+    return Verdict(False, method, f"residual {sp.sstr(normal_form(diff))}"[:300])
+
+
+def _defined(step: Step, ctx: Context) -> bool:
+  if step.role != "definition" or not isinstance(step.expr, sp.Equality):
+    return False
+  lhs = step.expr.lhs
+  return ctx.substitute(lhs) != lhs
+
+
 def check_step(step: Step, ctx: Context) -> StepResult:
-  """Runs every check of one step; an exception counts as a failure."""
+  """Runs every check of one step; an exception counts as a failure.
+
+  A definition step whose left-hand side the context defines also gets
+  :class:`Defines`.
+  """
   verdicts = []
-  for check in step.checks:
+  checks = step.checks
+  if _defined(step, step.ctx or ctx):
+    checks = (Defines(), *checks)
+  for check in checks:
     try:
       verdicts.append(check.run(step, step.ctx or ctx))
     except Exception as e:  # report, do not crash the whole run

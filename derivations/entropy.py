@@ -38,6 +38,7 @@ from ._core import (
   vjp_check,
   z,
 )
+from .numeric import LOGITS, PROBS, AgreesWithJax
 
 delta = sp.KroneckerDelta
 H = sp.Symbol("H")
@@ -77,6 +78,14 @@ def softmax_entropy_derivation() -> Derivation:
     Step(
       "The entropy of the softmax of the logits.",
       eq(H, -summation(Dot(a[k], sp.log(a[k])))),
+      (
+        AgreesWithJax(
+          lambda jx, x: jx.softmax_entropy(x),
+          ((z, LOGITS),),
+          (),
+          "jaxsmx.softmax_entropy",
+        ),
+      ),
       role="definition",
     ),
     Step(
@@ -196,6 +205,9 @@ def entropy_derivation() -> Derivation:
     Step(
       "The Shannon entropy of a distribution $p$.",
       eq(hp, -summation(Dot(p[k], sp.log(p[k])))),
+      (
+        AgreesWithJax(lambda jx, x: jx.entropy(x), ((p, PROBS),), (), "jaxsmx.entropy"),
+      ),
       role="definition",
     ),
     Step(
@@ -273,6 +285,14 @@ def cross_entropy_derivation() -> Derivation:
     Step(
       "The cross-entropy of an estimate $q$ against the true $p$.",
       eq(hpq, -summation(Dot(p[k], sp.log(q[k])))),
+      (
+        AgreesWithJax(
+          lambda jx, x, w: jx.cross_entropy(x, w),
+          ((p, PROBS), (q, PROBS)),
+          (),
+          "jaxsmx.cross_entropy",
+        ),
+      ),
       role="definition",
     ),
     Step(
@@ -359,6 +379,14 @@ def kl_divergence_derivation() -> Derivation:
       "jaxsmx takes the predictions as logs, $\\ell = \\log q$, and the "
       "targets $t$ as probabilities.",
       eq(kl, summation(Prod(t[k], sp.log(t[k]) - lp[k]))),
+      (
+        AgreesWithJax(
+          lambda jx, x, w: jx.kl_divergence(x, w),
+          ((lp, LOGITS), (t, PROBS)),
+          (),
+          "jaxsmx.kl_divergence",
+        ),
+      ),
       role="definition",
     ),
     Step(

@@ -37,6 +37,7 @@ from ._core import (
   vjp_check,
   z,
 )
+from .numeric import LOGITS, POSITIVE, AgreesWithJax
 
 delta = sp.KroneckerDelta
 NE = ((delta(i, j), 0),)  # the case i != j
@@ -76,6 +77,11 @@ def softmax_derivation() -> Derivation:
     Step(
       "Softmax maps logits $z$ to probabilities $a$.",
       eq(a[i], sp.exp(z[i]) / S),
+      (
+        AgreesWithJax(
+          lambda jx, x: jx.softmax(x), ((z, LOGITS),), what="jaxsmx.softmax"
+        ),
+      ),
       role="definition",
     ),
     Step(
@@ -259,6 +265,11 @@ def logsumexp_derivation() -> Derivation:
     Step(
       "The log-normaliser of softmax.",
       eq(lse_z, sp.log(S)),
+      (
+        AgreesWithJax(
+          lambda jx, x: jx.logsumexp(x), ((z, LOGITS),), (), "jaxsmx.logsumexp"
+        ),
+      ),
       role="definition",
     ),
     Step(
@@ -344,6 +355,14 @@ def logsumexp_b_derivation() -> Derivation:
       "`logsumexp(a, b=b)` weighs each term, as in `jax.nn.logsumexp`; "
       "$b = 1$ is the plain log-normaliser.",
       eq(lse_b, sp.log(SB)),
+      (
+        AgreesWithJax(
+          lambda jx, x, w: jx.logsumexp(x, b=w),
+          ((z, LOGITS), (bb, POSITIVE)),
+          (),
+          "jaxsmx.logsumexp(b=b)",
+        ),
+      ),
       role="definition",
       name="definition",
     ),

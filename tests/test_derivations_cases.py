@@ -127,3 +127,41 @@ def test_a_sample_of_mutations_is_caught():
   outcomes = mutate.run_all(tuple(by_key[k] for k in mutate.SAMPLE), workers=2)
   assert len(outcomes) == 5
   assert [o.status for o in outcomes] == ["caught"] * 5, mutate.markdown(outcomes)
+
+
+def test_a_wrong_displayed_definition_is_caught():
+  import sympy as sp
+
+  from derivations import _core
+  from derivations.numeric import LOGITS, AgreesWithJax
+  from derivations.softmax import SOFTMAX_CTX, S
+
+  z, i = _core.z, _core.i
+  agrees = AgreesWithJax(lambda jx, x: jx.softmax(x), ((z, LOGITS),))
+  right = _core.Step(
+    "", _core.eq(_core.a[i], sp.exp(z[i]) / S), (agrees,), role="definition"
+  )
+  wrong = _core.Step(
+    "", _core.eq(_core.a[i], sp.exp(-z[i]) / S), (agrees,), role="definition"
+  )
+  assert _core.check_step(right, SOFTMAX_CTX).ok
+  verdicts = _core.check_step(wrong, SOFTMAX_CTX).verdicts
+  assert [v.ok for v in verdicts] == [False, False]  # Defines, AgreesWithJax
+
+
+def test_masked_forms_reduce_and_a_wrong_mask_rule_is_caught():
+  from derivations import _core, masks
+
+  d = masks.masks_derivation()
+  assert all(r.ok for r in _core.check_derivation(d))
+  k, j, a, g = _core.k, _core.j, _core.a, masks.g_
+  # the masked VJP with sum(g) in place of <g, a>
+  wrong = _core.Step(
+    "",
+    _core.eq(
+      masks.summation(_core.Dot(g[k], _core.D(a[k], _core.z[j])), k),
+      _core.Dot(a[j], masks.Terms(g[j], -masks.summation(g[k]))),
+    ),
+    (_core.General(),),
+  )
+  assert not _core.check_step(wrong, d.ctx).ok
