@@ -260,6 +260,20 @@ def _linear_family() -> list[Case]:
       (True, False, True, False, False),
     ),
   ]
+  if _takes(lce, "reduction") and _takes(lce, "weights"):
+    omega = r.random(B).astype(np.float32)
+    for reduction in ("sum", "mean"):
+      out.append(
+        Case(
+          f"linear_ce[reduction={reduction},weights,ignore]",
+          lambda x, w, c, o, reduction=reduction: lce(
+            x, w, c, weights=o, ignore_index=-100, reduction=reduction
+          ),
+          (x, w, np.where(np.arange(B) == 2, -100, c).astype(np.int32), omega),
+          (0, 1, 3),
+          (True, False, True, True),
+        )
+      )
   if _takes(lce, "check_labels"):
     out.append(
       Case(
