@@ -140,12 +140,13 @@ def linear_softmax_cross_entropy(
   backward pass only scales them by the scalar cotangent: no pass over the
   vocabulary runs in the backward pass, and its residuals are the gradients
   themselves (``N x H``, ``H x V``) rather than ``x`` and ``w``. Working
-  memory is that of the per-example mode: at Gemma 2 (2B) scale (N=8192,
-  H=2304, V=256000, bfloat16) XLA:CPU's compiled temp memory is 18 MiB for
-  the loss and 221 MiB for ``value_and_grad`` in both modes, against about
-  8,000 and 18,250 MiB for dense autodiff of ``x @ w``. Keep
-  ``reduction="none"`` when the per-example losses are needed, or when only
-  the value is computed.
+  memory: at Gemma 2 (2B) scale (N=8192, H=2304, V=256000, bfloat16)
+  XLA:CPU's compiled temp memory is 18 MiB for the loss and 221 MiB for
+  ``value_and_grad`` in both modes, against about 8,000 and 18,250 MiB for
+  dense autodiff of ``x @ w``; in float32 the reduced mode adds one float32
+  ``H x V`` array (see Notes) and runs the three matmuls of dense autodiff
+  instead of four. Keep ``reduction="none"`` when the per-example losses are
+  needed.
 
   Sharding: under :func:`jax.jit` with the rows of ``x`` and the columns of
   ``w`` split over mesh axes (data and vocabulary parallel, automatic or
@@ -176,11 +177,18 @@ def linear_softmax_cross_entropy(
 
     Per-example mode: the residuals are ``x``, ``w``, ``bias``, ``labels``,
     ``where`` and two float32 normaliser scalars per example (shift and
-    log-norm); the backward pass recomputes the logits chunk by chunk. Reduced
-    modes: the forward pass streams twice over the vocabulary (the
-    normalisers, then the gradients with the weights :math:`r_n`), and saves
-    ``dx``, ``dw``, ``dbias`` in their primals' dtypes. Both modes run four
-    matmuls of :math:`2NHV` flops against dense autodiff's three.
+    log-norm); the backward pass recomputes the logits chunk by chunk: four
+    matmuls of :math:`2NHV` flops against dense autodiff's three. Reduced
+    modes save ``dx``, ``dw``, ``dbias`` in their primals' dtypes and form
+    them in the forward pass. With 32- or 64-bit ``x`` and ``w`` on one
+    device, that pass takes blocks of R rows against all of ``w`` (an
+    ``R x V`` float32 block of at most 16 MiB, R <= 256): the logits,
+    ``dx`` and ``dw`` are the three matmuls of dense autodiff, and ``dw``
+    accumulates over the blocks in one float32 ``H x V`` array, the one
+    array of that size it adds. With 16-bit inputs, or with ``w`` split over
+    devices, it streams twice over per-device vocabulary chunks instead (the
+    normalisers, then the gradient): four matmuls, nothing ``H x V`` beyond
+    ``dw``.
 
     Chunks: ``chunk_size=None`` takes the largest multiple of 128 with an
     ``N x chunk`` float32 block of at most 16 MiB and at most ``V / 32``
@@ -998,17 +1006,140 @@ def _linear_ce_reduced(x, w, bias, labels, where, weights, opts):
 def _linear_ce_reduced_fwd(x, w, bias, labels, where, weights, opts):
   out_dtype, ct = _compute_dtype(x, w, bias)
   vocab = w.shape[1]
-  stats = _kernel(_fwd_stats, opts, (x, w, labels), (bias, where))
-  losses = _row_losses(stats, labels, where, vocab, opts)
   r, counted, denom = _row_weights(labels, where, weights, vocab, opts, ct)
+  if _one_device_wide(x, w, bias, weights):
+    # row blocks over all of V: three matmuls in all
+    stats, (dx, dw, db) = _one_pass(x, w, bias, labels, where, r, opts)
+  else:
+    # vocabulary chunks, per device: the normalisers, then the gradient
+    stats = _kernel(_fwd_stats, opts, (x, w, labels), (bias, where))
+    dx, dw, db = _grads(x, w, bias, labels, where, *stats[:2], r, opts)
+  losses = _row_losses(stats, labels, where, vocab, opts)
   value = jnp.sum(r * losses)
-  # the gradient now, with the per-row weights r: two more passes, no more
-  dx, dw, db = _grads(x, w, bias, labels, where, *stats[:2], r, opts)
   d_omega = None
   if weights is not None:
     d_omega = losses if denom is None else (losses - counted * value) / denom
     d_omega = d_omega.astype(weights.dtype)
   return value.astype(out_dtype), (dx, dw, db, d_omega, x, w, bias, weights)
+
+
+# The one-pass reduced kernel takes blocks of rows against all of w: a
+# [R, V] float32 block of at most 16 MiB and at most 256 rows (a multiple of
+# 8, at least 8). Measured on CPU (N=4096, H=512, 2 loaded cores, interleaved
+# medians against dense autodiff): V=8192, R=256: 0.98x (R=64: 1.25x);
+# V=32768, R=128: 1.00x (R=64: 1.11x).
+_ROW_BLOCK_BYTES = 16 * 2**20
+_ROW_BLOCK_MAX = 256
+
+
+def _row_block(n: int, vocab: int) -> int:
+  rows = min(_ROW_BLOCK_BYTES // (4 * vocab), _ROW_BLOCK_MAX)
+  return min(n, max(8, rows // 8 * 8))
+
+
+def _one_device_wide(x, w, bias, weights) -> bool:
+  """True where the one-pass kernel applies: 32- or 64-bit floats, one device,
+  no explicit sharding and no manual mesh axes. It multiplies d by all of w,
+  so a 16-bit w would be widened whole (see _take_16); on several devices the
+  per-device vocabulary chunks of _kernel keep w where it is."""
+  arrays = [a for a in (x, w, bias, weights) if a is not None]
+  if any(jnp.dtype(a.dtype).itemsize < 4 for a in (x, w)):
+    return False
+  if jax.device_count() > 1 or _explicit_layout(x, w) is not None:
+    return False
+  return not any(_varying_axes(a) for a in arrays)
+
+
+def _one_pass(x, w, bias, labels, where, r, opts):
+  """((shift, log_norm, z_t, z_sum) [N], (dx, dw, dbias)) of sum_n r_n L_n,
+  in one pass over blocks of rows, each against all of w: the logits, dx and
+  dw are three matmuls, and dw accumulates in the compute dtype."""
+  _, ct = _compute_dtype(x, w, bias)
+  n, vocab = x.shape[0], w.shape[1]
+  dropped, invalid, _ = _row_flags(labels, where, vocab)
+
+  def per_row(coef):
+    return jnp.where(invalid, jnp.nan, jnp.where(dropped, 0.0, coef.astype(ct)))
+
+  rows = [per_row(r), per_row(r * (1.0 - opts.alpha))]
+  if opts.alpha:
+    rows.append(per_row(r * (opts.alpha / _num_classes(where, vocab))))
+  xc, wc = x.astype(ct), w.astype(ct)
+  bc = None if bias is None else bias.astype(ct)
+  cols = lax.broadcasted_iota(labels.dtype, (1, vocab), 1)
+  mm = functools.partial(
+    lax.dot_general, precision=opts.precision, preferred_element_type=ct
+  )
+
+  def body(carry, start, size):
+    stats, dx, dw, db = carry
+    take = lambda a: lax.dynamic_slice_in_dim(a, start, size, 0)
+    xb, lb = take(xc), take(labels)
+    r_a, r_t, *r_s = (take(a)[:, None] for a in rows)
+    z = mm(xb, wc, (((1,), (0,)), ((), ())))
+    if bc is not None:
+      z = z + bc
+    t = None
+    if opts.softcap is not None:
+      t = jnp.tanh(z / opts.softcap)
+      z = opts.softcap * t
+    if where is not None:
+      z = jnp.where(where, z, -jnp.inf)
+    m = jnp.max(z, axis=1)
+    shift = jnp.where(m == -jnp.inf, 0.0, m)
+    e = jnp.exp(z - shift[:, None])
+    total = jnp.sum(e, axis=1)
+    empty = total == 0
+    log_norm = jnp.log(total)
+    picked = jnp.take_along_axis(
+      z, jnp.clip(lb, 0, vocab - 1)[:, None], axis=1, mode="clip"
+    )[:, 0]
+    z_t = jnp.where(lb >= 0, picked, 0.0)
+    z_sum = jnp.zeros_like(z_t)
+    if opts.alpha:
+      z_sum = jnp.sum(z if where is None else jnp.where(where, z, 0.0), axis=1)
+    g_a = r_a
+    if opts.z_loss:
+      lse = shift + jnp.where(empty, 0.0, log_norm)
+      g_a = g_a * (1.0 + 2.0 * opts.z_loss * lse[:, None])
+    g_a = jnp.where(empty[:, None], 0.0, g_a / jnp.where(empty, 1.0, total)[:, None])
+    d = e * g_a - jnp.where(cols == lb[:, None], r_t, 0.0)
+    if r_s:
+      d = d - (r_s[0] if where is None else jnp.where(where, r_s[0], 0.0))
+    if t is not None:
+      d = d * (1.0 - t * t)
+    dxb = mm(d, wc, (((1,), (1,)), ((), ())))
+    dx = lax.dynamic_update_slice_in_dim(dx, dxb, start, 0)
+    dw = dw + mm(xb, d, (((0,), (0,)), ((), ())))
+    if db is not None:
+      db = db + jnp.sum(d, axis=0)
+    new = (shift, log_norm, z_t, z_sum)
+    stats = tuple(
+      lax.dynamic_update_slice_in_dim(a, b, start, 0)
+      for a, b in zip(stats, new, strict=True)
+    )
+    return stats, dx, dw, db
+
+  zeros = lambda shape: jnp.zeros(shape, ct)
+  init = (
+    tuple(zeros((n,)) for _ in range(4)),
+    zeros(xc.shape),
+    zeros(wc.shape),
+    None if bc is None else zeros(bc.shape),
+  )
+  block = _row_block(n, vocab)
+  full, tail = divmod(n, block)
+  carry = init
+  if full == 1:
+    carry = body(carry, 0, block)
+  elif full > 1:
+    step = lambda j, c: body(c, j * block, block)
+    carry = lax.fori_loop(0, full, step, carry)
+  if tail:
+    carry = body(carry, full * block, tail)
+  stats, dx, dw, db = carry
+  db = None if db is None else db.astype(bias.dtype)
+  return stats, (dx.astype(x.dtype), dw.astype(w.dtype), db)
 
 
 def _linear_ce_reduced_bwd(opts, res, g):
