@@ -1045,6 +1045,8 @@ def _one_device_wide(x, w, bias, weights) -> bool:
   arrays = [a for a in (x, w, bias, weights) if a is not None]
   if any(jnp.dtype(a.dtype).itemsize < 4 for a in (x, w)):
     return False
+  if not isinstance(x.shape[0], int):
+    return False  # a symbolic batch (jax.export): no static row blocks
   if jax.device_count() > 1 or _explicit_layout(x, w) is not None:
     return False
   return not any(_varying_axes(a) for a in arrays)

@@ -615,6 +615,15 @@ def test_jax_export_round_trip():
   x2, _, _, lab2, _ = data(n=40, seed=3)
   got = export.deserialize(exp.serialize()).call(x2, w, lab2)
   assert_close(got[0], jax.jit(vg)(x2, w, lab2)[0], 1e-6, "value, b=40")
+  for red in ("sum", "mean"):
+    g = lambda x, w, lab, red=red: lce(x, w, lab, reduction=red, **kw)
+    vg = jax.value_and_grad(g, (0, 1))
+    want = jax.jit(vg)(x, w, labels)
+    for args in shapes:
+      exp = export.export(jax.jit(vg))(*args)
+      got = export.deserialize(exp.serialize()).call(x, w, labels)
+      for a, r in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert_close(a, r, 1e-5, f"reduction={red}")
 
 
 def test_small_problems_are_one_chunk_without_a_loop():
