@@ -549,6 +549,20 @@ def test_no_effect_unless_check_labels():
   assert jax.make_jaxpr(g)(x, w).effects  # the opt-in check is an effect
   with pytest.raises(TypeError, match="check_labels must be a Python bool"):
     lce(x, w, labels, check_labels=1)
+  om = jnp.ones(N)
+  for red in ("sum", "mean"):
+    f = lambda x, w, red=red: lce(x, w, labels, reduction=red, weights=om, **kw)
+    assert jax.make_jaxpr(f)(x, w).effects == set()
+    assert jax.make_jaxpr(jax.grad(f, (0, 1)))(x, w).effects == set()
+    checked = checkify.checkify(
+      lambda x, lab, red=red: lce(x, w, lab, reduction=red, check_labels=True),
+      errors=checkify.user_checks,
+    )
+    err, _ = jax.jit(checked)(x, labels.at[0].set(V))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"\[0, 50\)"):
+      err.throw()
+    err, _ = jax.jit(checked)(x, labels)
+    err.throw()
 
 
 @pytest.mark.parametrize("x64", [False, True])
