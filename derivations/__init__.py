@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from ._core import Derivation as Derivation
 from ._core import Step as Step
+from .check import DefinitionError as DefinitionError
+from .check import VJPCheck as VJPCheck
+from .check import check_vjp as check_vjp
 
 
 def all_derivations() -> tuple[Derivation, ...]:
@@ -42,4 +45,11 @@ def all_derivations() -> tuple[Derivation, ...]:
   )
 
 
-__all__ = ["Derivation", "Step", "all_derivations"]
+__all__ = [
+  "DefinitionError",
+  "Derivation",
+  "Step",
+  "VJPCheck",
+  "all_derivations",
+  "check_vjp",
+]

@@ -6,7 +6,7 @@ holds a label (Markdown prose), a SymPy expression, usually an unevaluated
 the way a person writes them on paper, with a few display nodes:
 
 * :class:`D` is a partial derivative :math:`\partial f / \partial x`;
-* :class:`SumNe` is a sum over :math:`j \neq i`, as in the seed article;
+* :class:`SumNe` is a sum over :math:`j \neq i`, as in the article;
 * :class:`UnevaluatedExpr` keeps a product such as
   :math:`-\frac{y_i}{a_i} \cdot a_i (1 - a_i)` from being simplified away.
 
@@ -884,7 +884,7 @@ class Example:
   Attributes:
     label: Markdown prose, e.g. "softmax(3, 1, -3)".
     exact: SymPy expressions whose values are the example's numbers.
-    seed: the numbers the seed article prints, or None.
+    seed: the numbers the article prints, or None.
     call: ``jaxsmx_module -> sequence of floats``; None if the example has no
       jaxsmx counterpart.
     call_text: the call, shown in the report.

@@ -175,7 +175,7 @@ def softmax_entropy_derivation() -> Derivation:
     functions=("softmax_entropy",),
     intro=(
       "The entropy of a softmax output, as a function of the logits. "
-      "The same three facts as the seed's derivation (the softmax "
+      "The same three facts as the article's derivation (the softmax "
       "Jacobian, the log-softmax Jacobian, and $\\sum_k a_k = 1$) give "
       "its gradient and Hessian."
     ),
@@ -257,7 +257,7 @@ def entropy_derivation() -> Derivation:
     key="entropy",
     title="Entropy",
     functions=("entropy",),
-    intro="The seed's $H(p) = -\\sum_i p_i \\log p_i$, on probabilities.",
+    intro="The article's $H(p) = -\\sum_i p_i \\log p_i$, on probabilities.",
     ctx=PROBS_CTX,
     steps=steps,
     headline=eq(D(hp, p[i]), Terms(-sp.log(p[i]), -1)),
@@ -316,7 +316,7 @@ def cross_entropy_derivation() -> Derivation:
       role="result",
     ),
     Step(
-      "The seed's remark: over distributions $q$ the minimum is at "
+      "The article's remark: over distributions $q$ the minimum is at "
       "$q = p$. With a multiplier for $\\sum_k q_k = 1$, the Lagrangian "
       "$\\mathcal{L} = H(p, q) + \\lambda (\\sum_k q_k - 1)$ is stationary "
       "there, with $\\lambda = 1$ ...",
@@ -353,7 +353,7 @@ def cross_entropy_derivation() -> Derivation:
     key="cross_entropy",
     title="Cross-entropy of two distributions",
     functions=("cross_entropy",),
-    intro="The seed's $H(p, q) = -\\sum_i p_i \\log q_i$, on probabilities.",
+    intro="The article's $H(p, q) = -\\sum_i p_i \\log q_i$, on probabilities.",
     ctx=PROBS_CTX,
     steps=steps,
     headline=eq(D(hpq, q[i]), -p[i] / q[i]),
@@ -396,7 +396,7 @@ def kl_divergence_derivation() -> Derivation:
     ),
     Step(
       "With $\\ell = \\log q$ it is the cross-entropy minus the entropy "
-      "(the seed's relative entropy), so it is zero at $q = t$.",
+      "(the article's relative entropy), so it is zero at $q = t$.",
       eq(kl, Terms(named(ENT, t, q), -named(ENT, t))),
       (General(why="ℓ = log q"),),
       ctx=Context({**PROBS_CTX.defs, lp: lambda idx: sp.log(q[idx])}),
@@ -442,7 +442,7 @@ def kl_divergence_derivation() -> Derivation:
     key="kl_divergence",
     title="Kullback-Leibler divergence",
     functions=("kl_divergence",),
-    intro="The relative entropy the seed links to, in optax's argument order.",
+    intro="The relative entropy the article links to, in optax's argument order.",
     ctx=PROBS_CTX,
     steps=steps,
     headline=eq(D(kl, t[i]), Terms(sp.log(t[i]), 1, -lp[i])),

@@ -1,4 +1,4 @@
-r"""Cross-entropy losses: the seed's five steps, label smoothing, sigmoid BCE
+r"""Cross-entropy losses: the article's five steps, label smoothing, sigmoid BCE
 and the fused linear cross-entropy with z-loss and soft cap."""
 
 from __future__ import annotations
@@ -147,13 +147,13 @@ def softmax_cross_entropy_derivation() -> Derivation:
     ),
     Step(
       "For a one-hot $y$ with its 1 at the label $\\ell$ only one term "
-      "survives: the seed's softmax loss.",
+      "survives: the article's softmax loss.",
       eq(C, -sp.log(a[ell])),
       (General(why="y_j = δ_jℓ"),),
       ctx=Context({**CE_CTX.defs, y: lambda t: delta(t, ell)}),
     ),
     Step(
-      "The seed's three predictions are ordered as the label's "
+      "The article's three predictions are ordered as the label's "
       "probability says: $0.6 > 0.3 > 0.1$.",
       Ordered(label(r"-\log 0.6"), label(r"-\log 0.3"), label(r"-\log 0.1")),
       (
@@ -294,11 +294,11 @@ def softmax_cross_entropy_derivation() -> Derivation:
   )
   return Derivation(
     key="softmax_cross_entropy",
-    title="Softmax cross-entropy: the seed's derivation",
+    title="Softmax cross-entropy: the article's derivation",
     functions=("softmax_cross_entropy",),
     intro=(
-      "The seed's main result, step by step. The labels $y$ may be any "
-      "non-negative weights; the seed's one-hot case is the last step. "
+      "The article's main result, step by step. The labels $y$ may be any "
+      "non-negative weights; the article's one-hot case is the last step. "
       "Each step is an identity that is checked, not just written down."
     ),
     ctx=CE_CTX,
@@ -393,7 +393,7 @@ def label_smoothing_derivation() -> Derivation:
     functions=("softmax_cross_entropy_with_integer_labels",),
     intro=(
       "The integer-label loss is the previous one with a smoothed one-hot "
-      "target; $\\alpha = 0$ is the seed's case."
+      "target; $\\alpha = 0$ is the article's case."
     ),
     ctx=SMOOTH_CTX,
     steps=steps,
@@ -582,7 +582,7 @@ def sigmoid_bce_derivation() -> Derivation:
       role="result",
     ),
     Step(
-      "The alternative the seed compares with: squared error on the sigmoid.",
+      "The alternative the article compares with: squared error on the sigmoid.",
       eq(Q[i], Dot(sp.Rational(1, 2), (s_i - y[i]) ** 2)),
       role="definition",
     ),
@@ -628,7 +628,7 @@ def sigmoid_bce_derivation() -> Derivation:
     title="Sigmoid binary cross-entropy",
     functions=("sigmoid_binary_cross_entropy",),
     intro=(
-      "The seed's remark on the learning slowdown: with a sigmoid output, "
+      "The article's remark on the learning slowdown: with a sigmoid output, "
       "cross-entropy's gradient is the error itself, while squared "
       "error's gradient carries a factor that vanishes when the unit "
       "saturates."

@@ -146,7 +146,7 @@ def softmax_derivation() -> Derivation:
   )
   examples = (
     Example(
-      "The seed's example: the outputs $(3, 1, -3)$. (The seed prints "
+      "The article's example: the outputs $(3, 1, -3)$. (The article prints "
       "0.1190 for 0.11894.)",
       tuple(sp.exp(v) / sum(sp.exp(w) for w in (3, 1, -3)) for v in (3, 1, -3)),
       (0.8789, 0.1190, 0.0022),
@@ -159,8 +159,8 @@ def softmax_derivation() -> Derivation:
     title="Softmax",
     functions=("softmax",),
     intro=(
-      "The seed's first object. Its Jacobian has two cases, which the "
-      "seed derives separately and which combine into "
+      "The article's first object. Its Jacobian has two cases, which the "
+      "article derives separately and which combine into "
       r"$\operatorname{diag}(a) - a a^{\mathsf T}$."
     ),
     ctx=SOFTMAX_CTX,
@@ -245,7 +245,7 @@ def log_softmax_derivation() -> Derivation:
     title="Log-softmax",
     functions=("log_softmax",),
     intro=(
-      "The seed recommends log-softmax for numerical stability. Its "
+      "The article recommends log-softmax for numerical stability. Its "
       "Jacobian is simpler than softmax's: no product of probabilities."
     ),
     ctx=SOFTMAX_CTX,
