@@ -366,10 +366,10 @@ def _soft_ce_cases():
     tz, ty = terms(kw.get("smooth", 0.0))
     out.append(Case(fn, option, "logits", make(**kw), tz))
     out.append(Case(fn, option, "labels", make(**kw), ty))
-  tz, _ = terms()
-  out.append(
-    Case(fn, "-inf logit with label 0, zero labels", "logits", make(edge=True), tz)
-  )
+  tz, ty = terms()
+  for wrt, term in (("logits", tz), ("labels", ty)):
+    option = "-inf logit with label 0, zero labels, empty slice"
+    out.append(Case(fn, option, wrt, make(edge=True), term))
   return out
 
 
