@@ -21,7 +21,8 @@ API = {
     "(logits, labels, axis=-1, where=None, *, label_smoothing=0.0)"
   ),
   "softmax_cross_entropy_with_integer_labels": (
-    "(logits, labels, axis=-1, where=None, *, label_smoothing=0.0, ignore_index=None)"
+    "(logits, labels, axis=-1, where=None, *, label_smoothing=0.0, ignore_index=None,"
+    " check_labels=False)"
   ),
   "kl_divergence": "(log_predictions, targets, axis=-1, where=None)",
   "sigmoid_binary_cross_entropy": "(logits, labels)",
