@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
+import jax.core
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental.custom_partitioning import custom_partitioning
@@ -269,7 +270,9 @@ def linear_softmax_cross_entropy(
     softcap=None if softcap is None else _static_float(softcap, "softcap"),
     ignore_index=_checks.static_index(ignore_index, "ignore_index", _FN),
     chunk=_chunk(chunk_size, _rows(batch_shape), hidden, vocab),
-    precision=tuple(precision) if isinstance(precision, list) else precision,
+    precision=cast(lax.PrecisionLike, tuple(precision))
+    if isinstance(precision, list)
+    else precision,
     reduction=reduction,
   )
   x2 = x.reshape(-1, hidden)
@@ -282,6 +285,7 @@ def linear_softmax_cross_entropy(
     out = _linear_ce_checked(*args)  # eager: a failed check raises here
   else:
     out = _linear_ce_checked_jit(*args)
+  out = cast(jax.Array, out)  # jax types a custom_vjp's result as object
   return out if reduction != "none" else out.reshape(batch_shape)
 
 
@@ -336,14 +340,14 @@ def _static_float(value: object, name: str, *, positive: bool = True) -> float:
   return v
 
 
-def _rows(batch_shape) -> object:
+def _rows(batch_shape) -> int | None:
   """N as an int, or the symbolic product when a dimension is symbolic."""
   if all(isinstance(d, int) for d in batch_shape):
     return math.prod(batch_shape)
   return None
 
 
-def _chunk(chunk_size: object, n: int, hidden: int, vocab: int) -> int:
+def _chunk(chunk_size: object, n: int | None, hidden: int, vocab: int) -> int:
   """The vocabulary chunk: checked if given, else chosen from N, H and V."""
   del hidden  # the N x H and H x chunk operands are small next to N x chunk
   if chunk_size is not None:
@@ -630,12 +634,12 @@ def _combine_stats(stats, vocab_axes):
 
 
 def _linear_ce_bwd(opts, res, g):
-  x, w, bias = res[:3]
-  dx, dw, db = _grads(*res, g, opts)
+  x, w, bias, labels, where, shift, log_norm = res
+  dx, dw, db = _grads(x, w, bias, labels, where, shift, log_norm, g, opts)
   return _like(dx, x), _like(dw, w), _like(db, bias), None, None
 
 
-def _grads(x, w, bias, labels, where, shift, log_norm, g, opts):
+def _grads(x, w, bias, labels, where, shift, log_norm, g, opts) -> tuple:
   """(dx, dw, dbias) of sum_n g_n L_n, in the primals' dtypes."""
   # d/dz: a (1 + 2 z_loss lse) - (1 - alpha) onehot - alpha / C * mask;
   # d/du = d/dz * (1 - tanh^2(u / c)); dx = d @ w.T, dw = x.T @ d, db = sum d
@@ -842,7 +846,7 @@ def _explicit_spec(a):
   """a's PartitionSpec if a is split over explicit mesh axes, else None."""
   sharding = getattr(jax.typeof(a), "sharding", None)
   mesh = getattr(sharding, "mesh", None)
-  if mesh is None or mesh.empty:
+  if sharding is None or mesh is None or mesh.empty:
     return None
   explicit = {
     n
@@ -1013,7 +1017,7 @@ def _linear_ce_reduced_fwd(x, w, bias, labels, where, weights, opts):
   else:
     # vocabulary chunks, per device: the normalisers, then the gradient
     stats = _kernel(_fwd_stats, opts, (x, w, labels), (bias, where))
-    dx, dw, db = _grads(x, w, bias, labels, where, *stats[:2], r, opts)
+    dx, dw, db = _grads(x, w, bias, labels, where, stats[0], stats[1], r, opts)
   losses = _row_losses(stats, labels, where, vocab, opts)
   value = jnp.sum(r * losses)
   d_omega = None
@@ -1140,7 +1144,7 @@ def _one_pass(x, w, bias, labels, where, r, opts):
   if tail:
     carry = body(carry, full * block, tail)
   stats, dx, dw, db = carry
-  db = None if db is None else db.astype(bias.dtype)
+  db = None if db is None or bias is None else db.astype(bias.dtype)
   return stats, (dx.astype(x.dtype), dw.astype(w.dtype), db)
 
 
@@ -1166,7 +1170,7 @@ def _linear_ce_entry(x, w, bias, labels, where, weights, opts):
   codes = _encode(labels, w.shape[1], opts.ignore_index)
   if opts.reduction != "none":
     return _linear_ce_reduced(x, w, bias, codes, where, weights, opts)
-  out = _linear_ce(x, w, bias, codes, where, opts)
+  out = cast(jax.Array, _linear_ce(x, w, bias, codes, where, opts))
   if weights is None:
     return out
   _, ct = _compute_dtype(x, w, bias)
