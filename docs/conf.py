@@ -35,8 +35,12 @@ extensions = [
 # --- the notebooks: copied from notebooks/ at build time (one source) --------
 _NB_OUT = DOCS / "notebooks"
 _NB_OUT.mkdir(exist_ok=True)
-for _nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
-  _dst = _NB_OUT / _nb.name
+_NB_SRC = {nb.name: nb for nb in (ROOT / "notebooks").glob("*.ipynb")}
+for _old in _NB_OUT.glob("*.ipynb"):
+  if _old.name not in _NB_SRC:
+    _old.unlink()  # a notebook removed from notebooks/
+for _name, _nb in sorted(_NB_SRC.items()):
+  _dst = _NB_OUT / _name
   if not _dst.exists() or _dst.read_bytes() != _nb.read_bytes():
     shutil.copyfile(_nb, _dst)
 
