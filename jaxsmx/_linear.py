@@ -824,7 +824,10 @@ def _kernel(fn, opts, args, cols):
   present = tuple(c is not None for c in cols)
   arrays = tuple(args) + tuple(c for c in cols if c is not None)
   explicit = _explicit_layout(args[0], args[1])
-  if explicit is None:
+  if explicit is None and jax.device_count() == 1:
+    # nothing to partition: the plain loop, which XLA fuses with its callers
+    out = _local(fn, opts, _Layout((), ()), present)(*arrays)
+  elif explicit is None:
     out = _partitioned(fn, opts, len(args), present)(*arrays)
   else:
     mesh, layout = explicit
