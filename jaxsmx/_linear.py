@@ -579,8 +579,14 @@ def _row_losses(stats, labels, where, vocab, opts):
     loss = (1.0 - opts.alpha) * loss + opts.alpha * ((shift - mean_z) + log_norm)
   if opts.z_loss:
     loss = loss + opts.z_loss * lse * lse
-  loss = jnp.where(off, 0.0, loss)
-  return jnp.where(invalid, jnp.nan, loss)
+  return _poisoned(jnp.where(off, 0.0, loss), invalid)
+
+
+def _poisoned(values, invalid):
+  """values [N], NaN in the rows with an invalid label. The NaN is log(-1),
+  formed only in those rows: no NaN constant, so jax.debug_nans (op by op
+  too) and checkify stay quiet on valid labels (as _losses._finish)."""
+  return values + jnp.log(jnp.where(invalid, -1.0, 1.0).astype(values.dtype))
 
 
 def _fwd_stats(x, w, labels, bias, where, *, opts, offset):
@@ -653,8 +659,7 @@ def _grads(x, w, bias, labels, where, shift, log_norm, g, opts) -> tuple:
 
   def per_row(coef):
     """A per-row coefficient [N]: 0 when dropped or empty, NaN if invalid."""
-    coef = jnp.where(dropped | empty, 0.0, coef)
-    return jnp.where(invalid, jnp.nan, coef)
+    return _poisoned(jnp.where(dropped | empty, 0.0, coef), invalid)
 
   lse = shift + log_norm
   g_a = per_row(g * (1.0 + 2.0 * opts.z_loss * lse) if opts.z_loss else g)
@@ -1068,7 +1073,7 @@ def _one_pass(x, w, bias, labels, where, r, opts):
   dropped, invalid, _ = _row_flags(labels, where, vocab)
 
   def per_row(coef):
-    return jnp.where(invalid, jnp.nan, jnp.where(dropped, 0.0, coef.astype(ct)))
+    return _poisoned(jnp.where(dropped, 0.0, coef.astype(ct)), invalid)
 
   rows = [per_row(r), per_row(r * (1.0 - opts.alpha))]
   if opts.alpha:
