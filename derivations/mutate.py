@@ -64,7 +64,7 @@ MUTATIONS = (
     "_softmax.py",
     "jnp.sum(g * a, -1, keepdims=True)), None",
     "jnp.sum(g, -1, keepdims=True)), None",
-    "softmax: <g, a> as sum(g)",
+    "softmax: ⟨g, a⟩ as sum(g)",
     "term",
   ),
   M(
@@ -88,7 +88,7 @@ MUTATIONS = (
     "_softmax.py",
     "return g - a * jnp.sum(g, -1, keepdims=True)",
     "return g - a * jnp.sum(g * a, -1, keepdims=True)",
-    "log_softmax: sum(g) as <g, a>",
+    "log_softmax: sum(g) as ⟨g, a⟩",
     "term",
   ),
   M(

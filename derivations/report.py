@@ -253,7 +253,7 @@ How each step is checked:
 - **general n**: both sides are evaluated (definitions substituted,
   derivatives taken with `sympy.diff` for symbolic $n$, with `IndexedBase`
   and `Sum`), the sums over Kronecker deltas are closed by the targeted
-  rewriting in `derivations/_core.py`, and the difference must reduce to 0.
+  rewriting in `derivations/_algebra.py`, and the difference must reduce to 0.
   Free indices range over $1, \\dots, n$.
 - **n = 1..8 vs Matrix.jacobian** (or the range stated): the general result,
   specialised to each concrete $n$, must equal the Jacobian (or
@@ -504,6 +504,9 @@ _TEX_TEXT = {
   "⌈": r"$\lceil$",
   "⌉": r"$\rceil$",
   "—": "---",
+  "…": r"\ldots{}",
+  "²": r"$^2$",
+  "≤": r"$\le$",
   "✅": "pass",
   "❌": "FAIL",
 }
