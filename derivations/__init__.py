@@ -42,6 +42,7 @@ def all_derivations() -> tuple[Derivation, ...]:
     en["kl_divergence"],
     ls["sigmoid_binary_cross_entropy"],
     ls["linear_softmax_cross_entropy"],
+    ls["linear_reduced"],
   )
 
 

@@ -796,6 +796,83 @@ def linear_cross_entropy_derivation() -> Derivation:
   )
 
 
+# ---------------------------------------------------------------------------
+# The reduced fused loss: reduction="sum" / "mean" with weights.
+
+Lx = sp.IndexedBase("L", real=True)  # the per-example losses
+om = sp.IndexedBase(r"\omega", positive=True)  # the per-example weights
+Lbar = sp.Symbol(r"\bar{L}")
+REDUCED_CTX = Context(
+  {Lbar: summation(om[k] * Lx[k]) / summation(om[k])},
+  "L̄ = Σ ω L / Σ ω over the n examples that count",
+)
+
+
+def _mean_explicit(size: int) -> sp.Expr:
+  ws, ls_ = vec(om, size), vec(Lx, size)
+  return sum(w * v for w, v in zip(ws, ls_, strict=True)) / sum(ws)
+
+
+def reduced_linear_derivation() -> Derivation:
+  total = summation(om[k])
+  steps = (
+    Step(
+      'With `reduction="mean"` the fused loss returns the weighted mean of '
+      "the per-example losses $L_k$ over the $n$ examples that count "
+      '(ignored and dropped rows have weight 0); `"sum"` drops the '
+      "denominator. Here $n$ counts examples, not classes.",
+      eq(Lbar, summation(om[k] * Lx[k]) / total),
+      role="definition",
+      name="definition",
+    ),
+    Step(
+      r"Each example's losses get the cotangent $g\,\omega_i / \sum_k "
+      "\\omega_k$, so its $\bar u$ is the per-example rule scaled by it "
+      r"(for the sum: $g\,\omega_i$).",
+      eq(D(Lbar, Lx[i]), om[i] / total),
+      (General(),),
+      name="grad_l",
+      role="result",
+    ),
+    Step(
+      "The weights are differentiable too: each moves the mean towards its "
+      "example's loss.",
+      eq(D(Lbar, om[i]), (Lx[i] - Lbar) / total),
+      (General(),),
+      name="grad_w",
+      role="result",
+    ),
+    Step(
+      "The VJPs of the reduction.",
+      Chain(label(r"\bar{L}_{i}"), gs * D(Lbar, Lx[i]), gs * om[i] / total),
+      (General(), vjp_check(_mean_explicit, Lx, gs)),
+      name="vjp_l",
+      role="vjp",
+    ),
+    Step(
+      "",
+      Chain(
+        label(r"\bar{\omega}_{i}"), gs * D(Lbar, om[i]), gs * (Lx[i] - Lbar) / total
+      ),
+      (General(), vjp_check(_mean_explicit, om, gs)),
+      name="vjp_w",
+      role="vjp",
+    ),
+  )
+  return Derivation(
+    key="linear_reduced",
+    title="Fused linear cross-entropy: sum and mean with weights",
+    functions=("linear_softmax_cross_entropy",),
+    intro=(
+      "The reduced mode, derived as one step on top of the per-example rule; "
+      "the option table compares it with jaxsmx (`reduction` rows)."
+    ),
+    ctx=REDUCED_CTX,
+    steps=steps,
+    headline=eq(D(Lbar, Lx[i]), om[i] / total),
+  )
+
+
 def derivations() -> tuple[Derivation, ...]:
   return (
     softmax_cross_entropy_derivation(),
@@ -803,4 +880,5 @@ def derivations() -> tuple[Derivation, ...]:
     soft_label_smoothing_derivation(),
     sigmoid_bce_derivation(),
     linear_cross_entropy_derivation(),
+    reduced_linear_derivation(),
   )
