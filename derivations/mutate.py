@@ -366,8 +366,8 @@ MUTATIONS = (
   M(
     "linear-dx",
     "_linear.py",
-    "    dx = dx + lax.dot_general(\n",
-    "    dx = lax.dot_general(\n",
+    "      dx = dx + mm(dl, wl, (((1,), (1,)), ((), ())))\n",
+    "      dx = mm(dl, wl, (((1,), (1,)), ((), ())))\n",
     "linear CE: dx not accumulated over chunks",
     "chunk",
   ),
@@ -382,8 +382,8 @@ MUTATIONS = (
   M(
     "linear-cap",
     "_linear.py",
-    "d = d * (1.0 - t * t)\n    dx = dx + lax.dot_general(",
-    "d = d * (1.0 - t)\n    dx = dx + lax.dot_general(",
+    "d = d * (1.0 - t * t)\n    dl = d.astype(",
+    "d = d * (1.0 - t)\n    dl = d.astype(",
     "linear CE: tanh' as 1 - tanh",
     "option",
   ),
@@ -414,8 +414,8 @@ MUTATIONS = (
   M(
     "linear-dropped",
     "_linear.py",
-    "coef = jnp.where(dropped | empty, 0.0, coef)",
-    "coef = jnp.where(empty, 0.0, coef)",
+    "jnp.where(dropped | empty, 0.0, coef), invalid)",
+    "jnp.where(empty, 0.0, coef), invalid)",
     "linear CE: dropped rows not zeroed",
     "guard",
   ),
