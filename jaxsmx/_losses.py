@@ -72,22 +72,23 @@ def softmax_cross_entropy(
   :math:`+\infty`. An all :math:`-\infty` or fully masked slice gives 0 with
   gradient 0. A :math:`+\infty` or NaN logit makes the example NaN.
 
-  Gradient: :math:`\partial L/\partial z_i = a_i \sum_j y_j - y_i` (the
-  seed's result, before one-hot) and :math:`\partial L/\partial y_i =
-  -\log a_i`, with :math:`a = \mathrm{softmax}(z)`; with label smoothing,
-  :math:`y` is the smoothed label in the first and the second is scaled by
-  :math:`1 - \alpha`. The cotangent of a per-example loss is one scalar per
-  example, so the forward pass forms both gradients up to that scalar, from
-  its one exponential per element, and saves them instead of the inputs;
-  the backward pass is a multiply. Under ``jax.jit`` an unused one (say the
-  labels' gradient) is never computed.
-
   Example:
     >>> import jax.numpy as jnp, numpy as np, jaxsmx
     >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
     >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     >>> print(np.round(np.asarray(jaxsmx.softmax_cross_entropy(logits, labels)), 4))
     [0.2761 2.9518]
+
+  Notes:
+    Gradient: :math:`\partial L/\partial z_i = a_i \sum_j y_j - y_i` (the
+    article's result, before one-hot) and :math:`\partial L/\partial y_i =
+    -\log a_i`, with :math:`a = \mathrm{softmax}(z)`; with label smoothing,
+    :math:`y` is the smoothed label in the first and the second is scaled by
+    :math:`1 - \alpha`. The cotangent of a per-example loss is one scalar per
+    example, so the forward pass forms both gradients up to that scalar, from
+    its one exponential per element, and saves them instead of the inputs;
+    the backward pass is a multiply. Under ``jax.jit`` an unused one (say the
+    labels' gradient) is never computed.
   """
   fn = "softmax_cross_entropy"
   logits = _checks.as_floating(logits, "logits", fn)
@@ -280,13 +281,6 @@ def softmax_cross_entropy_with_integer_labels(
   :math:`+\infty`. An all :math:`-\infty` or fully masked slice gives 0 with
   gradient 0. A :math:`+\infty` or NaN logit makes the example NaN.
 
-  Gradient: :math:`\partial L/\partial z = a - (1-\alpha)\,\mathrm{onehot}(c)
-  - \alpha/C`, with :math:`a = \mathrm{softmax}(z)`. The cotangent is one
-  scalar per example, so the forward pass forms this gradient, from its one
-  exponential per element, and saves it in place of the logits (same size,
-  the logits' dtype), with two per-example flags; no softmax is kept beside
-  the logits, and the backward pass is one multiply.
-
   Example:
     >>> import jax.numpy as jnp, numpy as np, jaxsmx
     >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
@@ -294,6 +288,14 @@ def softmax_cross_entropy_with_integer_labels(
     ...     logits, jnp.array([0, 1]))
     >>> print(np.round(np.asarray(loss), 4))
     [0.2761 2.9518]
+
+  Notes:
+    Gradient: :math:`\partial L/\partial z = a - (1-\alpha)\,\mathrm{onehot}(c)
+    - \alpha/C`, with :math:`a = \mathrm{softmax}(z)`. The cotangent is one
+    scalar per example, so the forward pass forms this gradient, from its one
+    exponential per element, and saves it in place of the logits (same size,
+    the logits' dtype), with two per-example flags; no softmax is kept beside
+    the logits, and the backward pass is one multiply.
   """
   fn = "softmax_cross_entropy_with_integer_labels"
   logits = _checks.as_floating(logits, "logits", fn)
@@ -485,7 +487,7 @@ def sigmoid_binary_cross_entropy(
     \qquad \sigma(z) = \frac{1}{1 + e^{-z}}
 
   A drop-in replacement for :func:`optax.losses.sigmoid_binary_cross_entropy`.
-  Its gradient :math:`\sigma(z) - y` is the seed's remark: unlike squared
+  Its gradient :math:`\sigma(z) - y` is the article's remark: unlike squared
   error, whose gradient :math:`(\sigma - y)\sigma(1-\sigma)` vanishes as the
   sigmoid saturates, the cross-entropy gradient stays proportional to the
   error, so learning does not slow down.
@@ -505,15 +507,16 @@ def sigmoid_binary_cross_entropy(
   Edge cases: exact for logits of any magnitude, :math:`\pm\infty`
   included: :math:`z = +\infty` with :math:`y = 1` costs 0 (optax gives NaN).
 
-  Gradient: :math:`\partial L/\partial z = \sigma(z) - y`,
-  :math:`\partial L/\partial y = -z`. Residuals: the inputs.
-
   Example:
     >>> import jax.numpy as jnp, numpy as np, jaxsmx
     >>> loss = jaxsmx.sigmoid_binary_cross_entropy(
     ...     jnp.array([0.0, jnp.inf]), jnp.array([1.0, 1.0]))
     >>> print(np.round(np.asarray(loss), 4))
     [0.6931 0.    ]
+
+  Notes:
+    Gradient: :math:`\partial L/\partial z = \sigma(z) - y`,
+    :math:`\partial L/\partial y = -z`. Residuals: the inputs.
   """
   fn = "sigmoid_binary_cross_entropy"
   logits = _checks.as_floating(logits, "logits", fn)
