@@ -142,7 +142,7 @@ def linear_softmax_cross_entropy(
   vocabulary runs in the backward pass, and its residuals are the gradients
   themselves (``N x H``, ``H x V``) rather than ``x`` and ``w``. Working
   memory: at Gemma 2 (2B) scale (N=8192, H=2304, V=256000, bfloat16)
-  XLA:CPU's compiled temp memory is 18 MiB for the loss and 221 MiB for
+  XLA:CPU's compiled temp memory is 18 MiB for the loss and 108 MiB for
   ``value_and_grad`` in both modes, against about 8,000 and 18,250 MiB for
   dense autodiff of ``x @ w``; in float32 the reduced mode adds one float32
   ``H x V`` array (see Notes) and runs the three matmuls of dense autodiff
@@ -188,8 +188,8 @@ def linear_softmax_cross_entropy(
     accumulates over the blocks in one float32 ``H x V`` array, the one
     array of that size it adds. With 16-bit inputs, or with ``w`` split over
     devices, it streams twice over per-device vocabulary chunks instead (the
-    normalisers, then the gradient): four matmuls, nothing ``H x V`` beyond
-    ``dw``.
+    normalisers, then the gradient): four matmuls (six with 16-bit inputs,
+    see Memory), nothing ``H x V`` beyond ``dw``.
 
     Chunks: ``chunk_size=None`` takes the largest multiple of 128 with an
     ``N x chunk`` float32 block of at most 16 MiB and at most ``V / 32``
@@ -205,8 +205,13 @@ def linear_softmax_cross_entropy(
     XLA:CPU has no 16-bit float dynamic slice and would widen (and hoist out
     of the loop) all of ``w``, so its chunks are cut from its bits inside a
     conditional, and a bfloat16 ``x @ w`` runs in bfloat16 with float32
-    sums. The backward pass of a 16-bit ``x`` holds one float32 copy of
-    ``x`` (for :math:`x^\top\delta`) beside the float32 ``dx`` sum.
+    sums. The backward pass keeps 16-bit ``x`` and ``w`` as they are too
+    (XLA:CPU would widen a 16-bit ``x`` for :math:`x^\top\delta`): each
+    chunk's float32 :math:`\delta` is split into two 16-bit parts, high and
+    low, whose products with ``x`` and ``w`` are exact in float32, so the
+    gradient is as accurate as with a float32 :math:`\delta`, for two
+    16-bit products in place of one float32 one. ``dx`` is summed in one
+    float32 ``N x H`` array, in place, in row blocks of at most 16 MiB.
 
   References:
     Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models",
@@ -535,11 +540,20 @@ def _put_16_jvp(primals, tangents):
   return _put_16(a, chunk, start), _put(ta, tc.astype(ta.dtype), start)
 
 
-def _over_chunks(body, carry, vocab, chunk):
-  """Runs body(carry, start, size) over [0, V) in chunks; the last may be short."""
+def _over_chunks(body, carry, vocab, chunk, traced_tail=False):
+  """Runs body(carry, start, size) over [0, V) in chunks; the last may be short.
+  With `traced_tail`, a short last chunk after the loop gets its start from the
+  loop (a traced value, so that its body compiles as the loop's does)."""
   full, tail = divmod(vocab, chunk)
   if full == 1:
     carry = body(carry, 0, chunk)
+  elif full > 1 and traced_tail and tail:
+
+    def step(j, c):
+      return body(c[0], j * chunk, chunk), c[1] + chunk
+
+    carry, end = lax.fori_loop(0, full, step, (carry, jnp.int32(0)))
+    return body(carry, end, tail)
   elif full > 1:
     carry = lax.fori_loop(0, full, lambda j, c: body(c, j * chunk, chunk), carry)
   if tail:
@@ -677,8 +691,12 @@ def _bwd_grads(x, w, labels, shift, live_norm, g_a, g_t, *rest, opts, offset):
   g_s = rest[0][:, None] if len(rest) == 3 else None
   _, ct = _compute_dtype(x, w, bias)
   vocab = w.shape[1]
-  # x^T d needs x in float32 (XLA:CPU would widen a 16-bit x itself)
-  xc = x.astype(ct)
+  # 16-bit x and w stay 16-bit (see _split_16): no float32 copy of x
+  narrow = x.dtype == w.dtype and jnp.dtype(x.dtype).itemsize == 2
+  xc = x if narrow else x.astype(ct)
+  mm = functools.partial(
+    lax.dot_general, precision=opts.precision, preferred_element_type=ct
+  )
   lab = labels - offset
   shift, live_norm, g_a, g_t = (a[:, None] for a in (shift, live_norm, g_a, g_t))
 
@@ -692,21 +710,9 @@ def _bwd_grads(x, w, labels, shift, live_norm, g_a, g_t, *rest, opts, offset):
       d = d - (g_s if mask is None else jnp.where(mask, g_s, 0.0))
     if t is not None:
       d = d * (1.0 - t * t)
-    dx = dx + lax.dot_general(
-      d,
-      wc.astype(ct),
-      (((1,), (1,)), ((), ())),
-      precision=opts.precision,
-      preferred_element_type=ct,
-    )
-    dwc = lax.dot_general(
-      xc,
-      d,
-      (((0,), (0,)), ((), ())),
-      precision=opts.precision,
-      preferred_element_type=ct,
-    )
-    dw = _put(dw, dwc.astype(dw.dtype), start)
+    parts = _split_16(d, x.dtype) if narrow else (d,)
+    dx = _add_rows(dx, parts, wc.astype(parts[0].dtype), mm)
+    dw = _put(dw, _x_t_d(xc, parts, start, mm).astype(dw.dtype), start)
     if db is not None:
       db = _put(db, jnp.sum(d, axis=0).astype(db.dtype), start)
     return dx, dw, db
@@ -717,8 +723,83 @@ def _bwd_grads(x, w, labels, shift, live_norm, g_a, g_t, *rest, opts, offset):
     None if bias is None else jnp.zeros(bias.shape, bias.dtype),
   )
   init = _varying(init, x, w, labels, shift, g_a, g_t, g_s, bias, where)
-  dx, dw, db = _over_chunks(body, init, vocab, opts.chunk)
+  dx, dw, db = _over_chunks(body, init, vocab, opts.chunk, traced_tail=narrow)
   return dx.astype(x.dtype), dw, db
+
+
+# A 16-bit backward pass keeps x and w in their dtype. XLA:CPU multiplies
+# 16-bit matrices (float32 sums) only as they are; otherwise it widens both
+# operands to float32, and a widened x (N H 4 bytes) is hoisted out of the
+# loop. So the float32 d of a chunk is split into two 16-bit parts, hi + lo
+# (hi = d rounded, lo = the rest rounded: d to about 16 bits in bfloat16,
+# 22 in float16), whose products with x and w are exact in float32: the
+# gradient is as accurate as with a float32 d, for two 16-bit products in
+# place of one float32 product.
+
+
+def _split_16(d, dtype):
+  """d (float32) as (hi, lo) in the 16-bit `dtype`, hi + lo ~ d."""
+  hi = d.astype(dtype)
+  return hi, (d - hi.astype(d.dtype)).astype(dtype)
+
+
+def _add_rows(acc, parts, wc, mm):
+  """acc + sum_p p @ wc^T for the [N, H] float32 accumulator acc: in place, in
+  a loop over row blocks whose products take at most 16 MiB, so that no second
+  N x H array (the product before it is added) exists."""
+  n, hidden = acc.shape
+  rows = _BLOCK_BYTES // (4 * hidden * len(parts)) // 8 * 8
+  product = lambda ps: sum(mm(p, wc, (((1,), (1,)), ((), ()))) for p in ps)
+  if not isinstance(n, int) or rows >= n or rows < 8:
+    return acc + product(parts)
+
+  def add(acc, blocks, r0):
+    block = lax.dynamic_slice_in_dim(acc, r0, blocks[0].shape[0], 0)
+    return lax.dynamic_update_slice_in_dim(acc, block + product(blocks), r0, 0)
+
+  def step(i, acc):
+    return add(acc, [_take_rows(p, i * rows, rows) for p in parts], i * rows)
+
+  full, tail = divmod(n, rows)
+  acc = lax.fori_loop(0, full, step, acc)
+  if tail:
+    acc = add(acc, [lax.slice_in_dim(p, full * rows, n) for p in parts], full * rows)
+  return acc
+
+
+def _take_rows(a, start, size):
+  """a[start:start + size] at a traced start; 16-bit as its bits (_take_16)."""
+  if jnp.dtype(a.dtype).itemsize != 2:
+    return lax.dynamic_slice_in_dim(a, start, size, 0)
+  return _take_rows_16(a, start, size)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _take_rows_16(a, start, size):
+  def take(a, start):
+    bits = lax.bitcast_convert_type(a, jnp.uint16)
+    rows = lax.dynamic_slice_in_dim(bits, start, size, 0)
+    return lax.bitcast_convert_type(rows, a.dtype)
+
+  return _in_loop(take, start, a, start)
+
+
+@_take_rows_16.defjvp
+def _take_rows_16_jvp(size, primals, tangents):
+  a, start = primals
+  return _take_rows_16(a, start, size), _take_rows(tangents[0], start, size)
+
+
+def _x_t_d(xc, parts, start, mm):
+  """sum_p x^T p, [H, size], for the chunk at `start`. With 16-bit x at a
+  traced start, as (p^T x)^T, the transposes of the [N, size] parts and of the
+  result inside conditionals (_in_loop): XLA would fold a visible transpose
+  into the product, which then contracts x's major axis and is widened."""
+  if len(parts) == 1 or isinstance(start, int):
+    return sum(mm(xc, p, (((0,), (0,)), ((), ()))) for p in parts)
+  transposed = lambda p: _in_loop(lambda a: a.T, start, p)
+  product = sum(mm(transposed(p), xc, (((1,), (0,)), ((), ()))) for p in parts)
+  return _in_loop(lambda a: a.T, start, product)
 
 
 def _varying_axes(a) -> set:
