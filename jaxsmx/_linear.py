@@ -179,10 +179,7 @@ def linear_softmax_cross_entropy(
     Per-example mode: the residuals are ``x``, ``w``, ``bias``, ``labels``,
     ``where`` and two float32 normaliser scalars per example (shift and
     log-norm); the backward pass recomputes the logits chunk by chunk: four
-    matmuls of :math:`2NHV` flops against dense autodiff's three. Logits of at
-    most 4 MiB (float32) on one device are one chunk, and the forward rule
-    saves their gradient :math:`\delta` instead, which the backward pass
-    scales by the cotangents: three matmuls, as dense autodiff. Reduced
+    matmuls of :math:`2NHV` flops against dense autodiff's three. Reduced
     modes save ``dx``, ``dw``, ``dbias`` in their primals' dtypes and form
     them in the forward pass. With 32- or 64-bit ``x`` and ``w`` on one
     device, that pass takes blocks of R rows against all of ``w`` (an
@@ -566,67 +563,10 @@ def _over_chunks(body, carry, vocab, chunk, traced_tail=False):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _linear_ce(x, w, bias, labels, where, opts):
-  return _linear_ce_streamed(x, w, bias, labels, where, opts)[0]
+  return _linear_ce_fwd(x, w, bias, labels, where, opts)[0]
 
 
 def _linear_ce_fwd(x, w, bias, labels, where, opts):
-  if not _whole_vocab(x, w, bias, opts):
-    return _linear_ce_streamed(x, w, bias, labels, where, opts)
-  # one chunk on one device: the gradient is formed here, from the one x @ w,
-  # and the backward pass only scales it (three matmuls in all, as dense)
-  out_dtype, _ = _compute_dtype(x, w, bias)
-  stats, delta = _one_chunk(x, w, bias, labels, where, opts)
-  loss = _row_losses(stats, labels, where, w.shape[1], opts)
-  return loss.astype(out_dtype), (x, w, bias, labels, where, delta, None)
-
-
-def _whole_vocab(x, w, bias, opts) -> bool:
-  """True where the logits are one chunk of at most 4 MiB (float32) on one
-  device: saving their gradient costs no more than dense autodiff's logits."""
-  n, vocab = x.shape[0], w.shape[1]
-  if opts.chunk < vocab or not isinstance(n, int) or n * vocab * 4 > _SMALL_BYTES:
-    return False
-  if jax.device_count() > 1 or _explicit_layout(x, w) is not None:
-    return False
-  return not any(_varying_axes(a) for a in (x, w, bias) if a is not None)
-
-
-def _one_chunk(x, w, bias, labels, where, opts):
-  """((shift, log_norm, z_t, z_sum) [N], delta [N, V]) from one x @ w, with
-  delta = dL_n/du_n in the compute dtype (that of _grads for g = 1)."""
-  _, ct = _compute_dtype(x, w, bias)
-  vocab = w.shape[1]
-  xc = x if x.dtype == w.dtype else x.astype(ct)  # see _chunk_logits
-  _, z, t, mask = _chunk_logits(xc, w, bias, where, 0, vocab, opts)
-  m = jnp.max(z, axis=1)
-  shift = jnp.where(m == -jnp.inf, 0.0, m)
-  log_norm = jnp.log(jnp.sum(jnp.exp(z - shift[:, None]), axis=1))
-  picked = jnp.take_along_axis(
-    z, jnp.clip(labels, 0, vocab - 1)[:, None], axis=1, mode="clip"
-  )[:, 0]
-  z_t = jnp.where(labels >= 0, picked, 0.0)
-  z_sum = jnp.zeros_like(z_t)
-  if opts.alpha:
-    z_sum = jnp.sum(z if mask is None else jnp.where(mask, z, 0.0), axis=1)
-  dropped, invalid, _ = _row_flags(labels, where, vocab)
-  empty = is_empty(log_norm)
-  per_row = lambda c: _poisoned(jnp.where(dropped | empty, 0.0, c), invalid)[:, None]
-  one = jnp.ones_like(shift)
-  lse = shift + log_norm
-  g_a = per_row(1.0 + 2.0 * opts.z_loss * lse if opts.z_loss else one)
-  live_norm = jnp.where(empty, 0.0, log_norm)[:, None]
-  d = jnp.exp((z - shift[:, None]) - live_norm) * g_a
-  cols = lax.broadcasted_iota(labels.dtype, (1, vocab), 1)
-  d = d - jnp.where(cols == labels[:, None], per_row(one * (1.0 - opts.alpha)), 0.0)
-  if opts.alpha:
-    g_s = per_row(one * (opts.alpha / _num_classes(where, vocab)))
-    d = d - (g_s if mask is None else jnp.where(mask, g_s, 0.0))
-  if t is not None:
-    d = d * (1.0 - t * t)
-  return (shift, log_norm, z_t, z_sum), d
-
-
-def _linear_ce_streamed(x, w, bias, labels, where, opts):
   out_dtype, _ = _compute_dtype(x, w, bias)
   # the loop runs per device, over its columns of w (see Sharding below)
   stats = _kernel(_fwd_stats, opts, (x, w, labels), (bias, where))
@@ -715,24 +655,8 @@ def _combine_stats(stats, vocab_axes):
 
 def _linear_ce_bwd(opts, res, g):
   x, w, bias, labels, where, shift, log_norm = res
-  if log_norm is None:  # one chunk: shift is the gradient delta [N, V]
-    dx, dw, db = _scaled(x, w, bias, shift, g, opts)
-  else:
-    dx, dw, db = _grads(x, w, bias, labels, where, shift, log_norm, g, opts)
+  dx, dw, db = _grads(x, w, bias, labels, where, shift, log_norm, g, opts)
   return _like(dx, x), _like(dw, w), _like(db, bias), None, None
-
-
-def _scaled(x, w, bias, delta, g, opts):
-  """(dx, dw, dbias) of sum_n g_n L_n from the saved delta [N, V]."""
-  _, ct = _compute_dtype(x, w, bias)
-  d = g.astype(ct)[:, None] * delta
-  mm = functools.partial(
-    lax.dot_general, precision=opts.precision, preferred_element_type=ct
-  )
-  dx = mm(d, w.astype(ct), (((1,), (1,)), ((), ())))
-  dw = mm(x.astype(ct), d, (((0,), (0,)), ((), ())))
-  db = None if bias is None else jnp.sum(d, axis=0).astype(bias.dtype)
-  return dx.astype(x.dtype), dw.astype(w.dtype), db
 
 
 def _grads(x, w, bias, labels, where, shift, log_norm, g, opts) -> tuple:

@@ -650,32 +650,6 @@ def test_small_problems_are_one_chunk_without_a_loop():
   assert "while" not in text
 
 
-@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
-def test_one_chunk_gradient_is_formed_in_the_forward_pass(dtype):
-  """Small logits: the forward rule forms delta from its one x @ w and the
-  backward pass scales it by each example's cotangent (three matmuls)."""
-  x, w, b, labels, where = data(dtype=dtype)
-  labels = labels.at[0].set(-100)
-  kw = dict(
-    where=where, ignore_index=-100, label_smoothing=0.1, z_loss=0.01, softcap=3.0
-  )
-  assert _linear._chunk(None, N, H, V) == V
-  f = lambda x, w, b: lce(x, w, labels, bias=b, **kw)
-  out, vjp = jax.vjp(f, x, w, b)
-  jaxpr = str(jax.make_jaxpr(vjp)(out))
-  assert jaxpr.count("dot_general") == 2, jaxpr  # dx and dw, no logits
-  cotangent = jnp.asarray(np.random.default_rng(1).normal(size=N), out.dtype)
-  with jax.enable_x64(True):
-    args64 = [jnp.asarray(f64(a)) for a in (x, w, b)]
-    ref = lambda x, w, b: autodiff(x, w, labels, bias=b, **kw)
-    want, ref_vjp = jax.vjp(ref, *args64)
-    want_grads = ref_vjp(jnp.asarray(f64(cotangent)))
-  rtol = 1e-5 if dtype == np.float32 else float(jnp.finfo(dtype).eps)
-  assert_close(out, want, rtol, "loss")
-  for g, r, name in zip(vjp(cotangent), want_grads, "x w b".split(), strict=True):
-    assert_close(g, r, rtol, name)
-
-
 def test_debug_tools_stay_quiet_on_finite_inputs():
   """debug_nans and checkify's float checks: masked classes, ignored and
   masked-out rows, a fully masked vocabulary and -inf logits form no NaN."""
