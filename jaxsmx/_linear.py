@@ -1123,6 +1123,11 @@ def _linear_ce_reduced_fwd(x, w, bias, labels, where, weights, opts):
 # V=32768, R=128: 1.00x (R=64: 1.11x).
 _ROW_BLOCK_BYTES = 16 * 2**20
 _ROW_BLOCK_MAX = 256
+# Each row block reads and writes the float32 H x V dw accumulator, so short
+# blocks (a wide vocabulary) make that traffic dominate: at V=131072 (R=32)
+# the one pass measured 2.7x dense, where the two-pass chunked kernel runs at
+# 1.0x. Below 128 rows per block the chunked kernel is used instead.
+_ROW_BLOCK_MIN = 128
 
 
 def _row_block(n: int, vocab: int) -> int:
@@ -1131,7 +1136,8 @@ def _row_block(n: int, vocab: int) -> int:
 
 
 def _one_device_wide(x, w, bias, weights) -> bool:
-  """True where the one-pass kernel applies: 32- or 64-bit floats, one device,
+  """True where the one-pass kernel applies and pays: 32- or 64-bit floats,
+  row blocks of at least 128 rows (or all rows), one device,
   no explicit sharding and no manual mesh axes. It multiplies d by all of w,
   so a 16-bit w would be widened whole (see _take_16); on several devices the
   per-device vocabulary chunks of _kernel keep w where it is."""
@@ -1140,6 +1146,8 @@ def _one_device_wide(x, w, bias, weights) -> bool:
     return False
   if not isinstance(x.shape[0], int):
     return False  # a symbolic batch (jax.export): no static row blocks
+  if _row_block(x.shape[0], w.shape[1]) < min(x.shape[0], _ROW_BLOCK_MIN):
+    return False  # blocks too short: the dw traffic would dominate
   if jax.device_count() > 1 or _explicit_layout(x, w) is not None:
     return False
   return not any(_varying_axes(a) for a in arrays)

@@ -321,6 +321,7 @@ def test_reductions_and_weights_match_dense(case, reduction, weighted):
 def test_one_pass_row_blocks_change_nothing(case, block, monkeypatch):
   """The one-pass reduced kernel over several row blocks and a short tail."""
   monkeypatch.setattr(_linear, "_row_block", lambda n, vocab: block)
+  monkeypatch.setattr(_linear, "_ROW_BLOCK_MIN", 1)
   jax.clear_caches()
   try:
     f, dense, args = reduced_problem(OPTIONS[case], "mean", True)
@@ -337,6 +338,19 @@ def test_row_block_rule():
   assert _linear._row_block(8192, 256000) == 16
   assert _linear._row_block(4, 50) == 4
   assert _linear._row_block(10**6, 10**7) == 8
+
+
+def test_one_pass_only_where_its_row_blocks_are_long():
+  """A wide vocabulary (blocks under 128 rows) takes the chunked kernel."""
+  x = jnp.zeros((4096, 8), jnp.float32)
+  assert _linear._one_device_wide(x, jnp.zeros((8, 32768), jnp.float32), None, None)
+  assert not _linear._one_device_wide(
+    x, jnp.zeros((8, 131072), jnp.float32), None, None
+  )
+  # a batch that fits in one block
+  assert _linear._one_device_wide(
+    x[:64], jnp.zeros((8, 65536), jnp.float32), None, None
+  )
 
 
 def test_reduced_float64_and_batch_dims():
