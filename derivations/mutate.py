@@ -29,19 +29,22 @@ SOURCE = pathlib.Path(_jaxsmx_location.__file__).resolve().parent
 del _jaxsmx_location
 
 SOFTMAX = ("softmax", "log_softmax", "logsumexp")
-ENTROPY = ("softmax_entropy", "entropy", "cross_entropy", "kl_divergence")
-LOSSES = (
-  "softmax_cross_entropy",
-  "softmax_cross_entropy_with_integer_labels",
-  "sigmoid_binary_cross_entropy",
-)
+ENTROPY = ("softmax_entropy", "entropy", "cross_entropy")
+KL = ("kl_divergence",)
+SOFT = ("softmax_cross_entropy",)
+INTEGER = ("softmax_cross_entropy_with_integer_labels",)
+SIGMOID = ("sigmoid_binary_cross_entropy",)
+LOSSES = SOFT + INTEGER + SIGMOID
 LINEAR = ("linear_softmax_cross_entropy",)
 BY_FILE = {
   "_softmax.py": SOFTMAX,
   "_entropy.py": ENTROPY,
-  "_losses.py": LOSSES,
+  "_kl.py": KL,
+  "_soft_labels.py": SOFT,
+  "_integer_labels.py": INTEGER,
+  "_sigmoid.py": SIGMOID,
   "_linear.py": LINEAR,
-  "_numerics.py": SOFTMAX + ENTROPY + LOSSES + LINEAR,
+  "_numerics.py": SOFTMAX + ENTROPY + KL + LOSSES + LINEAR,
 }
 
 
@@ -133,7 +136,7 @@ MUTATIONS = (
   ),
   M(
     "sce-sumy",
-    "_losses.py",
+    "_soft_labels.py",
     "dz = ratio(e, s) * jnp.sum(y, axes, keepdims=True) - y",
     "dz = ratio(e, s) - y",
     "softmax_cross_entropy: a sum(y) as a",
@@ -141,7 +144,7 @@ MUTATIONS = (
   ),
   M(
     "sce-alpha",
-    "_losses.py",
+    "_soft_labels.py",
     "dy = jnp.where(keep, -(1.0 - alpha) * lp, 0.0)",
     "dy = jnp.where(keep, -lp, 0.0)",
     "softmax_cross_entropy: d/dy without (1 - alpha)",
@@ -149,7 +152,7 @@ MUTATIONS = (
   ),
   M(
     "sce-live",
-    "_losses.py",
+    "_soft_labels.py",
     "dz_out = jnp.where(live, g * upcast(dz), 0.0)",
     "dz_out = g * upcast(dz)",
     "softmax_cross_entropy: empty slices not zeroed",
@@ -157,7 +160,7 @@ MUTATIONS = (
   ),
   M(
     "sce-cot",
-    "_losses.py",
+    "_soft_labels.py",
     "jnp.where(live, g * upcast(dz), 0.0)",
     "jnp.where(live, upcast(dz), 0.0)",
     "softmax_cross_entropy: cotangent dropped (d/dz)",
@@ -165,7 +168,7 @@ MUTATIONS = (
   ),
   M(
     "sce-guard",
-    "_losses.py",
+    "_soft_labels.py",
     "times_cotangent(g, upcast(dy))",
     "g * upcast(dy)",
     "softmax_cross_entropy: 0 * inf guard on d/dy removed",
@@ -173,7 +176,7 @@ MUTATIONS = (
   ),
   M(
     "sce-dtype",
-    "_losses.py",
+    "_soft_labels.py",
     "dy.astype(labels.dtype), live, where)",
     "dy.astype(logits.dtype), live, where)",
     "softmax_cross_entropy: d/dy residual in the logits' dtype",
@@ -181,7 +184,7 @@ MUTATIONS = (
   ),
   M(
     "ice-alpha",
-    "_losses.py",
+    "_integer_labels.py",
     "grad = ratio(e, s) - (1.0 - alpha) * onehot",
     "grad = ratio(e, s) - onehot",
     "integer CE: one-hot without (1 - alpha)",
@@ -189,7 +192,7 @@ MUTATIONS = (
   ),
   M(
     "ice-spread-mask",
-    "_losses.py",
+    "_integer_labels.py",
     "grad = grad - (spread if where is None else jnp.where(where, spread, 0.0))",
     "grad = grad - spread",
     "integer CE: smoothing spread onto masked classes",
@@ -197,15 +200,15 @@ MUTATIONS = (
   ),
   M(
     "ice-classes",
-    "_losses.py",
-    "spread = alpha / _num_classes(z.shape, axes, where)",
-    "spread = alpha / _num_classes(z.shape, axes, None)",
+    "_integer_labels.py",
+    "spread = alpha / num_classes(z.shape, axes, where)",
+    "spread = alpha / num_classes(z.shape, axes, None)",
     "integer CE: C counts masked classes",
     "mask",
   ),
   M(
     "ice-void",
-    "_losses.py",
+    "_integer_labels.py",
     "return _finish(dz, void, invalid).astype(grad.dtype)",
     "return dz.astype(grad.dtype)",
     "integer CE: ignored rows not zeroed",
@@ -213,7 +216,7 @@ MUTATIONS = (
   ),
   M(
     "ice-cot",
-    "_losses.py",
+    "_integer_labels.py",
     "dz = jnp.expand_dims(upcast(g), axes) * upcast(grad)",
     "dz = upcast(grad)",
     "integer CE: cotangent dropped",
@@ -221,7 +224,7 @@ MUTATIONS = (
   ),
   M(
     "ice-dtype",
-    "_losses.py",
+    "_integer_labels.py",
     "return out, (grad.astype(logits.dtype), void, invalid)",
     "return out, (grad.astype(jnp.bfloat16), void, invalid)",
     "integer CE: residual kept in bfloat16",
@@ -229,7 +232,7 @@ MUTATIONS = (
   ),
   M(
     "bce-dz",
-    "_losses.py",
+    "_sigmoid.py",
     "dz = g * (jax.nn.sigmoid(z) - y)",
     "dz = g * (jax.nn.sigmoid(-z) - y)",
     "sigmoid BCE: sigma(-z) for sigma(z)",
@@ -237,7 +240,7 @@ MUTATIONS = (
   ),
   M(
     "bce-dy",
-    "_losses.py",
+    "_sigmoid.py",
     "dy = times_cotangent(g, -z)",
     "dy = times_cotangent(g, z)",
     "sigmoid BCE: sign of d/dy",
@@ -245,7 +248,7 @@ MUTATIONS = (
   ),
   M(
     "bce-dtype",
-    "_losses.py",
+    "_sigmoid.py",
     "dy.astype(labels.dtype)\n\n\n_sigmoid_bce.defvjp",
     "dy.astype(logits.dtype)\n\n\n_sigmoid_bce.defvjp",
     "sigmoid BCE: d/dy rounded to the logits' dtype",
@@ -270,15 +273,15 @@ MUTATIONS = (
   M(
     "entropy-one",
     "_entropy.py",
-    "-(jnp.log(_fill(where, p, 1.0)) + 1.0)",
-    "-jnp.log(_fill(where, p, 1.0))",
+    "-(jnp.log(fill_masked(where, p, 1.0)) + 1.0)",
+    "-jnp.log(fill_masked(where, p, 1.0))",
     "entropy: the +1 dropped",
     "term",
   ),
   M(
     "entropy-mask",
     "_entropy.py",
-    "return _keep(where, dp), None",
+    "return keep_unmasked(where, dp), None",
     "return dp, None",
     "entropy: masked entries get a gradient",
     "mask",
@@ -309,23 +312,23 @@ MUTATIONS = (
   ),
   M(
     "kl-cot",
-    "_entropy.py",
-    "_keep(where, -g * t)",
-    "_keep(where, -t)",
+    "_kl.py",
+    "keep_unmasked(where, -g * t)",
+    "keep_unmasked(where, -t)",
     "kl_divergence: cotangent dropped (d/dlog q)",
     "cotangent",
   ),
   M(
     "kl-mask",
-    "_entropy.py",
-    "_keep(where, -g * t)",
+    "_kl.py",
+    "keep_unmasked(where, -g * t)",
     "-g * t",
     "kl_divergence: masked entries get a gradient",
     "mask",
   ),
   M(
     "kl-one",
-    "_entropy.py",
+    "_kl.py",
     "dt = jnp.log(jnp.where(zero, 1.0, t)) + 1.0 -",
     "dt = jnp.log(jnp.where(zero, 1.0, t)) -",
     "kl_divergence: the +1 dropped",

@@ -9,14 +9,14 @@ import importlib.metadata
 
 from jaxsmx._entropy import cross_entropy as cross_entropy
 from jaxsmx._entropy import entropy as entropy
-from jaxsmx._entropy import kl_divergence as kl_divergence
 from jaxsmx._entropy import softmax_entropy as softmax_entropy
-from jaxsmx._linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
-from jaxsmx._losses import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
-from jaxsmx._losses import softmax_cross_entropy as softmax_cross_entropy
-from jaxsmx._losses import (
+from jaxsmx._integer_labels import (
   softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
 )
+from jaxsmx._kl import kl_divergence as kl_divergence
+from jaxsmx._linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from jaxsmx._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from jaxsmx._soft_labels import softmax_cross_entropy as softmax_cross_entropy
 from jaxsmx._softmax import log_softmax as log_softmax
 from jaxsmx._softmax import logsumexp as logsumexp
 from jaxsmx._softmax import softmax as softmax

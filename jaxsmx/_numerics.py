@@ -266,3 +266,76 @@ def flat_inputs(shape, axes, compute, *arrays):
       x = to_last(jnp.broadcast_to(x, shape), axes)
     out.append(x)
   return same_varying_axes(*out)
+
+
+# Class axes and counts, shared by the losses
+
+
+def flat_class_axes(logits, labels, where, axes):
+  """Tuple class axes moved last and flattened into one (see _checks.one_class_axis).
+
+  `labels` is flattened too when it has the logits' shape (soft labels).
+  """
+  if where is not None:
+    where = _checks.one_class_axis(jnp.broadcast_to(where, logits.shape), axes)
+  if labels.shape == logits.shape:
+    labels = _checks.one_class_axis(labels, axes)
+  logits = _checks.one_class_axis(logits, axes)
+  return logits, labels, where, (logits.ndim - 1,)
+
+
+def num_classes(shape, axes, where) -> jax.Array | int:
+  """C, or the number of unmasked classes per slice (at least 1)."""
+  if where is None:
+    return math.prod(shape[a] for a in axes)
+  count = jnp.sum(jnp.broadcast_to(where, shape), axes, keepdims=True)
+  return jnp.maximum(count, 1)
+
+
+# Inputs and masks of the elementwise families (entropy, cross-entropy, KL)
+
+
+def prepare_inputs(fn, axis, where, **arrays):
+  """Checks the floating inputs, broadcasts them and the mask (NumPy rules)
+  and flattens their class axes to one last axis, in the compute dtype.
+
+  Returns (flat arrays..., flat mask, finish), where finish turns a per-slice
+  result [..., 1] into the broadcast shape without the class axes, in the
+  inputs' promoted dtype.
+  """
+  xs = [_checks.as_floating(x, name, fn) for name, x in arrays.items()]
+  shape = broadcast_shape(fn, **dict(zip(arrays, xs, strict=True)))
+  axes = _checks.canonical_axes(axis, len(shape), fn)
+  mask = elementwise_mask(fn, where, shape, axes)
+  dtype = jnp.result_type(*xs)
+  flat = flat_inputs(shape, axes, _checks.compute_dtype(dtype), *xs, mask)
+
+  def finish(h):
+    return batch_result(h, shape, axes).astype(dtype)
+
+  return (*flat, finish)
+
+
+def nan_or_zero(x: jax.Array) -> jax.Array:
+  """0, or NaN where x is NaN: the value of a 0-weighted term in x."""
+  return jnp.where(jnp.isnan(x), x, 0.0)
+
+
+def fill_masked(mask: jax.Array | None, x: jax.Array, value: float) -> jax.Array:
+  """x with its masked-out entries set to a harmless `value`.
+
+  Rules fill them before computing: masked entries may hold anything (0, NaN),
+  and a where after the arithmetic alone would form a NaN (0 * inf) on the
+  way, which jax.debug_nans and checkify.float_checks report, and which the
+  second-order rules would differentiate.
+  """
+  return x if mask is None else jnp.where(mask, x, value)
+
+
+def keep_unmasked(mask: jax.Array | None, values: jax.Array) -> jax.Array:
+  """Zeroes the masked-out entries of an elementwise term or gradient."""
+  return values if mask is None else jnp.where(mask, values, 0.0)
+
+
+def class_sum(x: jax.Array) -> jax.Array:
+  return jnp.sum(x, -1, keepdims=True)

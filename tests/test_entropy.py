@@ -1,4 +1,5 @@
-"""Tests for jaxsmx._entropy: softmax_entropy, entropy, cross_entropy, kl.
+"""Tests for jaxsmx/_entropy.py and _kl.py: softmax_entropy, entropy,
+cross_entropy, kl_divergence.
 
 As in test_softmax.py, data is built and inspected with NumPy and each test
 compiles as few programs as it can.
@@ -23,6 +24,7 @@ from jax.test_util import check_grads
 
 import jaxsmx
 import jaxsmx._entropy
+import jaxsmx._kl
 
 NAMES = ("softmax_entropy", "entropy", "cross_entropy", "kl_divergence")
 TWO_ARGS = ("cross_entropy", "kl_divergence")
@@ -1048,7 +1050,8 @@ def test_shape_mismatch_shows_both_shapes(name):
 # docstring examples
 
 
-def test_doctests():
-  result = doctest.testmod(jaxsmx._entropy)
+@pytest.mark.parametrize("module", [jaxsmx._entropy, jaxsmx._kl])
+def test_doctests(module):
+  result = doctest.testmod(module)
   assert result.attempted > 0
   assert result.failed == 0

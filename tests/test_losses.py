@@ -1,4 +1,5 @@
-"""Tests for jaxsmx._losses: the three cross-entropy losses on logits.
+"""Tests for the three cross-entropy losses on logits (jaxsmx/_soft_labels.py,
+_integer_labels.py, _sigmoid.py).
 
 Each loss is checked against optax, torch and a float64 NumPy formula; each
 closed-form bwd against jax.vjp of a plain autodiff reference; and each edge
@@ -25,7 +26,7 @@ from jax.experimental import checkify
 from jax.test_util import check_grads
 
 import jaxsmx
-from jaxsmx import _losses
+from jaxsmx import _integer_labels, _sigmoid, _soft_labels
 
 sce = jaxsmx.softmax_cross_entropy
 ice = jaxsmx.softmax_cross_entropy_with_integer_labels
@@ -1214,8 +1215,9 @@ def test_error_ignore_index_type():
 # doctests
 
 
-def test_doctests():
-  result = doctest.testmod(_losses, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("module", [_soft_labels, _integer_labels, _sigmoid])
+def test_doctests(module):
+  result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0
   assert result.failed == 0
 
