@@ -7,7 +7,13 @@ checks alone on it: the plain-case comparisons of :mod:`derivations.numeric`
 and the option, edge and dtype cases of :mod:`derivations.cases`, for the
 functions whose file the mutation touches (every function for the shared
 numerics). A mutation is caught when a check fails. ``--sample N`` runs the
-first N of a fixed spread; ``--markdown`` prints the table for the report.
+first N of a fixed spread; ``--out`` writes the table for the report.
+
+A mutation whose ``old`` text no longer occurs in its file, or occurs more
+than once, is *stale*: it fails the run (and counts as not caught in the
+rate), so that moving code cannot silently shrink what is tested. Fix a
+stale mutation by pointing it at the line's new text. :func:`stale` checks
+every mutation without running anything.
 """
 
 from __future__ import annotations
@@ -432,22 +438,54 @@ SAMPLE = ("kl-cot", "linear-offset", "ice-spread-mask", "sce-dtype", "times-cota
 @dataclasses.dataclass(frozen=True)
 class Outcome:
   mutation: Mutation
-  status: str  # "caught", "survived", "stale" (the line is gone)
-  failed: tuple[str, ...] = ()
+  status: str  # "caught", "survived", "stale" (old text gone or not unique)
+  failed: tuple[str, ...] = ()  # the failing checks; for "stale", the reason
 
 
 def functions_of(m: Mutation) -> tuple[str, ...]:
-  return BY_FILE[m.file]
+  """The public functions whose checks can see a bug in ``m.file``."""
+  if m.file in BY_FILE:
+    return BY_FILE[m.file]
+  package = m.file.split("/", 1)[0] + ".py"  # a module of a package: _linear/x.py
+  return BY_FILE[package]
+
+
+def problem(m: Mutation, source: pathlib.Path = SOURCE) -> str:
+  """Why ``m`` cannot be applied to ``source`` (stale); "" when it can.
+
+  It can when ``m.old`` occurs exactly once in ``m.file``.
+  """
+  path = source / m.file
+  if not path.is_file():
+    return f"{m.file} does not exist"
+  count = path.read_text(encoding="utf-8").count(m.old)
+  if count == 1:
+    return ""
+  if count == 0:
+    return f"the old text no longer occurs in {m.file}"
+  return f"the old text occurs {count} times in {m.file}"
+
+
+def stale(
+  mutations=MUTATIONS, source: pathlib.Path = SOURCE
+) -> list[tuple[Mutation, str]]:
+  """The mutations that cannot be applied, each with the reason; fast (reads files)."""
+  out = []
+  for m in mutations:
+    why = problem(m, source)
+    if why:
+      out.append((m, why))
+  return out
 
 
 def apply(m: Mutation, root: pathlib.Path) -> bool:
   """Writes the mutated copy of jaxsmx under root; False if ``old`` is not unique."""
+  if problem(m):
+    return False
   dest = root / "jaxsmx"
   shutil.copytree(SOURCE, dest, ignore=shutil.ignore_patterns("__pycache__"))
   path = dest / m.file
   text = path.read_text(encoding="utf-8")
-  if text.count(m.old) != 1:
-    return False
   path.write_text(text.replace(m.old, m.new, 1), encoding="utf-8")
   return True
 
@@ -478,8 +516,9 @@ def failing(functions: tuple[str, ...]) -> list[str]:
 
 def run_one(m: Mutation) -> Outcome:
   with tempfile.TemporaryDirectory(prefix="jaxsmx-mutant-") as tmp:
-    if not apply(m, pathlib.Path(tmp)):
-      return Outcome(m, "stale")
+    why = problem(m)
+    if why or not apply(m, pathlib.Path(tmp)):
+      return Outcome(m, "stale", (why,))
     code = CHILD.format(root=tmp, functions=functions_of(m))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
@@ -499,19 +538,29 @@ def run_all(mutations=MUTATIONS, workers: int = 2) -> list[Outcome]:
     return list(pool.map(run_one, mutations))
 
 
+def rate(outcomes: list[Outcome]) -> float:
+  """The share caught; a stale mutation counts as not caught."""
+  return sum(o.status == "caught" for o in outcomes) / max(len(outcomes), 1)
+
+
 def markdown(outcomes: list[Outcome]) -> str:
-  live = [o for o in outcomes if o.status != "stale"]
-  caught = sum(o.status == "caught" for o in live)
+  caught = sum(o.status == "caught" for o in outcomes)
+  stale_n = sum(o.status == "stale" for o in outcomes)
+  head = (
+    f"{caught} of {len(outcomes)} mutations caught "
+    f"({100 * rate(outcomes):.0f}%) by the derivation checks alone."
+  )
+  if stale_n:
+    head += f" **{stale_n} stale** (FAIL: fix their text in derivations/mutate.py)."
   lines = [
-    f"{caught} of {len(live)} mutations caught "
-    f"({100 * caught / max(len(live), 1):.0f}%) by the derivation checks alone.",
+    head,
     "",
     "| mutation | kind | bug | caught by |",
     "|---|---|---|---|",
   ]
   for o in outcomes:
     if o.status == "stale":
-      by = "not applied (line changed)"
+      by = f"**FAIL: stale**, {o.failed[0] if o.failed else 'not applied'}"
     elif o.status == "survived":
       by = "**survived**"
     else:
@@ -540,9 +589,12 @@ def main(argv=None) -> int:
   print(table)
   if args.out:
     args.out.write_text(table, encoding="utf-8")
-  live = [o for o in outcomes if o.status != "stale"]
-  rate = sum(o.status == "caught" for o in live) / max(len(live), 1)
-  return 0 if rate >= 0.9 else 1
+  for o in outcomes:
+    if o.status == "stale":
+      print(f"FAIL stale mutation {o.mutation.key}: {o.failed[0]}", file=sys.stderr)
+  if any(o.status == "stale" for o in outcomes):
+    return 1
+  return 0 if rate(outcomes) >= 0.9 else 1
 
 
 if __name__ == "__main__":
