@@ -1,11 +1,15 @@
 """Sphinx configuration for the jaxsmx documentation (``make docs``).
 
-Every page is built from a file that lives elsewhere in the repository and is
-included, never copied by hand: the README's sections (between
-``<!-- docs:NAME:start -->`` and ``<!-- docs:NAME:end -->`` markers), the
+Every text has one source. The pages here own the reference text (numerics
+promises, differences from the peers, performance, scaling, how the gradients
+are checked); the README keeps what a new user reads first (the pitch,
+install, the example, the two commands, the function table, the notebooks
+list) and the pages include those sections between
+``<!-- docs:NAME:start -->`` and ``<!-- docs:NAME:end -->`` markers. The
 committed ``derivations/REPORT.md``, ``benchmarks/RESULTS.md`` and the
-notebooks, rendered with their saved outputs. MathJax is served from the site
-itself (sphinx-mathjax-offline), so no page loads a script from the network.
+notebooks are included or rendered with their saved outputs. MathJax is
+served from the site itself (sphinx-mathjax-offline), so no page loads a
+script from the network.
 """
 
 import pathlib
@@ -121,14 +125,15 @@ _ALIASES = (
 _README_LINKS = {
   "](derivations/REPORT.md)": "](derivations.md)",
   "](benchmarks/RESULTS.md)": "](benchmarks.md)",
+  "](docs/": "](",
 }
 
 
 def _site_links(app, relative_path, parent_docname, content) -> None:
   """Links in included files that work on a code host, made to work here.
 
-  README: links to REPORT.md and RESULTS.md point at their pages here (the
-  notebooks' links work as they are). REPORT.md: its HTML anchors become
+  README: links to REPORT.md, RESULTS.md and docs/*.md point at their pages
+  here (the notebooks' links work as they are). REPORT.md: its HTML anchors become
   MyST targets, so that its contents and summary links resolve; its link to
   its own folder becomes the folder's name.
   """

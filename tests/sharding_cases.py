@@ -776,15 +776,11 @@ def _flagged(jax, mesh, context, careless, specs, block, hlo, key):
 
 
 def _scaling_out() -> str:
-  """The README's "Scaling out" section (docs_scaling.md until it is merged)."""
+  """The documentation's "Scaling out" page (docs/scaling.md)."""
   import pathlib
 
   root = pathlib.Path(__file__).resolve().parents[1]
-  pattern = r"^## Scaling out\n(.*?)(?=^## |\Z)"
-  section = re.search(pattern, (root / "README.md").read_text(), re.S | re.M)
-  if section is None:
-    section = re.search(pattern, (root / "docs_scaling.md").read_text(), re.S | re.M)
-  return section.group(1)
+  return (root / "docs" / "scaling.md").read_text()
 
 
 def _readme_table(hlo: dict):

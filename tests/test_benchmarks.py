@@ -67,3 +67,13 @@ def test_target_check_flags_a_miss():
     "c", "s", "p", 1.0, 1.0, 1.05, mem_ours=10, mem_peer=100, mem_target=1 / 16
   )
   assert fast.met and not slow.met and not heavy.met
+
+
+def test_committed_results_end_with_the_notes():
+  """RESULTS.md's notes are benchmarks/NOTES.md as it stands: one source, so an
+  edit of the notes cannot leave the committed results describing old code."""
+  from benchmarks import _report
+
+  notes = (ROOT / "benchmarks" / "NOTES.md").read_text()
+  results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+  assert results.endswith(_report.notes_section(notes))

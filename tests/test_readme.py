@@ -1,5 +1,8 @@
-"""The README's example runs as written and does what it says."""
+"""The README's example runs as written, prints what its comments say, and its
+gradient is autodiff's."""
 
+import contextlib
+import io
 import pathlib
 import re
 
@@ -10,12 +13,28 @@ import numpy as np
 README = pathlib.Path(__file__).parents[1] / "README.md"
 
 
-def test_readme_example_runs_and_matches_autodiff():
+def _numbers(text: str) -> list[float]:
+  return [float(s) for s in re.findall(r"-?\d+\.\d+", text)]
+
+
+def test_readme_example_prints_its_comments_and_matches_autodiff():
   code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
   scope: dict = {}
-  exec(compile(code, "README.md", "exec"), scope)
-  grads, per_example = scope["grads"], scope["per_example_grads"]
-  params, x, labels = scope["params"], scope["x"], scope["labels"]
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    exec(compile(code, "README.md", "exec"), scope)
+  # the example says what it prints, in "# prints: ..." comments
+  promised = [
+    line.removeprefix("# prints:")
+    for line in code.splitlines()
+    if line.startswith("# prints:")
+  ]
+  lines = printed.getvalue().splitlines()
+  assert len(lines) == len(promised) >= 1
+  for got, want in zip(lines, promised, strict=True):
+    np.testing.assert_allclose(_numbers(got), _numbers(want), rtol=2e-3)
+
+  grads, params, x, labels = (scope[k] for k in ("grads", "params", "x", "labels"))
 
   def reference(params, x, labels):
     logits = jnp.tanh(x @ params["w1"]) @ params["w2"]
@@ -25,9 +44,7 @@ def test_readme_example_runs_and_matches_autodiff():
     keep = labels != -100
     return jnp.sum(jnp.where(keep, nll, 0.0)) / keep.sum()
 
-  expected = jax.grad(reference)(params, x, labels)
+  loss, expected = jax.value_and_grad(reference)(params, x, labels)
+  np.testing.assert_allclose(scope["loss"], loss, rtol=1e-5)
   for k in grads:
     np.testing.assert_allclose(grads[k], expected[k], rtol=1e-5, atol=1e-6)
-  # the ignored example contributes nothing; the others sum to the batch grad
-  assert np.all(np.asarray(per_example["w2"][2]) == 0)
-  assert per_example["w1"].shape == (8, 16, 32)
