@@ -16,7 +16,6 @@ nothing to compare it with (one line on stderr says why).
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import pathlib
 import sys
@@ -134,21 +133,7 @@ def _build(rep, derivations, checks, fns):
   def progress(sec) -> None:
     print(_progress_line(sec, time.perf_counter() - start), flush=True)
 
-  if "progress" in inspect.signature(rep.build).parameters:
-    return rep.build(derivations, checks, fns, progress=progress)
-  from . import all_derivations
-  from .numeric import numeric_checks
-
-  # one derivation at a time, with its own numeric checks, so that each line
-  # prints as soon as that derivation is done (the report is the same bytes)
-  every = tuple(all_derivations() if derivations is None else derivations)
-  checks = list(numeric_checks() if checks is None else checks)
-  sections = []
-  for d in every:
-    (sec,) = rep.build([d], [c for c in checks if c.key == d.key], fns).sections
-    progress(sec)
-    sections.append(sec)
-  return rep.Report(tuple(sections))
+  return rep.build(derivations, checks, fns, progress=progress)
 
 
 def main(

@@ -7,7 +7,7 @@ r"""Check your own reverse-mode rule the way jaxsmx checks its own.
 
 1. derives the gradient (or, for a vector output, the VJP) for symbolic
    :math:`n` with ``sympy.diff`` and closes the sums over Kronecker deltas
-   (:func:`derivations._core.close_sums`), where that rewriting closes them;
+   (:func:`derivations.engine.close_sums`), where that rewriting closes them;
 2. checks that closed form at :math:`n = 1 \dots 8` against
    ``Matrix.jacobian`` of the explicit definition;
 3. compares the closed form, in float64 and with random cotangents, with
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from . import _core
-from .numeric import lambdify_general
+from . import engine
+from .agreement import lambdify_general
 
 SIZES = tuple(range(1, 9))
 TOLERANCE = 1e-10
@@ -144,10 +144,10 @@ def _validate(
   for node in sp.preorder_traversal(expr):
     if isinstance(node, sp.Sum):
       for lim in node.limits:
-        if len(lim) != 3 or lim[1] != 1 or lim[2] != _core.n:
+        if len(lim) != 3 or lim[1] != 1 or lim[2] != engine.n:
           raise DefinitionError(
             f"check_vjp: every Sum must run over 1..n (the symbolic class count"
-            f" derivations._core.n); got the limits {lim}. Fix: write"
+            f" derivations.engine.n); got the limits {lim}. Fix: write"
             f" Sum(body, (k, 1, n))."
           )
     if not isinstance(node, _SUPPORTED) and not node.is_Atom:
@@ -160,7 +160,7 @@ def _validate(
         " smooth piece of the function."
       )
   bound = {lim[0] for s in expr.atoms(sp.Sum) for lim in s.limits}
-  allowed = {_core.n, index, *bound, *params, *(b.label for b in inputs)}
+  allowed = {engine.n, index, *bound, *params, *(b.label for b in inputs)}
   for x in expr.free_symbols:
     if isinstance(x, sp.Symbol) and x not in allowed:
       raise DefinitionError(
@@ -247,10 +247,10 @@ def check_vjp(
   for base in wrt:
     if vector:
       body = sp.diff(expr, base[j]) * gvec[out_index]
-      vjp = sp.Sum(body, (out_index, 1, _core.n))
+      vjp = sp.Sum(body, (out_index, 1, engine.n))
     else:
       vjp = gs * sp.diff(expr, base[j])
-    vjp = _core.close_sums(vjp)
+    vjp = engine.close_sums(vjp)
     closed[base] = vjp
     unclosed = [s for s in vjp.atoms(sp.Sum) if s.has(sp.KroneckerDelta)]
     label = (
@@ -299,14 +299,16 @@ def _latex_definition(expr, vector, out_index):
 
 def _explicit(expr, size, out_index, vector):
   """The definition at n = size in plain symbols: a scalar or a column Matrix."""
-  e = expr.xreplace({_core.n: sp.Integer(size)})
+  e = expr.xreplace({engine.n: sp.Integer(size)})
   if vector:
     rows = [
-      _core.concretize(_core.expand_finite_sums(e.xreplace({out_index: sp.Integer(r)})))
+      engine.concretize(
+        engine.expand_finite_sums(e.xreplace({out_index: sp.Integer(r)}))
+      )
       for r in range(1, size + 1)
     ]
     return sp.Matrix(rows)
-  return sp.Matrix([_core.concretize(_core.expand_finite_sums(e))])
+  return sp.Matrix([engine.concretize(engine.expand_finite_sums(e))])
 
 
 def _concrete_step(
@@ -319,13 +321,13 @@ def _concrete_step(
   method = f"n = {min(sizes)}..{max(sizes)} vs Matrix.jacobian(...).T g"
   for size in sizes:
     ref_f = _explicit(expr, size, out_index, vector)
-    jac = ref_f.jacobian(_core.vec(base, size))
-    cot = sp.Matrix(_core.vec(gvec, size)) if vector else sp.Matrix([gs])
+    jac = ref_f.jacobian(engine.vec(base, size))
+    cot = sp.Matrix(engine.vec(gvec, size)) if vector else sp.Matrix([gs])
     ref = jac.T * cot
-    e = _core.expand_finite_sums(vjp.xreplace({_core.n: sp.Integer(size)}))
+    e = engine.expand_finite_sums(vjp.xreplace({engine.n: sp.Integer(size)}))
     for r in range(size):
-      mine = _core.concretize(e.xreplace({j: sp.Integer(r + 1)}))
-      if not _core.concrete_zero(sp.expand(mine - ref[r, 0])):
+      mine = engine.concretize(e.xreplace({j: sp.Integer(r + 1)}))
+      if not engine.concrete_zero(sp.expand(mine - ref[r, 0])):
         return CheckStep(label, "", False, method, f"n={size}: entry {r + 1} differs")
   return CheckStep(label, "", True, method)
 

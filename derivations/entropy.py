@@ -2,9 +2,32 @@ r"""Entropies: softmax_entropy, entropy, cross_entropy and kl_divergence."""
 
 from __future__ import annotations
 
+import numpy as np
 import sympy as sp
 
-from ._core import (
+from .agreement.cases import (
+  Case,
+  Problem,
+  class_mask,
+  cotangent,
+  logits,
+  probs,
+  row_mask,
+  term,
+  with_dtypes,
+)
+from .agreement.numeric import (
+  COTANGENT,
+  LOGITS,
+  POSITIVE,
+  PROBS,
+  AgreesWithJax,
+  Numeric,
+  by_grad,
+  by_hessian,
+  by_vjp,
+)
+from .engine import (
   D2,
   Chain,
   Concrete,
@@ -38,13 +61,13 @@ from ._core import (
   vjp_check,
   z,
 )
-from .numeric import LOGITS, PROBS, AgreesWithJax
 
 delta = sp.KroneckerDelta
 H = sp.Symbol("H")
 gs = sp.Symbol("g", real=True)
 ENT = "H"
 KL = r"\operatorname{KL}"
+SE, CE, KLD = "softmax_entropy", "cross_entropy", "kl_divergence"
 
 
 def _cross(*bases):
@@ -141,6 +164,7 @@ def softmax_entropy_derivation() -> Derivation:
         ),
       ),
       name="grad",
+      agrees=(Numeric("gradient", SE, (i,), ((z, LOGITS),), by_grad(), "jax.grad"),),
       role="result",
     ),
     Step(
@@ -157,6 +181,9 @@ def softmax_entropy_derivation() -> Derivation:
         ),
       ),
       name="hessian",
+      agrees=(
+        Numeric("Hessian", SE, (i, j), ((z, LOGITS),), by_hessian(), "jax.hessian"),
+      ),
       role="result",
     ),
     Step(
@@ -166,6 +193,9 @@ def softmax_entropy_derivation() -> Derivation:
       ),
       (General(), vjp_check(_softmax_entropy_explicit, z, gs)),
       name="vjp",
+      agrees=(
+        Numeric("VJP", SE, (i,), ((z, LOGITS), (gs, COTANGENT)), by_vjp(), "jax.vjp"),
+      ),
       role="vjp",
     ),
   )
@@ -224,6 +254,9 @@ def entropy_derivation() -> Derivation:
         Concrete(gradient_ref(_entropy_explicit, p), (i,)),
       ),
       name="grad",
+      agrees=(
+        Numeric("gradient", "entropy", (i,), ((p, PROBS),), by_grad(), "jax.grad"),
+      ),
       role="result",
     ),
     Step(
@@ -243,6 +276,11 @@ def entropy_derivation() -> Derivation:
         ),
       ),
       name="hessian",
+      agrees=(
+        Numeric(
+          "Hessian", "entropy", (i, j), ((p, PROBS),), by_hessian(), "jax.hessian"
+        ),
+      ),
       role="result",
     ),
     Step(
@@ -250,6 +288,11 @@ def entropy_derivation() -> Derivation:
       Chain(label(r"\bar{p}_{i}"), gs * D(hp, p[i]), -Dot(gs, Terms(sp.log(p[i]), 1))),
       (General(), vjp_check(_entropy_explicit, p, gs)),
       name="vjp",
+      agrees=(
+        Numeric(
+          "VJP", "entropy", (i,), ((p, POSITIVE), (gs, COTANGENT)), by_vjp(), "jax.vjp"
+        ),
+      ),
       role="vjp",
     ),
   )
@@ -303,6 +346,16 @@ def cross_entropy_derivation() -> Derivation:
         Concrete(gradient_ref(_cross_explicit, p), (i,)),
       ),
       name="grad_p",
+      agrees=(
+        Numeric(
+          "gradient wrt p",
+          CE,
+          (i,),
+          ((p, PROBS), (q, PROBS)),
+          by_grad(0, 2),
+          "jax.grad",
+        ),
+      ),
       role="result",
     ),
     Step(
@@ -313,6 +366,16 @@ def cross_entropy_derivation() -> Derivation:
         Concrete(gradient_ref(_cross_explicit, q), (i,)),
       ),
       name="grad_q",
+      agrees=(
+        Numeric(
+          "gradient wrt q",
+          CE,
+          (i,),
+          ((p, PROBS), (q, PROBS)),
+          by_grad(1, 2),
+          "jax.grad",
+        ),
+      ),
       role="result",
     ),
     Step(
@@ -346,6 +409,16 @@ def cross_entropy_derivation() -> Derivation:
       Chain(label(r"\bar{q}_{i}"), gs * D(hpq, q[i]), -gs * p[i] / q[i]),
       (General(), vjp_check(_cross_explicit, q, gs)),
       name="vjp_q",
+      agrees=(
+        Numeric(
+          "VJP wrt q",
+          CE,
+          (i,),
+          ((p, POSITIVE), (q, POSITIVE), (gs, COTANGENT)),
+          by_vjp(1, 2),
+          "jax.vjp",
+        ),
+      ),
       role="vjp",
     ),
   )
@@ -409,6 +482,16 @@ def kl_divergence_derivation() -> Derivation:
         Concrete(gradient_ref(_kl_explicit, lp), (i,)),
       ),
       name="grad_l",
+      agrees=(
+        Numeric(
+          "gradient wrt log-predictions",
+          KLD,
+          (i,),
+          ((lp, LOGITS), (t, PROBS)),
+          by_grad(0, 2),
+          "jax.grad",
+        ),
+      ),
       role="result",
     ),
     Step(
@@ -419,6 +502,16 @@ def kl_divergence_derivation() -> Derivation:
         Concrete(gradient_ref(_kl_explicit, t), (i,)),
       ),
       name="grad_t",
+      agrees=(
+        Numeric(
+          "gradient wrt targets",
+          KLD,
+          (i,),
+          ((lp, LOGITS), (t, PROBS)),
+          by_grad(1, 2),
+          "jax.grad",
+        ),
+      ),
       role="result",
     ),
     Step(
@@ -435,6 +528,16 @@ def kl_divergence_derivation() -> Derivation:
       ),
       (General(), vjp_check(_kl_explicit, t, gs)),
       name="vjp_t",
+      agrees=(
+        Numeric(
+          "VJP wrt targets",
+          KLD,
+          (i,),
+          ((lp, LOGITS), (t, POSITIVE), (gs, COTANGENT)),
+          by_vjp(1, 2),
+          "jax.vjp",
+        ),
+      ),
       role="vjp",
     ),
   )
@@ -456,3 +559,136 @@ def derivations() -> tuple[Derivation, ...]:
     cross_entropy_derivation(),
     kl_divergence_derivation(),
   )
+
+
+# ---------------------------------------------------------------------------
+# Options, edges and dtypes: the cases jaxsmx's VJPs must agree on.
+
+
+def _entropy_family(by_key):
+  out = []
+
+  def se(where=None, edge=False):
+    def build(rng):
+      x, kw, keep = logits(rng), {}, None
+      if where == "class":
+        keep = class_mask(rng)
+        kw["where"] = keep
+      elif where == "row":
+        kw["where"] = keep = row_mask()[:, None]
+      if edge:
+        keep = np.ones(x.shape, bool)
+        x[:, 2] = -np.inf
+        x[-1] = -np.inf
+        keep[:, 2] = False  # probability 0: its class drops out (the limit)
+        keep[-1] = False
+      return Problem({"logits": x}, kw, cotangent(rng), keep=keep)
+
+    return build
+
+  tse = term(by_key["softmax_entropy"], "vjp", (z, "logits"), (gs, "cot"))
+  fn = "softmax_entropy"
+  out += [
+    Case(fn, "plain", "logits", se(), tse),
+    Case(fn, "where per class, empty slice", "logits", se("class"), tse),
+    Case(fn, "where per example", "logits", se("row"), tse),
+    Case(fn, "-inf logits, all -inf slice", "logits", se(edge=True), tse),
+  ]
+
+  def ent(where=None, edge=False):
+    def build(rng):
+      pr, kw, keep = probs(rng), {}, None
+      if where == "class":
+        keep = class_mask(rng)
+        kw["where"] = keep
+      elif where == "row":
+        kw["where"] = keep = row_mask()[:, None]
+      if edge:
+        pr[:, 1] = 0.0  # d/dp of -p log p at 0 is +inf: the one-sided limit
+      return Problem({"probs": pr}, kw, cotangent(rng), keep=keep)
+
+    return build
+
+  te = term(by_key["entropy"], "vjp", (p, "probs"), (gs, "cot"))
+  fn = "entropy"
+  out += [
+    Case(fn, "plain", "probs", ent(), te),
+    Case(fn, "where per class, empty slice", "probs", ent("class"), te),
+    Case(fn, "where per example", "probs", ent("row"), te),
+    Case(fn, "zero probabilities (0 log 0 = 0)", "probs", ent(edge=True), te),
+  ]
+
+  def two(names, draw, where=None, edge=None):
+    def build(rng):
+      a_, b_ = draw(rng)
+      kw, keep, fix = {}, None, None
+      if where == "class":
+        keep = class_mask(rng)
+        kw["where"] = keep
+      elif where == "row":
+        kw["where"] = keep = row_mask()[:, None]
+      if edge == "ce":
+        a_[:, 2] = 0.0  # p = 0: the term and its q-gradient are 0
+        a_[:, 4], b_[:, 4] = 0.0, 0.0  # p = q = 0: 0, not 0/0
+
+        def fix(e, prob):
+          return np.where(prob.args["p"] == 0, 0.0, e) if case_wrt[0] == "q" else e
+
+      if edge == "kl":
+        b_[:, 2] = 0.0  # t = 0: the term is 0, its t-gradient -inf
+      return Problem(
+        dict(zip(names, (a_, b_), strict=True)), kw, cotangent(rng), keep=keep, fix=fix
+      )
+
+    case_wrt = [""]
+    return build, case_wrt
+
+  fn = "cross_entropy"
+  tp = term(by_key["cross_entropy"], "vjp_p", (p, "p"), (q, "q"), (gs, "cot"))
+  tq = term(by_key["cross_entropy"], "vjp_q", (p, "p"), (q, "q"), (gs, "cot"))
+  for option, kw in (
+    ("plain", {}),
+    ("where per class, empty slice", {"where": "class"}),
+    ("where per example", {"where": "row"}),
+    ("zero p, zero p and q", {"edge": "ce"}),
+  ):
+    for wrt, t_ in (("p", tp), ("q", tq)):
+      build, w = two(("p", "q"), lambda r: (probs(r), probs(r)), **kw)
+      w[0] = wrt
+      out.append(Case(fn, option, wrt, build, t_))
+
+  fn = "kl_divergence"
+  tl = term(
+    by_key["kl_divergence"],
+    "vjp_l",
+    (lp, "log_predictions"),
+    (t, "targets"),
+    (gs, "cot"),
+  )
+  tt = term(
+    by_key["kl_divergence"],
+    "vjp_t",
+    (lp, "log_predictions"),
+    (t, "targets"),
+    (gs, "cot"),
+  )
+  for option, kw in (
+    ("plain", {}),
+    ("where per class, empty slice", {"where": "class"}),
+    ("where per example", {"where": "row"}),
+    ("zero targets", {"edge": "kl"}),
+  ):
+    for wrt, t_ in (("log_predictions", tl), ("targets", tt)):
+      build, _ = two(
+        ("log_predictions", "targets"), lambda r: (np.log(probs(r)), probs(r)), **kw
+      )
+      out.append(Case(fn, option, wrt, build, t_))
+  return out
+
+
+def cases(by_key) -> list[Case]:
+  """The entropies under every option and edge."""
+  base = _entropy_family(by_key)
+  mixed = [c for c in base if c.function in (CE, KLD)]
+  single = [c for c in base if c.function not in (CE, KLD)]
+  return base + with_dtypes(single) + with_dtypes(mixed, mixed=True)

@@ -1,13 +1,35 @@
-r"""Cross-entropy losses: the article's five steps, label smoothing, sigmoid BCE
-and the fused linear cross-entropy with z-loss and soft cap."""
+r"""Cross-entropy losses: the article's five steps, label smoothing and sigmoid BCE."""
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
 import sympy as sp
 
-from ._core import (
+from .agreement.cases import (
+  CLASSES,
+  ROWS,
+  Case,
+  Problem,
+  class_mask,
+  cotangent,
+  logits,
+  row_mask,
+  term,
+  with_dtypes,
+)
+from .agreement.numeric import (
+  COTANGENT,
+  LOGITS,
+  UNIT,
+  WEIGHTS,
+  Numeric,
+  by_grad,
+  by_hessian,
+  by_vjp,
+)
+from .engine import (
   D2,
   Chain,
   Concrete,
@@ -42,7 +64,6 @@ from ._core import (
   named,
   softmax_of,
   summation,
-  u,
   vec,
   vjp_check,
   y,
@@ -58,6 +79,57 @@ lam = sp.Symbol(r"\lambda", nonnegative=True)
 cap = sp.Symbol("c", positive=True)
 LSE = r"\operatorname{lse}"
 S = summation(sp.exp(z[k]))
+
+
+# ---------------------------------------------------------------------------
+# How the numeric checks call the losses.
+
+SCE = "softmax_cross_entropy"
+BCE = "sigmoid_binary_cross_entropy"
+ZY = ((z, LOGITS), (y, WEIGHTS))  # sum(y) != 1 exercises a * sum(y)
+ZU = ((z, LOGITS), (y, UNIT))  # binary targets in (0, 1)
+
+
+def _hessian_in_z(fn, z_, y_):
+  return by_hessian(1)(lambda zz: fn(zz, y_), z_)
+
+
+def _with_label(inner):
+  """Passes the integer label ⌈n/2⌉ (0-based: ⌈n/2⌉ - 1) as the second argument."""
+  import jax.numpy as jnp
+
+  def run(fn, z_, *rest):
+    lab = jnp.asarray((z_.shape[-1] + 1) // 2 - 1, dtype=jnp.int32)
+    return inner(lambda zz, *r, **kw: fn(zz, lab, *r, **kw), z_, *rest)
+
+  return run
+
+
+def _smoothed(what, value, autodiff, *cotangent_input):
+  """A check of the integer-label loss with smoothing ``value``."""
+  return Numeric(
+    what,
+    "softmax_cross_entropy_with_integer_labels",
+    (i,),
+    ((z, LOGITS), *cotangent_input),
+    _with_label(autodiff),
+    "jax.vjp" if cotangent_input else "jax.grad",
+    params={alpha: value},
+    extra=_label_of,
+  )
+
+
+def _bce_hessian(fn, z_, y_):
+  import jax
+  import jax.numpy as jnp
+
+  return jax.hessian(lambda zz: jnp.sum(fn(zz, y_)))(z_)
+
+
+def _diag_expected(formula, *arrays):
+  import jax.numpy as jnp
+
+  return np.diag(np.asarray(formula(*[jnp.asarray(x) for x in arrays])).reshape(-1))
 
 
 def _lse(base):
@@ -223,6 +295,9 @@ def softmax_cross_entropy_derivation() -> Derivation:
         ),
       ),
       name="grad_z",
+      agrees=(
+        Numeric("gradient wrt logits", SCE, (i,), ZY, by_grad(0, 2), "jax.grad"),
+      ),
       role="result",
     ),
     Step(
@@ -244,6 +319,9 @@ def softmax_cross_entropy_derivation() -> Derivation:
         ),
       ),
       name="grad_y",
+      agrees=(
+        Numeric("gradient wrt labels", SCE, (i,), ZY, by_grad(1, 2), "jax.grad"),
+      ),
       role="result",
     ),
     Step(
@@ -260,6 +338,9 @@ def softmax_cross_entropy_derivation() -> Derivation:
         ),
       ),
       name="hessian",
+      agrees=(
+        Numeric("Hessian wrt logits", SCE, (i, j), ZY, _hessian_in_z, "jax.hessian"),
+      ),
       role="result",
     ),
     Step(
@@ -282,6 +363,11 @@ def softmax_cross_entropy_derivation() -> Derivation:
       ),
       (General(), vjp_check(_ce_explicit, z, gs)),
       name="vjp_z",
+      agrees=(
+        Numeric(
+          "VJP wrt logits", SCE, (i,), (*ZY, (gs, COTANGENT)), by_vjp(0, 2), "jax.vjp"
+        ),
+      ),
       role="vjp",
     ),
     Step(
@@ -289,6 +375,11 @@ def softmax_cross_entropy_derivation() -> Derivation:
       Chain(label(r"\bar{y}_{i}"), gs * D(C, y[i]), -gs * sp.log(a[i])),
       (General(), vjp_check(_ce_explicit, y, gs)),
       name="vjp_y",
+      agrees=(
+        Numeric(
+          "VJP wrt labels", SCE, (i,), (*ZY, (gs, COTANGENT)), by_vjp(1, 2), "jax.vjp"
+        ),
+      ),
       role="vjp",
     ),
   )
@@ -373,6 +464,10 @@ def label_smoothing_derivation() -> Derivation:
         ),
       ),
       name="grad_z",
+      agrees=(
+        _smoothed("gradient, α = 0", 0.0, by_grad()),
+        _smoothed("gradient, α = 0.1", 0.1, by_grad(label_smoothing=0.1)),
+      ),
       role="result",
     ),
     Step(
@@ -384,6 +479,9 @@ def label_smoothing_derivation() -> Derivation:
       ),
       (General(), vjp_check(_smooth_explicit, z, gs, extra=_label_of)),
       name="vjp_z",
+      agrees=(
+        _smoothed("VJP, α = 0.3", 0.3, by_vjp(label_smoothing=0.3), (gs, COTANGENT)),
+      ),
       role="vjp",
     ),
   )
@@ -579,6 +677,17 @@ def sigmoid_bce_derivation() -> Derivation:
       eq(D2(Cj[i], z[i], z[i]), Dot(s_i, 1 - s_i)),
       (General(),),
       name="hessian",
+      agrees=(
+        Numeric(
+          "Hessian of the sum",
+          BCE,
+          (i,),
+          ZU,
+          _bce_hessian,
+          "jax.hessian",
+          expected=_diag_expected,
+        ),
+      ),
       role="result",
     ),
     Step(
@@ -613,6 +722,11 @@ def sigmoid_bce_derivation() -> Derivation:
       Chain(label(r"\bar{z}_{i}"), g[i] * D(Cj[i], z[i]), Dot(g[i], s_i - y[i])),
       (General(), vjp_check(_bce_vector, z, g)),
       name="vjp_z",
+      agrees=(
+        Numeric(
+          "VJP wrt logits", BCE, (i,), (*ZU, (g, COTANGENT)), by_vjp(0, 2), "jax.vjp"
+        ),
+      ),
       role="vjp",
     ),
     Step(
@@ -620,6 +734,11 @@ def sigmoid_bce_derivation() -> Derivation:
       Chain(label(r"\bar{y}_{i}"), g[i] * D(Cj[i], y[i]), -g[i] * z[i]),
       (General(), vjp_check(_bce_vector, y, g)),
       name="vjp_y",
+      agrees=(
+        Numeric(
+          "VJP wrt labels", BCE, (i,), (*ZU, (g, COTANGENT)), by_vjp(1, 2), "jax.vjp"
+        ),
+      ),
       role="vjp",
     ),
   )
@@ -639,246 +758,173 @@ def sigmoid_bce_derivation() -> Derivation:
   )
 
 
-# ---------------------------------------------------------------------------
-# Fused linear cross-entropy: z-loss and soft cap (issue 4).
-
-L = sp.Symbol("L")
-LINEAR_CTX = Context(
-  {
-    **SMOOTH_CTX.defs,
-    z: lambda t: cap * sp.tanh(u[t] / cap),
-    L: C + lam * named(LSE, z) ** 2,
-  },
-  "z = c tanh(u/c), a = softmax(z), L = C + λ lse(z)²",
-)
-
-
-def _linear_label(size):
-  return {ell: 1}
-
-
-def _linear_explicit(size: int) -> sp.Expr:
-  us = vec(u, size)
-  zs = [cap * sp.tanh(x / cap) for x in us]
-  total = sum(sp.exp(x) for x in zs)
-  logs = [x - sp.log(total) for x in zs]
-  ys = [(1 - alpha) * (1 if r == 0 else 0) + alpha / size for r in range(size)]
-  ce = -sum(yv * lv for yv, lv in zip(ys, logs, strict=True))
-  return ce + lam * sp.log(total) ** 2
-
-
-def _matmul_vjp_holds() -> bool:
-  # u = x W + b is linear, so the VJP of any loss with dL/du = ubar is the VJP
-  # of the linear functional <ubar, u>; check it with Matrix.jacobian.
-  d, size = 2, 3
-  xs = sp.Matrix([sp.symbols(f"x1:{d + 1}", real=True)])  # 1 x d
-  w = sp.Matrix(d, size, lambda r, c: sp.Symbol(f"W{r + 1}{c + 1}", real=True))
-  b = sp.Matrix([sp.symbols(f"b1:{size + 1}", real=True)])
-  ubar = sp.Matrix([sp.symbols(f"ubar1:{size + 1}", real=True)])
-  uu = xs * w + b
-  f = (ubar * uu.T)[0, 0]
-  ok_x = sp.Matrix([f]).jacobian(list(xs)) == ubar * w.T
-  ok_b = sp.Matrix([f]).jacobian(list(b)) == ubar
-  dw = sp.Matrix(d, size, lambda r, c: sp.diff(f, w[r, c]))
-  ok_w = sp.expand(dw - xs.T * ubar) == sp.zeros(d, size)
-  return ok_x and ok_b and ok_w
-
-
-def linear_cross_entropy_derivation() -> Derivation:
-  lse_z = named(LSE, z)
-  sech2 = 1 - sp.tanh(u[i] / cap) ** 2
-  dz = Terms(
-    Dot(a[i], Terms(1, 2 * lam * lse_z)), -Dot(1 - alpha, delta(i, ell)), -alpha / n
-  )
-  ubar, W, x = (sp.Symbol(s) for s in (r"\bar{u}", "W", "x"))
-  steps = (
-    Step(
-      "The logits are $u = x W + b$, capped softly at $\\pm c$ (Gemma 2).",
-      eq(z[i], cap * sp.tanh(u[i] / cap)),
-      role="definition",
-    ),
-    Step(
-      "The loss adds the z-loss $\\lambda\\,\\operatorname{lse}(z)^2$ "
-      "(PaLM) to the smoothed integer-label cross-entropy.",
-      eq(L, Terms(C, lam * lse_z**2)),
-      role="definition",
-    ),
-    Step(
-      "The soft cap's chain rule: $\\tanh' = 1 - \\tanh^2$.",
-      eq(D(z[i], u[i]), sech2),
-      (General(),),
-    ),
-    Step(
-      "It is elementwise, so its Jacobian is diagonal.",
-      eq(D(z[j], u[i]), Dot(delta(i, j), 1 - sp.tanh(u[j] / cap) ** 2)),
-      (General(),),
-    ),
-    Step(
-      "As $c \\to \\infty$ the cap is the identity.",
-      eq(sp.Limit(cap * sp.tanh(u[i] / cap), cap, sp.oo), u[i]),
-      (Limit(),),
-    ),
-    Step(
-      "The z-loss gradient: the gradient of logsumexp is softmax.",
-      Chain(
-        D(lam * lse_z**2, z[i]),
-        Dot(2 * lam, lse_z, D(lse_z, z[i])),
-        2 * lam * lse_z * a[i],
-      ),
-      (General(),),
-      name="zloss",
-      role="result",
-    ),
-    Step(
-      "The gradient with respect to the capped logits: the label-smoothing "
-      "gradient plus the z-loss term.",
-      eq(D(L, z[i]), dz),
-      (General(),),
-      name="grad_z",
-      role="result",
-    ),
-    Step(
-      "Through the cap, by the chain rule; only $j = i$ survives.",
-      Chain(
-        D(L, u[i]),
-        summation(Dot(D(L, z[j]), D(z[j], u[i])), j),
-        Prod(dz, sech2),
-      ),
-      (
-        General(),
-        Concrete(
-          gradient_ref(_linear_explicit, u),
-          (i,),
-          sizes=tuple(range(1, 5)),
-          extra=_linear_label,
-          what="Matrix.jacobian (ℓ = 1)",
-        ),
-      ),
-      name="grad_u",
-      role="result",
-    ),
-    Step(
-      "Through the matmul: with $\\bar u = g\\,\\partial L/\\partial u$ "
-      "per example, $\\bar x = \\bar u W^{\\mathsf T}$, "
-      "$\\bar W = x^{\\mathsf T} \\bar u$ and $\\bar b = \\bar u$ (summed "
-      "over examples).",
-      sp.Tuple(
-        eq(label(r"\bar{x}"), Dot(ubar, Transpose(W))),
-        eq(label(r"\bar{W}"), Dot(Transpose(x), ubar)),
-        eq(label(r"\bar{b}"), ubar),
-      ),
-      (Explicit(_matmul_vjp_holds, "d = 2, n = 3 vs Matrix.jacobian"),),
-    ),
-    Step(
-      "The VJP with respect to the uncapped logits.",
-      Chain(label(r"\bar{u}_{i}"), gs * D(L, u[i]), Dot(gs, Prod(dz, sech2))),
-      (
-        General(),
-        vjp_check(
-          _linear_explicit, u, gs, sizes=tuple(range(1, 5)), extra=_linear_label
-        ),
-      ),
-      name="vjp_u",
-      role="vjp",
-    ),
-  )
-  return Derivation(
-    key="linear_softmax_cross_entropy",
-    title="Fused linear cross-entropy: z-loss and soft cap",
-    functions=("linear_softmax_cross_entropy",),
-    intro=(
-      "The fused loss never materialises the logits, but its gradient "
-      "is the same closed form, chunk by chunk."
-    ),
-    ctx=LINEAR_CTX,
-    steps=steps,
-    headline=eq(D(L, u[i]), Prod(dz, sech2)),
-  )
-
-
-# ---------------------------------------------------------------------------
-# The reduced fused loss: reduction="sum" / "mean" with weights.
-
-Lx = sp.IndexedBase("L", real=True)  # the per-example losses
-om = sp.IndexedBase(r"\omega", positive=True)  # the per-example weights
-Lbar = sp.Symbol(r"\bar{L}")
-REDUCED_CTX = Context(
-  {Lbar: summation(om[k] * Lx[k]) / summation(om[k])},
-  "L̄ = Σ ω L / Σ ω over the n examples that count",
-)
-
-
-def _mean_explicit(size: int) -> sp.Expr:
-  ws, ls_ = vec(om, size), vec(Lx, size)
-  return sum(w * v for w, v in zip(ws, ls_, strict=True)) / sum(ws)
-
-
-def reduced_linear_derivation() -> Derivation:
-  total = summation(om[k])
-  steps = (
-    Step(
-      'With `reduction="mean"` the fused loss returns the weighted mean of '
-      "the per-example losses $L_k$ over the $n$ examples that count "
-      '(ignored and dropped rows have weight 0); `"sum"` drops the '
-      "denominator. Here $n$ counts examples, not classes.",
-      eq(Lbar, summation(om[k] * Lx[k]) / total),
-      role="definition",
-      name="definition",
-    ),
-    Step(
-      r"Each example's losses get the cotangent $g\,\omega_i / \sum_k "
-      "\\omega_k$, so its $\bar u$ is the per-example rule scaled by it "
-      r"(for the sum: $g\,\omega_i$).",
-      eq(D(Lbar, Lx[i]), om[i] / total),
-      (General(),),
-      name="grad_l",
-      role="result",
-    ),
-    Step(
-      "The weights are differentiable too: each moves the mean towards its "
-      "example's loss.",
-      eq(D(Lbar, om[i]), (Lx[i] - Lbar) / total),
-      (General(),),
-      name="grad_w",
-      role="result",
-    ),
-    Step(
-      "The VJPs of the reduction.",
-      Chain(label(r"\bar{L}_{i}"), gs * D(Lbar, Lx[i]), gs * om[i] / total),
-      (General(), vjp_check(_mean_explicit, Lx, gs)),
-      name="vjp_l",
-      role="vjp",
-    ),
-    Step(
-      "",
-      Chain(
-        label(r"\bar{\omega}_{i}"), gs * D(Lbar, om[i]), gs * (Lx[i] - Lbar) / total
-      ),
-      (General(), vjp_check(_mean_explicit, om, gs)),
-      name="vjp_w",
-      role="vjp",
-    ),
-  )
-  return Derivation(
-    key="linear_reduced",
-    title="Fused linear cross-entropy: sum and mean with weights",
-    functions=("linear_softmax_cross_entropy",),
-    intro=(
-      "The reduced mode, derived as one step on top of the per-example rule; "
-      "the option table compares it with jaxsmx (`reduction` rows)."
-    ),
-    ctx=REDUCED_CTX,
-    steps=steps,
-    headline=eq(D(Lbar, Lx[i]), om[i] / total),
-  )
-
-
 def derivations() -> tuple[Derivation, ...]:
   return (
     softmax_cross_entropy_derivation(),
     label_smoothing_derivation(),
     soft_label_smoothing_derivation(),
     sigmoid_bce_derivation(),
-    linear_cross_entropy_derivation(),
-    reduced_linear_derivation(),
+  )
+
+
+# ---------------------------------------------------------------------------
+# Options, edges and dtypes: the cases jaxsmx's VJPs must agree on.
+
+
+def _soft_ce_cases(by_key):
+  fn = "softmax_cross_entropy"
+
+  def terms(a_=0.0):
+    if a_:
+      k = "soft_label_smoothing"
+      return (
+        term(by_key[k], "vjp_z", (z, "logits"), (y, "labels"), (gs, "cot"), alpha=a_),
+        term(by_key[k], "vjp_y", (z, "logits"), (y, "labels"), (gs, "cot"), alpha=a_),
+      )
+    k = "softmax_cross_entropy"
+    return (
+      term(by_key[k], "vjp_z", (z, "logits"), (y, "labels"), (gs, "cot")),
+      term(by_key[k], "vjp_y", (z, "logits"), (y, "labels"), (gs, "cot")),
+    )
+
+  def make(where=None, smooth=0.0, edge=False):
+    def build(rng):
+      x, lab = logits(rng), rng.uniform(0.1, 1.0, (ROWS, CLASSES))
+      kw, keep = {}, None
+      if smooth:
+        kw["label_smoothing"] = smooth
+      if where == "class":
+        keep = class_mask(rng)
+        kw["where"] = keep
+      elif where == "row":
+        kw["where"] = row_mask()
+        keep = row_mask()[:, None]
+      if edge:
+        x[:, 3] = -np.inf  # zero probability, zero label: loss term 0
+        lab[:, 3] = 0.0
+        lab[1] = 0.0  # an all-zero label row
+        x[2] = -np.inf  # an empty slice: loss 0, gradient 0
+        return Problem(
+          {"logits": x, "labels": lab}, kw, cotangent(rng), zero=np.arange(ROWS) == 2
+        )
+      return Problem({"logits": x, "labels": lab}, kw, cotangent(rng), keep=keep)
+
+    return build
+
+  out = []
+  for option, kw in (
+    ("plain", {}),
+    ("where per class, empty slice", {"where": "class"}),
+    ("where per example", {"where": "row"}),
+    ("label_smoothing", {"smooth": 0.2}),
+    ("label_smoothing, where per class", {"where": "class", "smooth": 0.2}),
+  ):
+    tz, ty = terms(kw.get("smooth", 0.0))
+    out.append(Case(fn, option, "logits", make(**kw), tz))
+    out.append(Case(fn, option, "labels", make(**kw), ty))
+  tz, ty = terms()
+  for wrt, t_ in (("logits", tz), ("labels", ty)):
+    option = "-inf logit with label 0, zero labels, empty slice"
+    out.append(Case(fn, option, wrt, make(edge=True), t_))
+  return out
+
+
+def _int_ce_cases(by_key):
+  fn = "softmax_cross_entropy_with_integer_labels"
+
+  def smoothed(a_):
+    return term(
+      by_key["label_smoothing"], "vjp_z", (z, "logits"), (gs, "cot"), alpha=a_
+    )
+
+  def make(smooth=0.0, where=None, ignore=False, masked_label=False, edge=False):
+    def build(rng):
+      x = logits(rng)
+      lab = rng.integers(0, CLASSES, ROWS)
+      kw, keep, zero = {}, None, np.zeros(ROWS, bool)
+      if smooth:
+        kw["label_smoothing"] = smooth
+      if where == "class":
+        keep = class_mask(rng)
+        for r in range(ROWS - 1):  # a kept label, the last row empty
+          lab[r] = rng.choice(np.flatnonzero(keep[r]))
+        if masked_label:
+          lab[1] = 1  # class 1 is masked in every row: the row is dropped
+          zero[1] = True
+        kw["where"] = keep
+      elif where == "row":
+        kw["where"] = row_mask()
+        keep = row_mask()[:, None]
+      if ignore:
+        kw["ignore_index"] = -100
+        lab[2] = -100
+        zero[2] = True
+      if edge:
+        x[:, 4] = -np.inf
+        lab = np.where(lab == 4, 0, lab)
+        x[-1] = -np.inf
+        zero[-1] = True
+      prob = Problem({"logits": x}, kw, cotangent(rng), keep=keep, zero=zero)
+      prob.kwargs["labels"] = lab.astype(np.int32)
+      prob.ell = np.where(lab < 0, 0, lab)
+      return prob
+
+    return build
+
+  rows = (
+    ("plain", {}),
+    ("label_smoothing", {"smooth": 0.1}),
+    ("where per class, empty slice", {"where": "class"}),
+    ("where per class, label masked out", {"where": "class", "masked_label": True}),
+    ("where per class, label_smoothing", {"where": "class", "smooth": 0.3}),
+    ("where per example", {"where": "row"}),
+    ("ignore_index", {"ignore": True}),
+    ("ignore_index, label_smoothing", {"ignore": True, "smooth": 0.2}),
+    ("-inf logits, all -inf slice", {"edge": True}),
+  )
+  return [
+    Case(fn, o, "logits", make(**kw), smoothed(kw.get("smooth", 0.0))) for o, kw in rows
+  ]
+
+
+def _bce_cases(by_key):
+  fn = "sigmoid_binary_cross_entropy"
+  k = "sigmoid_binary_cross_entropy"
+
+  def build(rng):
+    c = rng.standard_normal((ROWS, CLASSES))
+    c[0] = 0.0
+    return Problem(
+      {"logits": logits(rng), "labels": rng.uniform(0, 1, (ROWS, CLASSES))}, {}, c
+    )
+
+  return [
+    Case(
+      fn,
+      "plain",
+      "logits",
+      build,
+      term(by_key[k], "vjp_z", (z, "logits"), (y, "labels"), (g, "cot")),
+    ),
+    Case(
+      fn,
+      "plain",
+      "labels",
+      build,
+      term(by_key[k], "vjp_y", (z, "logits"), (y, "labels"), (g, "cot")),
+    ),
+  ]
+
+
+def cases(by_key) -> list[Case]:
+  """The cross-entropy losses under every option and edge."""
+  soft, bce = _soft_ce_cases(by_key), _bce_cases(by_key)
+  integer = _int_ce_cases(by_key)
+  return (
+    soft
+    + integer
+    + bce
+    + with_dtypes(soft, mixed=True)
+    + with_dtypes(integer)
+    + with_dtypes(bce, mixed=True)
   )

@@ -14,7 +14,7 @@ import dataclasses
 
 import sympy as sp
 
-from ._core import (
+from .engine import (
   Check,
   Concrete,
   Context,

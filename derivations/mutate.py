@@ -3,8 +3,8 @@ r"""Mutation test of the derivations: do their checks catch a wrong rule?
 ``python -m derivations.mutate`` applies each plausible one-line bug of
 :data:`MUTATIONS` to a temporary copy of ``jaxsmx`` (never to the real files),
 imports the copy in a fresh subprocess and runs the derivations' numeric
-checks alone on it: the plain-case comparisons of :mod:`derivations.numeric`
-and the option, edge and dtype cases of :mod:`derivations.cases`, for the
+checks alone on it: the plain-case comparisons of :mod:`derivations.agreement.numeric`
+and the option, edge and dtype cases of :mod:`derivations.agreement.cases`, for the
 functions whose file the mutation touches (every function for the shared
 numerics). A mutation is caught when a check fails. ``--sample N`` runs the
 first N of a fixed spread; ``--out`` writes the table for the report.
@@ -502,12 +502,13 @@ print("RESULT " + json.dumps(mutate.failing({functions!r})))
 
 def failing(functions: tuple[str, ...]) -> list[str]:
   """The derivation checks of these functions that fail (run in the child)."""
-  from . import all_derivations
-  from .cases import cases, run_cases
-  from .numeric import numeric_checks, run_numerics
+  from . import all_derivations, cases
+  from .agreement.cases import run_cases
+  from .agreement.numeric import attached, run_numerics
 
-  by_key = {d.key: d for d in all_derivations()}
-  checks = [c for c in numeric_checks() if c.function in functions]
+  every = all_derivations()
+  by_key = {d.key: d for d in every}
+  checks = [c for c in attached(every) if c.function in functions]
   bad = [r.check.name for r in run_numerics(checks, by_key) if not r.ok]
   selected = [c for c in cases() if c.function in functions]
   bad += [r.case.name for r in run_cases(selected) if not r.ok]

@@ -1,6 +1,6 @@
 r"""Runs every check and renders the derivation report (Markdown or LaTeX).
 
-The report is rendered from the :class:`~derivations._core.Derivation`
+The report is rendered from the :class:`~derivations.engine.Derivation`
 objects and the results of their checks, never from source files. It holds no
 timings and reports numeric errors as bounds, so that two runs, on any
 machine, write the same bytes.
@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import sympy as sp
 
-from . import _core
-from ._core import Derivation, Example, StepResult
-from .numeric import Numeric, NumericResult
+from . import engine
+from .agreement.numeric import Numeric, NumericResult
+from .engine import Derivation, Example, StepResult
 
 EXAMPLE_TOLERANCE = 1e-12  # jaxsmx (float64) against the exact value
 SEED_TOLERANCE = 1e-4  # the seed prints 4 decimals (and rounds one of them up)
@@ -69,7 +69,7 @@ class Section:
 @dataclasses.dataclass(frozen=True)
 class Report:
   sections: tuple[Section, ...]
-  cases: tuple = ()  # derivations.cases.CaseResult
+  cases: tuple = ()  # derivations.agreement.cases.CaseResult
   mutations: str = ""  # the committed table of `make mutate`
 
   @property
@@ -91,7 +91,7 @@ class Report:
       for e in sec.examples:
         if not e.ok:
           out.append(f"{key} example: {e.detail}")
-    from .cases import bound
+    from .agreement.cases import bound
 
     for c in self.cases:
       if not c.ok:
@@ -100,7 +100,7 @@ class Report:
 
 
 def _numeric_bucket(err: float) -> str:
-  from .numeric import bucket
+  from .agreement.numeric import bucket
 
   return bucket(err)
 
@@ -168,7 +168,7 @@ def build(
     derivations: default :func:`derivations.all_derivations`.
     checks: numeric checks; default every check whose derivation is present.
     fns: replacements for jaxsmx functions, by name (for tests).
-    cases: the option, edge and dtype cases of :mod:`derivations.cases`;
+    cases: the option, edge and dtype cases (:func:`derivations.cases`);
       default all of them when ``derivations`` is the default, else none.
     progress: called with each section as soon as it is complete (its
       numeric checks then run per derivation).
@@ -177,20 +177,20 @@ def build(
     The report data, ready to render.
   """
   from . import all_derivations
-  from .numeric import numeric_checks, run_numerics
+  from .agreement.numeric import attached, run_numerics
 
   derivations_default = derivations is None
   derivations = tuple(all_derivations() if derivations is None else derivations)
   by_key = {d.key: d for d in derivations}
   if checks is None:
-    checks = [c for c in numeric_checks() if c.key in by_key]
+    checks = list(attached(derivations))
   by_derivation: dict[str, list[NumericResult]] = {}
   if progress is None:
     for r in run_numerics(checks, by_key, fns) if checks else []:
       by_derivation.setdefault(r.check.key, []).append(r)
   sections = []
   for d in derivations:
-    steps = _core.check_derivation(d)
+    steps = engine.check_derivation(d)
     examples = tuple(_run_example(ex, fns) for ex in d.examples)
     if progress is not None:
       mine = [c for c in checks if c.key == d.key]
@@ -199,11 +199,12 @@ def build(
     sections.append(sec)
     if progress is not None:
       progress(sec)
-  from . import cases as cs
+  from . import cases as every_case
+  from .agreement.cases import run_cases
 
   if cases is None:
-    cases = cs.cases() if derivations_default else ()
-  case_results = tuple(cs.run_cases(cases, fns)) if cases else ()
+    cases = every_case() if derivations_default else ()
+  case_results = tuple(run_cases(cases, fns)) if cases else ()
   mutations = MUTATIONS.read_text(encoding="utf-8") if MUTATIONS.exists() else ""
   return Report(tuple(sections), case_results, mutations if derivations_default else "")
 
@@ -221,7 +222,7 @@ def tex(expr: sp.Basic) -> str:
 
 def tex_block(expr: sp.Basic) -> str:
   """LaTeX of a displayed step; long chains become an ``aligned`` block."""
-  if isinstance(expr, _core.Chain) and len(expr.args) >= 3:
+  if isinstance(expr, engine.Chain) and len(expr.args) >= 3:
     first, *rest = expr.args
     lines = [f"{sp.latex(first)} &= {sp.latex(rest[0])}"]
     lines += [f"&= {sp.latex(e)}" for e in rest[1:]]
@@ -232,7 +233,7 @@ def tex_block(expr: sp.Basic) -> str:
 def plain_sympy(expr: sp.Basic) -> str:
   """The expression as SymPy source (display nodes unwrapped)."""
   e = expr.replace(lambda x: isinstance(x, sp.UnevaluatedExpr), lambda x: x.args[0])
-  e = e.replace(lambda x: isinstance(x, _core.Display), lambda x: x.plain())
+  e = e.replace(lambda x: isinstance(x, engine.Display), lambda x: x.plain())
   return sp.sstr(e)
 
 
@@ -253,7 +254,7 @@ How each step is checked:
 - **general n**: both sides are evaluated (definitions substituted,
   derivatives taken with `sympy.diff` for symbolic $n$, with `IndexedBase`
   and `Sum`), the sums over Kronecker deltas are closed by the targeted
-  rewriting in `derivations/_algebra.py`, and the difference must reduce to 0.
+  rewriting in `derivations/engine/_algebra.py`, and the difference must reduce to 0.
   Free indices range over $1, \\dots, n$.
 - **n = 1..8 vs Matrix.jacobian** (or the range stated): the general result,
   specialised to each concrete $n$, must equal the Jacobian (or
@@ -417,7 +418,7 @@ table is that command's output, committed as `derivations/MUTATIONS.md`.
 
 
 def _cases_markdown(out: list[str], num: int, results) -> None:
-  from .cases import bound
+  from .agreement.cases import bound
 
   w = out.append
   w('<a id="options"></a>\n')

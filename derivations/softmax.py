@@ -2,9 +2,33 @@ r"""Softmax, log-softmax and logsumexp: Jacobians, Hessian and VJPs."""
 
 from __future__ import annotations
 
+import numpy as np
 import sympy as sp
 
-from ._core import (
+from .agreement.cases import (
+  CLASSES,
+  ROWS,
+  Case,
+  Problem,
+  class_mask,
+  cotangent,
+  logits,
+  row_mask,
+  term,
+  with_dtypes,
+)
+from .agreement.numeric import (
+  COTANGENT,
+  LOGITS,
+  POSITIVE,
+  AgreesWithJax,
+  Numeric,
+  by_grad,
+  by_hessian,
+  by_jacrev,
+  by_vjp,
+)
+from .engine import (
   D2,
   Chain,
   Concrete,
@@ -37,12 +61,12 @@ from ._core import (
   vjp_check,
   z,
 )
-from .numeric import LOGITS, POSITIVE, AgreesWithJax
 
 delta = sp.KroneckerDelta
 NE = ((delta(i, j), 0),)  # the case i != j
 S = summation(sp.exp(z[k]))  # the normaliser, as displayed
 LSE = r"\operatorname{lse}"
+gs = sp.Symbol("g", real=True)  # a scalar cotangent
 
 SOFTMAX_CTX = Context(
   {a: softmax_of(z), LSE: lambda base: sp.log(summation(sp.exp(base[k])))},
@@ -112,6 +136,11 @@ def softmax_derivation() -> Derivation:
       eq(D(a[i], z[j]), Dot(a[i], delta(i, j) - a[j])),
       (General(), Concrete(softmax_jacobian_ref, (i, j))),
       name="jacobian",
+      agrees=(
+        Numeric(
+          "Jacobian", "softmax", (i, j), ((z, LOGITS),), by_jacrev(), "jax.jacrev"
+        ),
+      ),
       role="result",
     ),
     Step(
@@ -141,6 +170,11 @@ def softmax_derivation() -> Derivation:
         ),
       ),
       name="vjp",
+      agrees=(
+        Numeric(
+          "VJP", "softmax", (i,), ((z, LOGITS), (g, COTANGENT)), by_vjp(), "jax.vjp"
+        ),
+      ),
       role="vjp",
     ),
   )
@@ -208,6 +242,11 @@ def log_softmax_derivation() -> Derivation:
         Concrete(_log_softmax_ref, (i, j)),
       ),
       name="jacobian",
+      agrees=(
+        Numeric(
+          "Jacobian", "log_softmax", (i, j), ((z, LOGITS),), by_jacrev(), "jax.jacrev"
+        ),
+      ),
       role="result",
     ),
     Step(
@@ -237,6 +276,11 @@ def log_softmax_derivation() -> Derivation:
         ),
       ),
       name="vjp",
+      agrees=(
+        Numeric(
+          "VJP", "log_softmax", (j,), ((z, LOGITS), (g, COTANGENT)), by_vjp(), "jax.vjp"
+        ),
+      ),
       role="vjp",
     ),
   )
@@ -283,6 +327,9 @@ def logsumexp_derivation() -> Derivation:
         ),
       ),
       name="gradient",
+      agrees=(
+        Numeric("gradient", "logsumexp", (i,), ((z, LOGITS),), by_grad(), "jax.grad"),
+      ),
       role="result",
     ),
     Step(
@@ -298,6 +345,11 @@ def logsumexp_derivation() -> Derivation:
         ),
       ),
       name="hessian",
+      agrees=(
+        Numeric(
+          "Hessian", "logsumexp", (i, j), ((z, LOGITS),), by_hessian(), "jax.hessian"
+        ),
+      ),
       role="result",
     ),
     Step(
@@ -306,6 +358,11 @@ def logsumexp_derivation() -> Derivation:
       Chain(label(r"\bar{z}_{i}"), gs * D(lse_z, z[i]), gs * a[i]),
       (General(), vjp_check(_lse_explicit, z, gs)),
       name="vjp",
+      agrees=(
+        Numeric(
+          "VJP", "logsumexp", (i,), ((z, LOGITS), (gs, COTANGENT)), by_vjp(), "jax.vjp"
+        ),
+      ),
       role="vjp",
     ),
   )
@@ -436,3 +493,104 @@ def derivations() -> tuple[Derivation, ...]:
     logsumexp_derivation(),
     logsumexp_b_derivation(),
   )
+
+
+# ---------------------------------------------------------------------------
+# Options, edges and dtypes: the cases jaxsmx's VJPs must agree on.
+
+
+def _softmax_cases(by_key, fn, key, index):
+  vjp = term(by_key[key], "vjp", (z, "x"), (g, "cot"), index=index)
+
+  def plain(rng):
+    return Problem({"x": logits(rng)}, {}, rng.standard_normal((ROWS, CLASSES)))
+
+  def where(rng):
+    m = class_mask(rng)
+    return Problem(
+      {"x": logits(rng)}, {"where": m}, rng.standard_normal(m.shape), keep=m
+    )
+
+  def per_row(rng):
+    m = row_mask()[:, None]
+    return Problem(
+      {"x": logits(rng)}, {"where": m}, rng.standard_normal((ROWS, CLASSES)), keep=m
+    )
+
+  def neg_inf(rng):
+    x = logits(rng)
+    x[:, 2] = -np.inf
+    x[-1] = -np.inf  # an all -inf slice
+    last = np.arange(ROWS) == ROWS - 1
+    if fn == "softmax":  # softmax of an empty slice is 0, and so its gradient
+      return Problem({"x": x}, {}, rng.standard_normal(x.shape), zero=last)
+
+    def fix(e, prob):  # log_softmax: a = 0 there, so the closed form is g
+      e = e.copy()
+      e[last] = prob.cot[last]
+      return e
+
+    return Problem(
+      {"x": x}, {}, rng.standard_normal(x.shape), keep=~last[:, None], fix=fix
+    )
+
+  return [
+    Case(fn, "plain", "x", plain, vjp),
+    Case(fn, "where per class, empty slice", "x", where, vjp),
+    Case(fn, "where per example", "x", per_row, vjp),
+    Case(fn, "-inf logits, all -inf slice", "x", neg_inf, vjp),
+  ]
+
+
+def _lse_cases(by_key):
+  vjp = term(by_key["logsumexp"], "vjp", (z, "a"), (gs, "cot"))
+  vz = term(by_key["logsumexp_b"], "vjp_z", (z, "a"), (bb, "b"), (gs, "cot"))
+  vb = term(by_key["logsumexp_b"], "vjp_b", (z, "a"), (bb, "b"), (gs, "cot"))
+
+  def plain(rng):
+    return Problem({"a": logits(rng)}, {"axis": -1}, cotangent(rng))
+
+  def where(rng):
+    m = class_mask(rng)
+    return Problem({"a": logits(rng)}, {"axis": -1, "where": m}, cotangent(rng), keep=m)
+
+  def with_b(rng):
+    b = rng.uniform(0.2, 2.0, (ROWS, CLASSES))
+    return Problem({"a": logits(rng), "b": b}, {"axis": -1}, cotangent(rng))
+
+  def signed_b(rng):
+    b = rng.uniform(0.2, 2.0, (ROWS, CLASSES))
+    b[1] *= -1.0  # a negative sum: log|S| and sign -1
+    b[2, :2] *= -1.0
+    return Problem(
+      {"a": logits(rng), "b": b}, {"axis": -1, "return_sign": True}, cotangent(rng)
+    )
+
+  def b_where(rng):
+    m = class_mask(rng)
+    b = rng.uniform(0.2, 2.0, (ROWS, CLASSES))
+    return Problem(
+      {"a": logits(rng), "b": b}, {"axis": -1, "where": m}, cotangent(rng), keep=m
+    )
+
+  fn = "logsumexp"
+  return [
+    Case(fn, "plain", "a", plain, vjp),
+    Case(fn, "where per class, empty slice", "a", where, vjp),
+    Case(fn, "b", "a", with_b, vz),
+    Case(fn, "b", "b", with_b, vb),
+    Case(fn, "b of both signs, return_sign", "a", signed_b, vz),
+    Case(fn, "b of both signs, return_sign", "b", signed_b, vb),
+    Case(fn, "b, where per class", "a", b_where, vz),
+    Case(fn, "b, where per class", "b", b_where, vb),
+  ]
+
+
+def cases(by_key) -> list[Case]:
+  """softmax, log_softmax and logsumexp under every option and edge."""
+  base = (
+    _softmax_cases(by_key, "softmax", "softmax", i)
+    + _softmax_cases(by_key, "log_softmax", "log_softmax", j)
+    + _lse_cases(by_key)
+  )
+  return base + with_dtypes(base)

@@ -14,9 +14,9 @@ import pytest
 import sympy as sp
 
 from derivations import __main__ as cli
-from derivations import _core, all_derivations
+from derivations import all_derivations, engine
 from derivations import report as rep
-from derivations._core import (
+from derivations.engine import (
   Chain,
   Concrete,
   Context,
@@ -133,8 +133,8 @@ def test_seed_steps_appear_in_order(full_report):
 def test_wrong_symbolic_step_is_caught():
   right = Step("i = j", eq(D(a[i], z[i]), Dot(a[i], 1 - a[i])), (General(),))
   wrong = Step("i = j", eq(D(a[i], z[i]), Dot(a[i], 1 + a[i])), (General(),))
-  assert _core.check_step(right, CTX).ok
-  result = _core.check_step(wrong, CTX)
+  assert engine.check_step(right, CTX).ok
+  result = engine.check_step(wrong, CTX)
   assert not result.ok
   assert "residual" in result.verdicts[0].detail
 
@@ -142,11 +142,11 @@ def test_wrong_symbolic_step_is_caught():
 def test_wrong_case_assumption_is_caught():
   # The i != j case without its assumption is false: it misses delta_ij a_i.
   step = Step("i != j", eq(D(a[j], z[i]), -a[i] * a[j]), (General(),))
-  assert not _core.check_step(step, CTX).ok
+  assert not engine.check_step(step, CTX).ok
   step = Step(
     "i != j", eq(D(a[j], z[i]), -a[i] * a[j]), (General(((delta(i, j), 0),)),)
   )
-  assert _core.check_step(step, CTX).ok
+  assert engine.check_step(step, CTX).ok
 
 
 def test_wrong_link_in_a_chain_is_caught():
@@ -154,8 +154,8 @@ def test_wrong_link_in_a_chain_is_caught():
     D(a[i], z[j]), Dot(a[i], delta(i, j) - a[j]), a[i] * delta(i, j) - a[i] * a[j]
   )
   bad = Chain(D(a[i], z[j]), Dot(a[i], delta(i, j) - a[j]), a[i] * delta(i, j) - a[j])
-  assert _core.check_step(Step("", ok, (General(),)), CTX).ok
-  verdict = _core.check_step(Step("", bad, (General(),)), CTX).verdicts[0]
+  assert engine.check_step(Step("", ok, (General(),)), CTX).ok
+  verdict = engine.check_step(Step("", bad, (General(),)), CTX).verdicts[0]
   assert not verdict.ok and verdict.detail.startswith("link 2")
 
 
@@ -176,22 +176,22 @@ def test_concrete_check_catches_a_wrong_jacobian():
 def test_kronecker_sums_close():
   f = sp.Function("f")
   s = summation(delta(i, k) * f(k) + 3 * a[k], k)
-  closed = _core.close_sums(s)
+  closed = engine.close_sums(s)
   assert closed == f(i) + 3 * summation(a[k], k)
   # the same sum under another index name cancels after canonical renaming
   diff = summation(a[j], j) - summation(a[k], k)
-  assert _core.canonical_dummies(diff) == 0
-  assert _core.is_zero(summation(delta(i, k) * a[k], k) - a[i])
-  assert not _core.is_zero(summation(delta(i, k) * a[k], k) - a[j])
+  assert engine.canonical_dummies(diff) == 0
+  assert engine.is_zero(summation(delta(i, k) * a[k], k) - a[i])
+  assert not engine.is_zero(summation(delta(i, k) * a[k], k) - a[j])
 
 
 def test_general_n_specialises_to_matrix_jacobian():
   d = all_derivations()[0]
   formula = d.step("jacobian").formula
   for size in range(1, 9):
-    mine = _core.specialise_matrix(formula, d.ctx, size, (i, j))
+    mine = engine.specialise_matrix(formula, d.ctx, size, (i, j))
     ref = explicit_softmax(size).jacobian(vec(z, size))
-    assert all(_core.concrete_zero(e) for e in mine - ref)
+    assert all(engine.concrete_zero(e) for e in mine - ref)
 
 
 def test_sum_over_n_is_symbolic():

@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 
 import jaxsmx
-from derivations import cases, mutate
+from derivations import cases as all_cases
+from derivations import mutate
+from derivations.agreement import cases
 
 
 def _kl_forgetting_the_cotangent():
@@ -39,7 +41,7 @@ def _kl_forgetting_the_cotangent():
 
 
 def test_plain_cases_pass_on_jaxsmx():
-  chosen = [c for c in cases.cases() if c.function == "kl_divergence"]
+  chosen = [c for c in all_cases() if c.function == "kl_divergence"]
   chosen = [c for c in chosen if "where" not in c.option]
   results = cases.run_cases(chosen)
   assert all(r.ok for r in results), [(r.case.name, cases.bound(r)) for r in results]
@@ -48,7 +50,7 @@ def test_plain_cases_pass_on_jaxsmx():
 def test_a_rule_that_forgets_the_cotangent_is_caught():
   chosen = [
     c
-    for c in cases.cases()
+    for c in all_cases()
     if c.function == "kl_divergence" and c.option == "plain" and c.dtype == "float64"
   ]
   results = cases.run_cases(chosen, {"kl_divergence": _kl_forgetting_the_cotangent()})
@@ -77,7 +79,7 @@ def test_a_gradient_in_the_wrong_dtype_is_caught():
 
   chosen = [
     c
-    for c in cases.cases()
+    for c in all_cases()
     if c.function == "softmax_cross_entropy"
     and c.option == "plain"
     and c.dtype == "float32"
@@ -93,7 +95,7 @@ def test_a_gradient_in_the_wrong_dtype_is_caught():
 
 def test_every_function_is_run_with_its_options():
   by_fn: dict[str, set[str]] = {}
-  for c in cases.cases():
+  for c in all_cases():
     by_fn.setdefault(c.function, set()).add(c.option)
   assert set(by_fn) == set(jaxsmx.__all__)
   for fn, options in by_fn.items():
@@ -132,36 +134,36 @@ def test_a_sample_of_mutations_is_caught():
 def test_a_wrong_displayed_definition_is_caught():
   import sympy as sp
 
-  from derivations import _core
-  from derivations.numeric import LOGITS, AgreesWithJax
+  from derivations import engine
+  from derivations.agreement.numeric import LOGITS, AgreesWithJax
   from derivations.softmax import SOFTMAX_CTX, S
 
-  z, i = _core.z, _core.i
+  z, i = engine.z, engine.i
   agrees = AgreesWithJax(lambda jx, x: jx.softmax(x), ((z, LOGITS),))
-  right = _core.Step(
-    "", _core.eq(_core.a[i], sp.exp(z[i]) / S), (agrees,), role="definition"
+  right = engine.Step(
+    "", engine.eq(engine.a[i], sp.exp(z[i]) / S), (agrees,), role="definition"
   )
-  wrong = _core.Step(
-    "", _core.eq(_core.a[i], sp.exp(-z[i]) / S), (agrees,), role="definition"
+  wrong = engine.Step(
+    "", engine.eq(engine.a[i], sp.exp(-z[i]) / S), (agrees,), role="definition"
   )
-  assert _core.check_step(right, SOFTMAX_CTX).ok
-  verdicts = _core.check_step(wrong, SOFTMAX_CTX).verdicts
+  assert engine.check_step(right, SOFTMAX_CTX).ok
+  verdicts = engine.check_step(wrong, SOFTMAX_CTX).verdicts
   assert [v.ok for v in verdicts] == [False, False]  # Defines, AgreesWithJax
 
 
 def test_masked_forms_reduce_and_a_wrong_mask_rule_is_caught():
-  from derivations import _core, masks
+  from derivations import engine, masks
 
   d = masks.masks_derivation()
-  assert all(r.ok for r in _core.check_derivation(d))
-  k, j, a, g = _core.k, _core.j, _core.a, masks.g_
+  assert all(r.ok for r in engine.check_derivation(d))
+  k, j, a, g = engine.k, engine.j, engine.a, masks.g_
   # the masked VJP with sum(g) in place of <g, a>
-  wrong = _core.Step(
+  wrong = engine.Step(
     "",
-    _core.eq(
-      masks.summation(_core.Dot(g[k], _core.D(a[k], _core.z[j])), k),
-      _core.Dot(a[j], masks.Terms(g[j], -masks.summation(g[k]))),
+    engine.eq(
+      masks.summation(engine.Dot(g[k], engine.D(a[k], engine.z[j])), k),
+      engine.Dot(a[j], masks.Terms(g[j], -masks.summation(g[k]))),
     ),
-    (_core.General(),),
+    (engine.General(),),
   )
-  assert not _core.check_step(wrong, d.ctx).ok
+  assert not engine.check_step(wrong, d.ctx).ok

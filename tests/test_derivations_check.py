@@ -8,7 +8,7 @@ import pytest
 import sympy as sp
 
 from derivations import DefinitionError, check_vjp
-from derivations._core import k, n, y, z
+from derivations.engine import k, n, y, z
 
 EPS = 0.5
 S = sp.Sum(sp.exp(z[k]), (k, 1, n))

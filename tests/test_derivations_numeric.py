@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from derivations import __main__ as cli
-from derivations import all_derivations, numeric
-from derivations._core import i, j, z
+from derivations import all_derivations, numeric_checks
+from derivations.agreement import numeric
+from derivations.engine import i, j, z
 
 DERIVATIONS = {d.key: d for d in all_derivations()}
-CHECKS = {c.name: c for c in numeric.numeric_checks()}
+CHECKS = {c.name: c for c in numeric_checks()}
 
 
 def _check(key: str, what: str) -> numeric.Numeric:
@@ -108,7 +109,7 @@ def test_lambdified_general_formula():
   # a_i (delta_ij - a_j) for n = 2..4 at once, against NumPy.
   d = DERIVATIONS["softmax"]
   expr = d.step("jacobian").formula
-  from derivations import _core
+  from derivations import engine as _core
 
   expr = _core.evaluate(expr, d.ctx)
   sizes = [2, 3, 4]

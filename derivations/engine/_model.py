@@ -8,18 +8,8 @@ from typing import Any
 
 import sympy as sp
 
-from ._algebra import (
-  Context,
-  evaluate,
-  is_zero,
-  normal_form,
-)
-from ._verify import (
-  Check,
-  Verdict,
-  _sides,
-  members,
-)
+from ._algebra import Context
+from ._verify import Check, Defines, Verdict, members
 
 # ---------------------------------------------------------------------------
 # Steps and derivations.
@@ -38,6 +28,10 @@ class Step:
     role: ``"definition"``, ``"step"``, ``"result"`` (a closed form the
       library relies on) or ``"vjp"`` (the formula a bwd rule implements).
     tag: a heading that replaces the step number, e.g. "Seed step 1".
+    agrees: numeric comparisons of this step's closed form with JAX
+      autodiff of jaxsmx (:class:`derivations.agreement.Numeric`); data that
+      the agreement layer runs, all steps in one compiled batch, so
+      :func:`check_step` leaves them out.
   """
 
   label: str
@@ -47,6 +41,7 @@ class Step:
   name: str = ""
   role: str = "step"
   tag: str = ""
+  agrees: tuple[Any, ...] = ()
 
   @property
   def formula(self) -> sp.Expr:
@@ -113,24 +108,6 @@ class StepResult:
   @property
   def ok(self) -> bool:
     return all(v.ok for v in self.verdicts)
-
-
-@dataclasses.dataclass(frozen=True)
-class Defines(Check):
-  """A definition step shows the very definition the checks substitute.
-
-  The displayed right-hand side, evaluated, must equal the context's
-  definition of the left-hand side for general n; a definition displayed one
-  way and used another (softmax with :math:`e^{-z_i}` on screen) fails.
-  """
-
-  def run(self, step, ctx):
-    lhs, rhs = _sides(step.expr)
-    diff = evaluate(lhs, ctx) - evaluate(rhs, ctx)
-    method = "displayed = the definition the checks use"
-    if is_zero(diff):
-      return Verdict(True, method)
-    return Verdict(False, method, f"residual {sp.sstr(normal_form(diff))}"[:300])
 
 
 def _defined(step: Step, ctx: Context) -> bool:

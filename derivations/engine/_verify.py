@@ -1,11 +1,15 @@
-"""Checks: what proves a step (general n, concrete n, limits, definitions)."""
+"""Checks: what proves a step (general n, concrete n, limits, definitions).
+
+A check reads a step's displayed expression only; it knows nothing of the
+derivation model (:mod:`._model`), which builds on this module.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import sympy as sp
 
@@ -24,13 +28,15 @@ from ._display import (
   Ordered,
 )
 
-if TYPE_CHECKING:
-  from ._model import (
-    Step,
-  )
 
-# ---------------------------------------------------------------------------
-# Checks.
+class Shown(Protocol):
+  """What a check reads of a step: its prose and its displayed expression."""
+
+  @property
+  def label(self) -> str: ...
+
+  @property
+  def expr(self) -> sp.Basic: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +49,7 @@ class Verdict:
 class Check:
   """Something that proves (part of) a step. Subclasses implement run()."""
 
-  def run(self, step: Step, ctx: Context) -> Verdict:
+  def run(self, step: Shown, ctx: Context) -> Verdict:
     raise NotImplementedError
 
 
@@ -97,7 +103,7 @@ class Concrete(Check):
   extra: Callable[[int], Mapping[sp.Symbol, int]] | None = None
 
   def run(self, step, ctx):
-    _, rhs = _sides(step.expr)
+    _, rhs = sides(step.expr)
     for size in self.sizes:
       extra = self.extra(size) if self.extra else None
       mine = specialise_matrix(rhs, ctx, size, self.index, extra)
@@ -143,7 +149,7 @@ class Limit(Check):
   """
 
   def run(self, step, ctx):
-    lhs, rhs = _sides(step.expr)
+    lhs, rhs = sides(step.expr)
     assert isinstance(lhs, sp.Limit), "a Limit check needs a Limit lhs"
     f, x, x0, direction = lhs.args
     got = sp.limit(evaluate(f, ctx), x, x0, str(direction))
@@ -161,6 +167,25 @@ def members(expr: sp.Basic) -> tuple[sp.Expr, ...]:
   raise TypeError(f"a checked step needs an equation or a chain, got {expr!r}")
 
 
-def _sides(expr: sp.Basic) -> tuple[sp.Expr, sp.Expr]:
+def sides(expr: sp.Basic) -> tuple[sp.Expr, sp.Expr]:
+  """The first and last members of an equation or chain."""
   m = members(expr)
   return m[0], m[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Defines(Check):
+  """A definition step shows the very definition the checks substitute.
+
+  The displayed right-hand side, evaluated, must equal the context's
+  definition of the left-hand side for general n; a definition displayed one
+  way and used another (softmax with :math:`e^{-z_i}` on screen) fails.
+  """
+
+  def run(self, step, ctx):
+    lhs, rhs = sides(step.expr)
+    diff = evaluate(lhs, ctx) - evaluate(rhs, ctx)
+    method = "displayed = the definition the checks use"
+    if is_zero(diff):
+      return Verdict(True, method)
+    return Verdict(False, method, f"residual {sp.sstr(normal_form(diff))}"[:300])
