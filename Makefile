@@ -1,6 +1,8 @@
 # Two commands do the main jobs on a fresh machine with python3 and make:
 #   make report   re-derives every gradient and writes derivations/REPORT.md
-#   make test     runs the whole test suite (notebooks included)
+#   make test     runs the test suite (notebooks included) on two workers;
+#                 `make test-full` runs the CI tier it leaves out (the
+#                 installed wheel's full jaxsmx-derive run), CI runs both
 # Each sets up .venv on first use and installs only what it needs:
 # `report` the library itself (jax, sympy), `test` the test and notebook
 # extras too. `make docs` builds the documentation site into docs/_build/html,
@@ -13,7 +15,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --progress-bar on
 CORE := $(VENV)/.stamp-core
 
-.PHONY: report mutate test bench bench-quick lint docs docs-check clean
+.PHONY: report mutate test test-full bench bench-quick lint docs docs-check clean
 
 $(CORE): pyproject.toml
 	@echo "== setting up $(VENV): jaxsmx with jax and sympy (the first time takes a minute or two)"
@@ -34,8 +36,13 @@ report: $(CORE)
 mutate: $(CORE)
 	$(BIN)/python -m derivations.mutate --out derivations/MUTATIONS.md
 
+# --dist loadgroup: the tests that share an expensive fixture run on one
+# worker (tests/conftest.py), so it is built once
 test: $(VENV)/.stamp-test $(VENV)/.stamp-notebooks
-	$(BIN)/python -m pytest -n 2 --durations=10
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not full" --durations=10
+
+test-full: $(VENV)/.stamp-test
+	$(BIN)/python -m pytest -m full --durations=10
 
 bench: $(VENV)/.stamp-test
 	$(BIN)/python -m benchmarks

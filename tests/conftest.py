@@ -14,6 +14,54 @@ import numpy as np
 import pytest
 
 # ---------------------------------------------------------------------------
+# scheduling under pytest-xdist (make test: -n 2 --dist loadgroup)
+
+# Fixtures that build something expensive once (the derivation report, a
+# wheel and its venv). A worker builds each fixture it needs, so every test
+# that uses one, directly or through another fixture, is kept on one worker:
+# built once per run, not once per worker.
+SHARED_FIXTURES = ("derivation_report", "full_report", "wheel")
+
+# Tests that take tens of seconds start first, so that the two workers finish
+# together instead of one waiting on a long test picked up last. Names, not
+# markers, so that no test file has to carry a scheduling hint; one that no
+# longer exists changes nothing.
+LONG_FIRST = (
+  "tests/test_derivations_cases.py::test_a_sample_of_mutations_is_caught",
+  "tests/test_sharding.py",
+  "tests/test_notebooks.py",
+  "tests/test_benchmarks.py::test_quick_benchmark_writes_results",
+  "tests/test_derivations.py",
+  "tests/test_wheel.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    for name in SHARED_FIXTURES:
+      if name in item.fixturenames:
+        item.add_marker(pytest.mark.xdist_group(name))
+        break
+
+  def rank(item) -> int:
+    for k, prefix in enumerate(LONG_FIRST):
+      if item.nodeid.startswith(prefix):
+        return k
+    return len(LONG_FIRST)
+
+  items.sort(key=rank)  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="session")
+def derivation_report():
+  """The full derivation report (every derivation, symbolic and numeric), built
+  once per run for every test that reads it (about a minute on one core)."""
+  from derivations import report
+
+  return report.build()
+
+
+# ---------------------------------------------------------------------------
 # dtypes and float64
 
 

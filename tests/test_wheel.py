@@ -90,15 +90,59 @@ def test_installed_import_loads_neither_sympy_nor_derivations(env, tmp_path):
   assert loaded == "[]", loaded
 
 
+def _files(root: pathlib.Path) -> dict[str, bytes]:
+  return {
+    str(f.relative_to(root)): f.read_bytes()
+    for f in sorted(root.rglob("*"))
+    if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
+  }
+
+
+def test_wheel_carries_the_checkouts_code_byte_for_byte(wheel):
+  """Every file of jaxsmx/ and derivations/ is in the wheel, unchanged (the
+  derivations under the name jaxsmx_derivations), and nothing else is. With
+  the checkout's own test that the committed report is current
+  (tests/test_derivations.py), this is what makes an installed jaxsmx-derive
+  write the committed report; CI's full tier runs that whole command too
+  (test_installed_jaxsmx_derive_reproduces_the_committed_report)."""
+  with zipfile.ZipFile(wheel) as z:
+    packed = {n: z.read(n) for n in z.namelist() if not n.endswith("/")}
+  for folder, name in (("jaxsmx", "jaxsmx"), ("derivations", "jaxsmx_derivations")):
+    here = _files(REPO / folder)
+    there = {
+      n.removeprefix(f"{name}/"): b
+      for n, b in packed.items()
+      if n.startswith(f"{name}/")
+    }
+    assert sorted(there) == sorted(here), folder
+    assert all(there[n] == here[n] for n in here), folder
+
+
 def test_installed_jaxsmx_derive_writes_to_the_current_directory(env, tmp_path):
+  """The installed CLI, run from an empty directory, writes ./REPORT.md with
+  one progress line per derivation and writes nothing into site-packages.
+  One derivation stands in for the full list here (the full run is the CI
+  tier's test below). First, every module of the wheel imports installed: none
+  reaches for the checkout (an absolute ``derivations.`` import, a file left
+  out)."""
   before = {p: p.stat().st_mtime_ns for p in env["site"].rglob("*") if p.is_file()}
-  r = _run([env["bin"] / "jaxsmx-derive"], cwd=tmp_path)
+  code = """if True:
+    import importlib, pkgutil, sys
+    import jaxsmx, jaxsmx_derivations
+    for package in (jaxsmx, jaxsmx_derivations):
+      prefix = package.__name__ + "."
+      for module in pkgutil.walk_packages(package.__path__, prefix):
+        importlib.import_module(module.name)
+    from jaxsmx_derivations import __main__ as cli, all_derivations
+    one = [d for d in all_derivations() if d.key == "softmax"]
+    sys.exit(cli.main([], derivations=one, checks=[]))
+  """
+  r = _run([env["python"], "-c", code], cwd=tmp_path)
   assert r.returncode == 0, r.stdout + r.stderr
   report = tmp_path / "REPORT.md"
-  assert report.read_text(encoding="utf-8").startswith("# jaxsmx derivation report")
-  assert "all checks pass" in report.read_text(encoding="utf-8")
-  # one line per derivation, then the total time
-  assert "ok   softmax " in r.stdout and "ok   linear_softmax_cross_entropy" in r.stdout
+  text = report.read_text(encoding="utf-8")
+  assert text.startswith("# jaxsmx derivation report") and "all checks pass" in text
+  assert "ok   softmax " in r.stdout
   assert f"wrote {report} (total " in r.stdout
   # nothing was written into the installed package
   after = {p: p.stat().st_mtime_ns for p in env["site"].rglob("*") if p.is_file()}
@@ -106,9 +150,18 @@ def test_installed_jaxsmx_derive_writes_to_the_current_directory(env, tmp_path):
     p for p in after if before.get(p) != after[p] and "__pycache__" not in p.parts
   }
   assert not changed, changed
-  # the report an install writes is the committed one, byte for byte
+
+
+@pytest.mark.full
+def test_installed_jaxsmx_derive_reproduces_the_committed_report(env, tmp_path):
+  """CI's full tier (make test-full): the console script, every derivation
+  and numeric check, from the installed wheel, byte for byte the committed
+  report (about a minute on 2 cores)."""
+  r = _run([env["bin"] / "jaxsmx-derive"], cwd=tmp_path)
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "ok   softmax " in r.stdout and "ok   linear_softmax_cross_entropy" in r.stdout
   committed = (REPO / "derivations" / "REPORT.md").read_text(encoding="utf-8")
-  assert report.read_text(encoding="utf-8") == committed
+  assert (tmp_path / "REPORT.md").read_text(encoding="utf-8") == committed
 
 
 def test_installed_check_without_a_report_explains_itself(env, tmp_path):
