@@ -110,6 +110,7 @@ def softmax_entropy_derivation() -> Derivation:
         ),
       ),
       role="definition",
+      name="value",
     ),
     Step(
       "The log-softmax derivative (see that section).",
@@ -239,6 +240,7 @@ def entropy_derivation() -> Derivation:
         AgreesWithJax(lambda jx, x: jx.entropy(x), ((p, PROBS),), (), "jaxsmx.entropy"),
       ),
       role="definition",
+      name="value",
     ),
     Step(
       "The convention $0 \\log 0 = 0$ is a limit, so a zero probability "
@@ -337,6 +339,7 @@ def cross_entropy_derivation() -> Derivation:
         ),
       ),
       role="definition",
+      name="value",
     ),
     Step(
       "With respect to the true distribution.",
@@ -461,6 +464,7 @@ def kl_divergence_derivation() -> Derivation:
         ),
       ),
       role="definition",
+      name="value",
     ),
     Step(
       "A zero target contributes nothing, by the same limit as for entropy.",
@@ -588,10 +592,11 @@ def _entropy_family(by_key):
 
   tse = term(by_key["softmax_entropy"], "vjp", (z, "logits"), (gs, "cot"))
   fn = "softmax_entropy"
+  vse = term(by_key["softmax_entropy"], "value", (z, "logits"), index=None)
   out += [
-    Case(fn, "plain", "logits", se(), tse),
-    Case(fn, "where per class, empty slice", "logits", se("class"), tse),
-    Case(fn, "where per example", "logits", se("row"), tse),
+    Case(fn, "plain", "logits", se(), tse, value=vse),
+    Case(fn, "where per class, empty slice", "logits", se("class"), tse, value=vse),
+    Case(fn, "where per example", "logits", se("row"), tse, value=vse),
     Case(fn, "-inf logits, all -inf slice", "logits", se(edge=True), tse),
   ]
 
@@ -611,10 +616,11 @@ def _entropy_family(by_key):
 
   te = term(by_key["entropy"], "vjp", (p, "probs"), (gs, "cot"))
   fn = "entropy"
+  ve = term(by_key["entropy"], "value", (p, "probs"), index=None)
   out += [
-    Case(fn, "plain", "probs", ent(), te),
-    Case(fn, "where per class, empty slice", "probs", ent("class"), te),
-    Case(fn, "where per example", "probs", ent("row"), te),
+    Case(fn, "plain", "probs", ent(), te, value=ve),
+    Case(fn, "where per class, empty slice", "probs", ent("class"), te, value=ve),
+    Case(fn, "where per example", "probs", ent("row"), te, value=ve),
     Case(fn, "zero probabilities (0 log 0 = 0)", "probs", ent(edge=True), te),
   ]
 
@@ -646,6 +652,7 @@ def _entropy_family(by_key):
   fn = "cross_entropy"
   tp = term(by_key["cross_entropy"], "vjp_p", (p, "p"), (q, "q"), (gs, "cot"))
   tq = term(by_key["cross_entropy"], "vjp_q", (p, "p"), (q, "q"), (gs, "cot"))
+  vce = term(by_key["cross_entropy"], "value", (p, "p"), (q, "q"), index=None)
   for option, kw in (
     ("plain", {}),
     ("where per class, empty slice", {"where": "class"}),
@@ -655,7 +662,8 @@ def _entropy_family(by_key):
     for wrt, t_ in (("p", tp), ("q", tq)):
       build, w = two(("p", "q"), lambda r: (probs(r), probs(r)), **kw)
       w[0] = wrt
-      out.append(Case(fn, option, wrt, build, t_))
+      value = None if "edge" in kw else vce
+      out.append(Case(fn, option, wrt, build, t_, value=value))
 
   fn = "kl_divergence"
   tl = term(
@@ -672,6 +680,13 @@ def _entropy_family(by_key):
     (t, "targets"),
     (gs, "cot"),
   )
+  vkl = term(
+    by_key["kl_divergence"],
+    "value",
+    (lp, "log_predictions"),
+    (t, "targets"),
+    index=None,
+  )
   for option, kw in (
     ("plain", {}),
     ("where per class, empty slice", {"where": "class"}),
@@ -682,7 +697,8 @@ def _entropy_family(by_key):
       build, _ = two(
         ("log_predictions", "targets"), lambda r: (np.log(probs(r)), probs(r)), **kw
       )
-      out.append(Case(fn, option, wrt, build, t_))
+      value = None if "edge" in kw else vkl
+      out.append(Case(fn, option, wrt, build, t_, value=value))
   return out
 
 

@@ -167,6 +167,7 @@ def linear_cross_entropy_derivation() -> Derivation:
       "(PaLM) to the smoothed integer-label cross-entropy.",
       eq(L, Terms(C, lam * lse_z**2)),
       role="definition",
+      name="value",
     ),
     Step(
       "The soft cap's chain rule: $\\tanh' = 1 - \\tanh^2$.",

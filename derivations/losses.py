@@ -216,6 +216,7 @@ def softmax_cross_entropy_derivation() -> Derivation:
       Chain(C, summation(Cj[j], j), -summation(Dot(y[j], sp.log(a[j])), j)),
       (General(),),
       role="definition",
+      name="value",
     ),
     Step(
       "For a one-hot $y$ with its 1 at the label $\\ell$ only one term "
@@ -445,6 +446,7 @@ def label_smoothing_derivation() -> Derivation:
         ),
       ),
       (General(),),
+      name="value",
     ),
     Step(
       "The softmax cross-entropy gradient $a_i \\sum_k y_k - y_i$ with "
@@ -532,6 +534,12 @@ def soft_label_smoothing_derivation() -> Derivation:
       eq(ys[i], Terms(Dot(1 - alpha, y[i]), alpha / n)),
       role="definition",
       name="definition",
+    ),
+    Step(
+      "The loss is the cross-entropy against the smoothed labels.",
+      eq(C, -summation(Dot(ys[k], sp.log(a[k])))),
+      role="definition",
+      name="value",
     ),
     Step(
       "The gradient with respect to the logits is $a_i \\sum_k \\tilde y_k "
@@ -787,6 +795,14 @@ def _soft_ce_cases(by_key):
       term(by_key[k], "vjp_y", (z, "logits"), (y, "labels"), (gs, "cot")),
     )
 
+  def value(a_):
+    inputs = ((z, "logits"), (y, "labels"))
+    if a_:
+      return term(
+        by_key["soft_label_smoothing"], "value", *inputs, index=None, alpha=a_
+      )
+    return term(by_key["softmax_cross_entropy"], "value", *inputs, index=None)
+
   def make(where=None, smooth=0.0, edge=False):
     def build(rng):
       x, lab = logits(rng), rng.uniform(0.1, 1.0, (ROWS, CLASSES))
@@ -820,8 +836,9 @@ def _soft_ce_cases(by_key):
     ("label_smoothing, where per class", {"where": "class", "smooth": 0.2}),
   ):
     tz, ty = terms(kw.get("smooth", 0.0))
-    out.append(Case(fn, option, "logits", make(**kw), tz))
-    out.append(Case(fn, option, "labels", make(**kw), ty))
+    v = value(kw.get("smooth", 0.0))
+    out.append(Case(fn, option, "logits", make(**kw), tz, value=v))
+    out.append(Case(fn, option, "labels", make(**kw), ty, value=v))
   tz, ty = terms()
   for wrt, t_ in (("logits", tz), ("labels", ty)):
     option = "-inf logit with label 0, zero labels, empty slice"
@@ -882,9 +899,17 @@ def _int_ce_cases(by_key):
     ("ignore_index, label_smoothing", {"ignore": True, "smooth": 0.2}),
     ("-inf logits, all -inf slice", {"edge": True}),
   )
-  return [
-    Case(fn, o, "logits", make(**kw), smoothed(kw.get("smooth", 0.0))) for o, kw in rows
-  ]
+
+  def value(a_):
+    d = by_key["label_smoothing"]
+    return term(d, "value", (z, "logits"), index=None, alpha=a_)
+
+  out = []
+  for o, kw in rows:
+    a_ = kw.get("smooth", 0.0)
+    v = None if kw.get("edge") else value(a_)
+    out.append(Case(fn, o, "logits", make(**kw), smoothed(a_), value=v))
+  return out
 
 
 def _bce_cases(by_key):

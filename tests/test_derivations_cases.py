@@ -167,3 +167,23 @@ def test_masked_forms_reduce_and_a_wrong_mask_rule_is_caught():
     (engine.General(),),
   )
   assert not engine.check_step(wrong, d.ctx).ok
+
+
+def test_a_forward_value_that_sums_masked_terms_is_caught():
+  def summing_masked_terms(p, q, axis=-1, where=None):
+    right = jaxsmx.cross_entropy(p, q, axis=axis, where=where)
+    unmasked = jaxsmx.cross_entropy(p, q, axis=axis)
+    return right + jax.lax.stop_gradient(unmasked - right)  # gradient unchanged
+
+  chosen = [
+    c
+    for c in all_cases()
+    if c.function == "cross_entropy"
+    and c.option == "where per class, empty slice"
+    and c.dtype == "float64"
+  ]
+  assert chosen and all(c.value is not None for c in chosen)
+  assert all(r.ok for r in cases.run_cases(chosen))
+  wrong = cases.run_cases(chosen, {"cross_entropy": summing_masked_terms})
+  assert [r.ok for r in wrong] == [False] * len(chosen)
+  assert all(r.detail.startswith("value differs") for r in wrong)

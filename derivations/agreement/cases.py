@@ -59,7 +59,7 @@ class Term:
   key: str
   step: str
   inputs: tuple[tuple[Any, str], ...]
-  index: sp.Symbol = i
+  index: sp.Symbol | None = i
   params: tuple[tuple[sp.Symbol, float], ...] = ()
   derivation: Derivation | None = dataclasses.field(
     default=None, compare=False, repr=False
@@ -78,6 +78,13 @@ class Case:
     term: the closed form the gradient must equal.
     dtype: the floating dtype of the differentiable inputs.
     other_dtype: the dtype of the other floating input (mixed precision).
+    expect: ``problem -> gradient`` where ``term`` does not say it alone.
+    value: the function's value must equal this too: a scalar definition
+      (a :class:`Term` with ``index=None``, evaluated per row on the kept
+      classes by :func:`sliced_value`) or ``problem -> value``.
+    tolerance: replaces the dtype's tolerance :data:`EPS` (a bound derived
+      for the case, e.g. from the dtype and the sizes).
+    path: the kernel path the case must take (the fused loss), or "".
   """
 
   function: str
@@ -88,6 +95,9 @@ class Case:
   dtype: str = "float64"
   other_dtype: str | None = None
   expect: Callable[..., np.ndarray] | None = None
+  value: Term | Callable[..., np.ndarray] | None = None
+  tolerance: float | None = None
+  path: str = ""
 
   @property
   def name(self) -> str:
@@ -156,7 +166,7 @@ def cotangent(rng, rows=ROWS):
 
 
 @functools.cache
-def _lambdified(term: Term, width: int):
+def _lambdified(term: Term, rows: int, width: int):
   d = term.derivation
   if d is None:
     raise ValueError(
@@ -166,11 +176,17 @@ def _lambdified(term: Term, width: int):
   expr = evaluate(step.formula, step.ctx or d.ctx)
   expr = expr.xreplace({s: sp.Float(v, 17) for s, v in term.params})
   bases = [b for b, _ in term.inputs]
-  return lambdify_general(expr, (term.index,), bases, ROWS, width, numpy=True)
+  free = () if term.index is None else (term.index,)
+  return lambdify_general(expr, free, bases, rows, width, numpy=True)
 
 
-def sliced(term: Term, prob: Problem) -> np.ndarray:
-  """The closed form on each row's kept classes, 0 elsewhere."""
+def _on_slices(term: Term, prob: Problem):
+  """The term evaluated on each row's kept classes, in kept order.
+
+  Returns ``(out, order, counts)``: ``out`` is ``[rows, width]`` (or
+  ``[rows]`` for a scalar term) over the first ``counts[r]`` entries of row
+  ``r``, whose classes are ``order[r, :counts[r]]``.
+  """
   first = next(prob.args[s] for b, s in term.inputs if isinstance(b, sp.IndexedBase))
   rows, width = first.shape
   keep = np.ones((rows, width), bool) if prob.keep is None else prob.keep
@@ -191,7 +207,14 @@ def sliced(term: Term, prob: Problem) -> np.ndarray:
   if prob.ell is not None:
     pos = np.argmax(order == np.asarray(prob.ell)[:, None], axis=1)
     ell = pos + 1
-  out = _lambdified(term, width)(np.maximum(counts, 1), ell, *arrays)
+  out = _lambdified(term, rows, width)(np.maximum(counts, 1), ell, *arrays)
+  return out, order, counts
+
+
+def sliced(term: Term, prob: Problem) -> np.ndarray:
+  """The closed form on each row's kept classes, 0 elsewhere."""
+  out, order, counts = _on_slices(term, prob)
+  rows, width = order.shape
   full = np.zeros((rows, width))
   for r in range(rows):
     full[r, order[r, : counts[r]]] = out[r, : counts[r]]
@@ -203,6 +226,18 @@ def sliced(term: Term, prob: Problem) -> np.ndarray:
   if prob.fix is not None:
     full = prob.fix(full, prob)
   return full
+
+
+def sliced_value(term: Term, prob: Problem) -> np.ndarray:
+  """A scalar definition on each row's kept classes: ``[rows]``.
+
+  A row with nothing kept, an ignored row and a dropped row give 0.
+  """
+  out, _, counts = _on_slices(term, prob)
+  out = np.where(counts == 0, 0.0, np.reshape(out, counts.shape))
+  if prob.zero is not None:
+    out = np.where(np.asarray(prob.zero), 0.0, out)
+  return out
 
 
 def expected(case: Case, prob: Problem) -> np.ndarray:
@@ -259,7 +294,7 @@ class CaseResult:
   @property
   def ok(self) -> bool:
     return (
-      not self.detail and self.dtype_ok and bool(self.error <= EPS[self.case.dtype])
+      not self.detail and self.dtype_ok and bool(self.error <= tolerance(self.case))
     )
 
 
@@ -386,35 +421,63 @@ def _compare(case: Case, prob: Problem, value, grad) -> CaseResult:
   try:
     with np.errstate(all="ignore"):  # the references reach inf at the edges
       want = np.asarray(expected(case, prob), np.float64)
+      want_value = _expected_value(case, prob)
   except Exception as e:
     return CaseResult(
       case, float("nan"), False, f"reference: {type(e).__name__}: {e}"[:200]
     )
-  got = np.asarray(grad.astype("float64"))
   dt_ok = str(grad.dtype) == case.dtype and str(value.dtype) == _result_dtype(
     case, prob
   )
-  if got.shape != want.shape:
-    return CaseResult(case, float("nan"), dt_ok, f"shape {got.shape} vs {want.shape}")
   if not dt_ok:
     want_dt = _result_dtype(case, prob)
     detail = f"dtypes {value.dtype}, {grad.dtype}; want {want_dt}, {case.dtype}"
     return CaseResult(case, float("nan"), False, detail)
+  err, why = _error(np.asarray(grad.astype("float64")), want, "gradient")
+  if why:
+    return CaseResult(case, err, dt_ok, why)
+  if want_value is not None:
+    got_value = np.asarray(value.astype("float64"))
+    err_v, why = _error(got_value, want_value, "value")
+    if why:
+      return CaseResult(case, err_v, dt_ok, why)
+    if err_v > tolerance(case):
+      return CaseResult(case, err_v, dt_ok, f"value differs by {err_v:.1e}")
+  return CaseResult(case, err, dt_ok)
+
+
+def _expected_value(case: Case, prob: Problem) -> np.ndarray | None:
+  if case.value is None:
+    return None
+  if isinstance(case.value, Term):
+    return sliced_value(case.value, prob)
+  return np.asarray(case.value(prob), np.float64)
+
+
+def _error(got: np.ndarray, want: np.ndarray, what: str) -> tuple[float, str]:
+  """``max |got - want| / max(1, |want|)``, or NaN and why it is not comparable."""
+  if got.shape != want.shape:
+    return float("nan"), f"{what}: shape {got.shape} vs {want.shape}"
   if np.isnan(got).any():
-    return CaseResult(case, float("nan"), dt_ok, "NaN in the gradient")
+    return float("nan"), f"NaN in the {what}"
   inf = np.isinf(want)
   if not np.array_equal(got[inf], want[inf]) or np.isinf(got[~inf]).any():
-    return CaseResult(case, float("inf"), dt_ok, "infinities differ")
+    return float("inf"), f"{what}: infinities differ"
   fin = ~inf
   err = np.abs(got[fin] - want[fin]) / np.maximum(1.0, np.abs(want[fin]))
-  return CaseResult(case, float(err.max()) if err.size else 0.0, dt_ok)
+  return (float(err.max()) if err.size else 0.0), ""
+
+
+def tolerance(case: Case) -> float:
+  """The case's own tolerance, or its dtype's."""
+  return EPS[case.dtype] if case.tolerance is None else case.tolerance
 
 
 def bound(r: CaseResult) -> str:
   """The error as a bound that does not change between machines."""
   if r.detail:
     return r.detail
-  eps = EPS[r.case.dtype]
+  eps = tolerance(r.case)
   if r.error <= eps:
     return f"≤ {eps:.0e}"
   return f"{r.error:.1e}"
