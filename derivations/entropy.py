@@ -569,6 +569,17 @@ def derivations() -> tuple[Derivation, ...]:
 # Options, edges and dtypes: the cases jaxsmx's VJPs must agree on.
 
 
+def _second_order(build):
+  """The problem of ``build`` with a random direction for a second-order case."""
+
+  def with_direction(rng):
+    prob = build(rng)
+    prob.direction = rng.standard_normal(prob.args["logits"].shape)
+    return prob
+
+  return with_direction
+
+
 def _entropy_family(by_key):
   out = []
 
@@ -598,6 +609,14 @@ def _entropy_family(by_key):
     Case(fn, "where per class, empty slice", "logits", se("class"), tse, value=vse),
     Case(fn, "where per example", "logits", se("row"), tse, value=vse),
     Case(fn, "-inf logits, all -inf slice", "logits", se(edge=True), tse),
+    Case(
+      fn,
+      "-inf logits, all -inf slice, second order",
+      "logits",
+      _second_order(se(edge=True)),
+      term(by_key["softmax_entropy"], "hessian", (z, "logits"), index=(i, j)),
+      order=2,
+    ),
   ]
 
   def ent(where=None, edge=False):

@@ -846,6 +846,9 @@ def _soft_ce_cases(by_key):
   return out
 
 
+NARROW_CLASSES = 300  # more classes than a uint8 or int8 label can name
+
+
 def _int_ce_cases(by_key):
   fn = "softmax_cross_entropy_with_integer_labels"
 
@@ -854,10 +857,21 @@ def _int_ce_cases(by_key):
       by_key["label_smoothing"], "vjp_z", (z, "logits"), (gs, "cot"), alpha=a_
     )
 
-  def make(smooth=0.0, where=None, ignore=False, masked_label=False, edge=False):
+  def make(
+    smooth=0.0,
+    where=None,
+    ignore=False,
+    masked_label=False,
+    edge=False,
+    narrow=None,
+  ):
     def build(rng):
-      x = logits(rng)
-      lab = rng.integers(0, CLASSES, ROWS)
+      if narrow is not None:  # (dtype, labels) against 300 classes
+        x = logits(rng, (ROWS, NARROW_CLASSES))
+        lab = np.array(narrow[1])
+      else:
+        x = logits(rng)
+        lab = rng.integers(0, CLASSES, ROWS)
       kw, keep, zero = {}, None, np.zeros(ROWS, bool)
       if smooth:
         kw["label_smoothing"] = smooth
@@ -882,7 +896,7 @@ def _int_ce_cases(by_key):
         x[-1] = -np.inf
         zero[-1] = True
       prob = Problem({"logits": x}, kw, cotangent(rng), keep=keep, zero=zero)
-      prob.kwargs["labels"] = lab.astype(np.int32)
+      prob.kwargs["labels"] = lab.astype(np.int32 if narrow is None else narrow[0])
       prob.ell = np.where(lab < 0, 0, lab)
       return prob
 
@@ -898,6 +912,8 @@ def _int_ce_cases(by_key):
     ("ignore_index", {"ignore": True}),
     ("ignore_index, label_smoothing", {"ignore": True, "smooth": 0.2}),
     ("-inf logits, all -inf slice", {"edge": True}),
+    ("uint8 labels up to 255, C = 300", {"narrow": (np.uint8, (255, 44, 130, 7))}),
+    ("int8 labels up to 127, C = 300", {"narrow": (np.int8, (127, 44, 100, 0))}),
   )
 
   def value(a_):

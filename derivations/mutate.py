@@ -51,6 +51,7 @@ BY_FILE = {
   "_sigmoid.py": SIGMOID,
   "_linear.py": LINEAR,
   "_numerics.py": SOFTMAX + ENTROPY + KL + LOSSES + LINEAR,
+  "_checks.py": INTEGER + LINEAR,  # the label bounds
 }
 
 
@@ -355,6 +356,32 @@ MUTATIONS = (
     "return e / s",
     "ratio: empty-slice guard removed",
     "guard",
+  ),
+  M(
+    "label-bound-overflow",
+    "_checks.py",
+    "  if num_classes <= info.max:\n"
+    "    in_range = in_range & (labels < np.asarray(num_classes, labels.dtype))",
+    "  if True:\n"
+    "    in_range = in_range & (labels < np.asarray(num_classes).astype(labels.dtype))",
+    "label_index: the class count cast into a narrow label dtype, no overflow guard",
+    "guard",
+  ),
+  M(
+    "log-of-sum-empty",
+    "_numerics.py",
+    "jnp.where(empty, -jnp.inf, jnp.log(jnp.where(empty, 1.0, s)))",
+    "jnp.where(empty, -jnp.inf, jnp.log(s))",
+    "log_of_sum: the empty-slice guard inside the log removed (second order)",
+    "guard",
+  ),
+  M(
+    "ce-value-mask",
+    "_entropy.py",
+    "p_, q_ = fill_masked(where, p, 0.0), fill_masked(where, q, 1.0)\n",
+    "p_, q_ = p, q\n",
+    "cross_entropy: the forward value sums masked terms",
+    "value",
   ),
   M(
     "linear-offset",

@@ -573,8 +573,17 @@ def _lse_cases(by_key):
       {"a": logits(rng), "b": b}, {"axis": -1, "where": m}, cotangent(rng), keep=m
     )
 
+  hessian = term(by_key["logsumexp"], "hessian", (z, "a"), index=(i, j))
+
+  def second_order(rng):
+    prob = where(rng)
+    prob.direction = rng.standard_normal(prob.keep.shape)
+    return prob
+
   fn = "logsumexp"
+  second = "where per class, empty slice, second order"
   return [
+    Case(fn, second, "a", second_order, hessian, order=2),
     Case(fn, "plain", "a", plain, vjp),
     Case(fn, "where per class, empty slice", "a", where, vjp),
     Case(fn, "b", "a", with_b, vz),

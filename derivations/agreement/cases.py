@@ -59,7 +59,7 @@ class Term:
   key: str
   step: str
   inputs: tuple[tuple[Any, str], ...]
-  index: sp.Symbol | None = i
+  index: sp.Symbol | tuple[sp.Symbol, ...] | None = i
   params: tuple[tuple[sp.Symbol, float], ...] = ()
   derivation: Derivation | None = dataclasses.field(
     default=None, compare=False, repr=False
@@ -85,6 +85,11 @@ class Case:
     tolerance: replaces the dtype's tolerance :data:`EPS` (a bound derived
       for the case, e.g. from the dtype and the sizes).
     path: the kernel path the case must take (the fused loss), or "".
+    order: 1 compares the VJP; 2 the gradient of the VJP's inner product
+      with the problem's ``direction`` (reverse over reverse, which
+      differentiates the fwd and bwd rules themselves, as ``jax.hessian``
+      of a composition may) with ``term``, a Hessian (two free indices)
+      contracted with the direction on each slice.
   """
 
   function: str
@@ -96,6 +101,7 @@ class Case:
   other_dtype: str | None = None
   expect: Callable[..., np.ndarray] | None = None
   value: Term | Callable[..., np.ndarray] | None = None
+  order: int = 1
   tolerance: float | None = None
   path: str = ""
 
@@ -117,6 +123,7 @@ class Problem:
     zero: ``[rows]`` rows whose gradient is 0 (ignored, dropped).
     ell: ``[rows]`` the 0-based label, or None.
     fix: documented edge values, ``(expected, problem) -> expected``.
+    direction: the direction of a second-order case.
   """
 
   args: dict[str, np.ndarray]
@@ -126,6 +133,7 @@ class Problem:
   zero: np.ndarray | None = None
   ell: np.ndarray | None = None
   fix: Callable[[np.ndarray, Problem], np.ndarray] | None = None
+  direction: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -176,7 +184,12 @@ def _lambdified(term: Term, rows: int, width: int):
   expr = evaluate(step.formula, step.ctx or d.ctx)
   expr = expr.xreplace({s: sp.Float(v, 17) for s, v in term.params})
   bases = [b for b, _ in term.inputs]
-  free = () if term.index is None else (term.index,)
+  if term.index is None:
+    free = ()
+  elif isinstance(term.index, tuple):
+    free = term.index
+  else:
+    free = (term.index,)
   return lambdify_general(expr, free, bases, rows, width, numpy=True)
 
 
@@ -240,9 +253,28 @@ def sliced_value(term: Term, prob: Problem) -> np.ndarray:
   return out
 
 
+def sliced_hvp(term: Term, prob: Problem) -> np.ndarray:
+  """A Hessian term times ``prob.direction`` on each row's kept classes.
+
+  Scaled by the row's cotangent; 0 on masked classes, empty slices and rows
+  whose cotangent is 0.
+  """
+  out, order, counts = _on_slices(term, prob)
+  rows, width = order.shape
+  direction = np.broadcast_to(np.asarray(prob.direction, np.float64), (rows, width))
+  full = np.zeros((rows, width))
+  for r in range(rows):
+    kept = order[r, : counts[r]]
+    hessian = out[r, : counts[r], : counts[r]]
+    full[r, kept] = float(prob.cot[r]) * (hessian @ direction[r, kept])
+  return full
+
+
 def expected(case: Case, prob: Problem) -> np.ndarray:
   if case.expect is not None:
     return case.expect(prob)
+  if case.order == 2:
+    return sliced_hvp(case.term, prob)
   return sliced(case.term, prob)
 
 
@@ -347,8 +379,17 @@ def _call(fn, case: Case, prob: Problem):
       return out[0] if isinstance(out, tuple) else out
 
     value, pull = jax.vjp(f, arrays[pos])
-    (grad,) = pull(jnp.asarray(prob.cot).astype(value.dtype))
-    return value, grad
+    cot = jnp.asarray(prob.cot).astype(value.dtype)
+    if case.order == 1:
+      (grad,) = pull(cot)
+      return value, grad
+
+    direction = jnp.asarray(prob.direction).astype(arrays[pos].dtype)
+
+    def along(v):  # <direction, VJP at v>; its gradient differentiates both rules
+      return jnp.sum(jax.vjp(f, v)[1](cot)[0] * direction)
+
+    return value, jax.grad(along)(arrays[pos])
 
   return run
 
