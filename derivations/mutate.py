@@ -208,8 +208,8 @@ MUTATIONS = (
   M(
     "ice-classes",
     "_integer_labels.py",
-    "spread = alpha / num_classes(z.shape, axes, where)",
-    "spread = alpha / num_classes(z.shape, axes, None)",
+    "spread = alpha / num_classes(z.shape, axes, where, z.dtype)",
+    "spread = alpha / num_classes(z.shape, axes, None, z.dtype)",
     "integer CE: C counts masked classes",
     "mask",
   ),

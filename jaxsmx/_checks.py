@@ -20,11 +20,33 @@ from jax.experimental import checkify
 Axis = int | Sequence[int] | None
 
 
+def concrete(value: object, name: str, fn: str) -> object:
+  """A static setting as a Python value, whatever a config system hands over.
+
+  NumPy scalars and concrete JAX scalars become Python scalars (arrays become
+  lists) by ``tolist``; a traced value is refused, as it cannot choose the
+  computation at trace time.
+  """
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value  # the common case, at no cost
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+      f"{fn}: {name} must be a concrete value, not a traced array: it is"
+      " fixed at trace time. Pass it as a static argument (for example with"
+      " jax.jit(..., static_argnames=...)) or close over it."
+    )
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    return value.tolist()
+  return value
+
+
 def canonical_axes(axis: Axis, ndim: int, fn: str) -> tuple[int, ...]:
   """Returns `axis` as a tuple of distinct non-negative ints, in the given order.
 
-  `None` means every axis, as in `jax.nn.softmax`.
+  `None` means every axis, as in `jax.nn.softmax`. NumPy and concrete JAX
+  integers count as ints.
   """
+  axis = concrete(axis, "axis", fn)  # pyright: ignore[reportAssignmentType]
   if axis is None:
     return tuple(range(ndim))
   if isinstance(axis, (int, np.integer)):
@@ -38,6 +60,7 @@ def canonical_axes(axis: Axis, ndim: int, fn: str) -> tuple[int, ...]:
     )
   out = []
   for a in given:
+    a = concrete(a, "axis", fn)
     if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
       raise TypeError(
         f"{fn}: every axis must be an int; got {type(a).__name__} {a!r} in"
@@ -106,15 +129,36 @@ def as_floating(x: jax.typing.ArrayLike, name: str, fn: str) -> jax.Array:
   return x
 
 
-def as_float_or_promote(x: jax.typing.ArrayLike) -> jax.Array:
-  """Converts to an array, promoting integers and bools to the default float."""
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.inexact):
-    x = x.astype(jnp.result_type(float))
-  elif jnp.issubdtype(x.dtype, jnp.complexfloating):
+@functools.cache
+def inexact_dtype(dtype) -> np.dtype:
+  """The floating dtype that jax.nn computes an input of `dtype` in.
+
+  Floating dtypes stay; booleans and integers of up to 32 bits become float32,
+  64-bit integers float64 (float32 without x64), with or without x64: JAX's
+  own rule (``jnp.promote_dtypes_inexact``), which jax.nn.softmax applies.
+  """
+  dtype = np.dtype(dtype)
+  if dtype_kind(dtype) not in ("integer", "bool"):
+    return dtype
+  wide = dtype.itemsize >= 8
+  return jax.dtypes.canonicalize_dtype(np.float64 if wide else np.float32)
+
+
+def as_inexact(x: jax.typing.ArrayLike, name: str, fn: str) -> jax.Array:
+  """Converts to an array of a floating dtype, as jax.nn does.
+
+  One rule for every input that holds logits or probabilities: floating
+  arrays stay as they are, integers and booleans are converted by
+  `inexact_dtype`, anything else (complex) is refused.
+  """
+  x = as_array(x)
+  kind = dtype_kind(x.dtype)
+  if kind in ("integer", "bool"):
+    return x.astype(inexact_dtype(x.dtype))
+  if kind != "floating":
     raise TypeError(
-      f"complex inputs are not supported; got {x.dtype}. Pass the real part"
-      " or the magnitude."
+      f"{fn}: {name} must be real (floating, integer or boolean); got"
+      f" {x.dtype} with shape {x.shape}. Pass the real part or the magnitude."
     )
   return x
 
@@ -264,13 +308,9 @@ def as_mask(
 
 
 def static_fraction(value: object, name: str, fn: str) -> float:
-  """Requires a Python number in [0, 1] (it selects the computation)."""
-  if isinstance(value, jax.core.Tracer):
-    raise TypeError(
-      f"{fn}: {name} must be a Python float, not a traced array: it is fixed"
-      " at trace time. Pass it as a static argument (for example with"
-      " jax.jit(..., static_argnames=...)) or close over it."
-    )
+  """Requires a number in [0, 1] (it selects the computation): a Python, NumPy
+  or concrete JAX scalar."""
+  value = concrete(value, name, fn)
   try:
     v = float(value)  # type: ignore[arg-type]
   except TypeError as e:
@@ -292,22 +332,26 @@ def compute_dtype(dtype) -> np.dtype:
 
 
 def static_index(value: object, name: str, fn: str) -> int | None:
-  """Requires None or a Python int (a label value fixed at trace time)."""
+  """Requires None or an int (a label value fixed at trace time): a Python,
+  NumPy or concrete JAX integer."""
+  value = concrete(value, name, fn)
   if value is None:
     return None
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise TypeError(
-      f"{fn}: {name} must be a Python int or None; got"
+      f"{fn}: {name} must be an int or None; got"
       f" {type(value).__name__} {value!r}. The usual padding value is -100."
     )
   return int(value)
 
 
 def static_flag(value: object, name: str, fn: str) -> bool:
-  """Requires a Python bool (it selects the computation at trace time)."""
+  """Requires a bool (it selects the computation at trace time): a Python,
+  NumPy or concrete JAX boolean."""
+  value = concrete(value, name, fn)
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(
-      f"{fn}: {name} must be a Python bool, True or False; got"
+      f"{fn}: {name} must be a bool, True or False; got"
       f" {type(value).__name__} {value!r}. It is fixed at trace time."
     )
   return bool(value)

@@ -76,7 +76,9 @@ def softmax_entropy(
     pass is one multiply. 16-bit logits are computed in float32; a tuple
     ``axis`` is reduced as one flattened axis.
   """
-  return _softmax_entropy_checked(as_array(logits), static_axis(axis), as_array(where))
+  return _softmax_entropy_checked(
+    as_array(logits), static_axis(axis, "softmax_entropy"), as_array(where)
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -151,7 +153,9 @@ def entropy(
     Gradient: :math:`\partial H/\partial p_i = -(\log p_i + 1)`. Residual:
     the input. 16-bit inputs are computed in float32.
   """
-  return _entropy_checked(as_array(probs), static_axis(axis), as_array(where))
+  return _entropy_checked(
+    as_array(probs), static_axis(axis, "entropy"), as_array(where)
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -239,7 +243,7 @@ def cross_entropy(
     along a mesh axis is summed over that axis.
   """
   return _cross_entropy_checked(
-    as_array(p), as_array(q), static_axis(axis), as_array(where)
+    as_array(p), as_array(q), static_axis(axis, "cross_entropy"), as_array(where)
   )
 
 

@@ -107,7 +107,7 @@ def softmax_cross_entropy_with_integer_labels(
     the logits, and the backward pass is one multiply.
   """
   fn = "softmax_cross_entropy_with_integer_labels"
-  logits = _checks.as_floating(logits, "logits", fn)
+  logits = _checks.as_inexact(logits, "logits", fn)
   axes = _checks.canonical_axes(axis, logits.ndim, fn)
   batch_shape = tuple(d for i, d in enumerate(logits.shape) if i not in axes)
   labels = _checks.as_integer_labels(labels, batch_shape, fn, logits.shape, axes)
@@ -254,17 +254,16 @@ def _integer_ce_fwd(logits, labels, where, axes, alpha, ignore_index):
   if alpha:
     lp = log_probs(z, shift, log_norm)
     kept_lp = lp if where is None else jnp.where(where, lp, 0.0)
-    mean_nll = -jnp.sum(kept_lp, axes, keepdims=True) / num_classes(
-      z.shape, axes, where
-    )
+    count = num_classes(z.shape, axes, where, z.dtype)
+    mean_nll = -jnp.sum(kept_lp, axes, keepdims=True) / count
     loss = (1.0 - alpha) * loss + alpha * mean_nll
   void = dropped | is_empty(log_norm)
   out = jnp.squeeze(_finish(loss, void, invalid), axes).astype(logits.dtype)
   # d/dz: a - (1 - alpha) * onehot - alpha / C, formed here from the one exp
   # per element, as the cotangent is one scalar per example
-  grad = ratio(e, s) - (1.0 - alpha) * onehot
+  grad = ratio(e, s) - (1.0 - alpha) * onehot.astype(z.dtype)
   if alpha:
-    spread = alpha / num_classes(z.shape, axes, where)
+    spread = alpha / num_classes(z.shape, axes, where, z.dtype)
     grad = grad - (spread if where is None else jnp.where(where, spread, 0.0))
   # saves that gradient [..., C] in the logits' dtype and two per-example
   # flags; the logits are not kept, and the bwd is one multiply

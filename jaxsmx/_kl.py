@@ -75,7 +75,10 @@ def kl_divergence(
     input that does not vary along a mesh axis is summed over that axis.
   """
   return _kl_divergence_checked(
-    as_array(log_predictions), as_array(targets), static_axis(axis), as_array(where)
+    as_array(log_predictions),
+    as_array(targets),
+    static_axis(axis, "kl_divergence"),
+    as_array(where),
   )
 
 

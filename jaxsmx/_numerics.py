@@ -138,12 +138,14 @@ def times_cotangent(g: jax.Array, d: jax.Array) -> jax.Array:
 # calling conventions: one compiled call, flattened class axes, shard_map
 
 
-def static_axis(axis):
-  """`axis` in a hashable form, so that it can be a static argument of jit."""
-  if isinstance(axis, list):
-    return tuple(axis)
-  if hasattr(axis, "tolist") and getattr(axis, "ndim", 0) > 0:  # a NumPy array
-    return tuple(axis.tolist())
+def static_axis(axis, fn: str):
+  """`axis` in a hashable form, so that it can be a static argument of jit:
+  NumPy and concrete JAX integers as ints, a list or an array as a tuple."""
+  if axis is None or type(axis) is int:
+    return axis  # the common case, at no cost
+  axis = _checks.concrete(axis, "axis", fn)
+  if isinstance(axis, (list, tuple)):
+    return tuple(_checks.concrete(a, "axis", fn) for a in axis)
   return axis
 
 
@@ -284,11 +286,12 @@ def flat_class_axes(logits, labels, where, axes):
   return logits, labels, where, (logits.ndim - 1,)
 
 
-def num_classes(shape, axes, where) -> jax.Array | int:
-  """C, or the number of unmasked classes per slice (at least 1)."""
+def num_classes(shape, axes, where, dtype) -> jax.Array | int:
+  """C, or the number of unmasked classes per slice (at least 1), in `dtype`
+  (a Python int needs no conversion: it is weakly typed)."""
   if where is None:
     return math.prod(shape[a] for a in axes)
-  count = jnp.sum(jnp.broadcast_to(where, shape), axes, keepdims=True)
+  count = jnp.sum(jnp.broadcast_to(where, shape), axes, keepdims=True, dtype=dtype)
   return jnp.maximum(count, 1)
 
 
@@ -303,7 +306,7 @@ def prepare_inputs(fn, axis, where, **arrays):
   result [..., 1] into the broadcast shape without the class axes, in the
   inputs' promoted dtype.
   """
-  xs = [_checks.as_floating(x, name, fn) for name, x in arrays.items()]
+  xs = [_checks.as_inexact(x, name, fn) for name, x in arrays.items()]
   shape = broadcast_shape(fn, **dict(zip(arrays, xs, strict=True)))
   axes = _checks.canonical_axes(axis, len(shape), fn)
   mask = elementwise_mask(fn, where, shape, axes)

@@ -57,7 +57,7 @@ def sigmoid_binary_cross_entropy(
     :math:`\partial L/\partial y = -z`. Residuals: the inputs.
   """
   fn = "sigmoid_binary_cross_entropy"
-  logits = _checks.as_floating(logits, "logits", fn)
+  logits = _checks.as_inexact(logits, "logits", fn)
   labels = _checks.as_array(labels)
   if _checks.dtype_kind(labels.dtype) not in ("bool", "integer", "floating"):
     raise TypeError(

@@ -85,7 +85,7 @@ def softmax_cross_entropy(
     labels' gradient) is never computed.
   """
   fn = "softmax_cross_entropy"
-  logits = _checks.as_floating(logits, "logits", fn)
+  logits = _checks.as_inexact(logits, "logits", fn)
   labels = _label_distribution(labels, logits, fn)
   shape = _checks.broadcast_pair(logits, labels, "logits", "labels", fn)
   axes = _checks.canonical_axes(axis, len(shape), fn)
@@ -128,7 +128,7 @@ def _softmax_ce_prepared(logits, labels, where, axes, alpha):
 def _smoothed(y, where, axes, alpha):
   """(1 - alpha) y + alpha / C over the unmasked classes, in the compute dtype."""
   if alpha:
-    y = (1.0 - alpha) * y + alpha / num_classes(y.shape, axes, where)
+    y = (1.0 - alpha) * y + alpha / num_classes(y.shape, axes, where, y.dtype)
   return _masked_labels(y, where)
 
 

@@ -79,7 +79,7 @@ def softmax(
     Gradient: :math:`\bar z = a \odot (g - \langle g, a\rangle)`; the
     residual is the output :math:`a` itself, in float32 for 16-bit logits.
   """
-  return _softmax_checked(as_array(x), static_axis(axis), as_array(where))
+  return _softmax_checked(as_array(x), static_axis(axis, "softmax"), as_array(where))
 
 
 def _prepare(fn, x, axis, where):
@@ -89,7 +89,7 @@ def _prepare(fn, x, axis, where):
   Returns (flat logits, flat mask, finish), where finish restores a [..., C]
   result to the broadcast shape, in the logits' dtype.
   """
-  x = _checks.as_float_or_promote(x)
+  x = _checks.as_inexact(x, "x", fn)
   mask = _checks.as_mask(where, np.shape(where), (), fn, per_slice=False)
   shape = broadcast_shape(fn, x=x, where=mask)
   axes = _checks.canonical_axes(axis, len(shape), fn)
@@ -168,7 +168,9 @@ def log_softmax(
     residual is softmax(z), which the forward pass forms anyway from the one
     exponential per element; masked entries get 0.
   """
-  return _log_softmax_checked(as_array(x), static_axis(axis), as_array(where))
+  return _log_softmax_checked(
+    as_array(x), static_axis(axis, "log_softmax"), as_array(where)
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -269,8 +271,14 @@ def logsumexp(
     are computed in float32, and each gradient is rounded once, to its
     input's dtype. A tuple ``axis`` is reduced as one flattened axis.
   """
+  fn = "logsumexp"
   return _logsumexp_checked(
-    as_array(a), static_axis(axis), as_array(b), keepdims, return_sign, where
+    as_array(a),
+    static_axis(axis, fn),
+    as_array(b),
+    bool(_checks.concrete(keepdims, "keepdims", fn)),
+    bool(_checks.concrete(return_sign, "return_sign", fn)),
+    where,
   )
 
 
@@ -282,7 +290,7 @@ def _logsumexp_checked(a, axis, b, keepdims, return_sign, where):
   dtype = _lse_dtype(a, b)
   # integers and booleans take the promoted dtype (as in jax.nn); complex
   # inputs are refused
-  a, b = _promoted(a, dtype), _promoted(b, dtype)
+  a, b = _promoted(a, "a", dtype), _promoted(b, "b", dtype)
   mask = _checks.as_mask(where, np.shape(where), (), fn, per_slice=False)
   shape = broadcast_shape(fn, a=a, b=b, where=mask)
   axes = () if axis == () else _checks.canonical_axes(axis, len(shape), fn)
@@ -297,17 +305,19 @@ def _logsumexp_checked(a, axis, b, keepdims, return_sign, where):
   return value
 
 
-def _promoted(x, dtype):
+def _promoted(x, name, dtype):
   """Integers and booleans in `dtype`; complex inputs are refused."""
-  if x is None or jnp.issubdtype(x.dtype, jnp.inexact):
-    return None if x is None else _checks.as_float_or_promote(x)
-  return x.astype(dtype)
+  if x is None:
+    return None
+  x = _checks.as_inexact(x, name, "logsumexp")
+  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(dtype)
 
 
 def _lse_dtype(a, b):
-  """The result dtype: a and b promoted together, inexact, as in jax.nn."""
+  """The result dtype: a and b promoted together, then made inexact by
+  jax.nn's rule (int32 gives float32, also under x64)."""
   dtype = jnp.result_type(a) if b is None else jnp.result_type(a, b)
-  return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.result_type(float)
+  return _checks.inexact_dtype(dtype)
 
 
 def _lse_stats(a, b, where):
