@@ -8,6 +8,9 @@ r"""The fused linear cross-entropy: soft cap, z-loss, the matmul, and reductions
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import numpy as np
 import sympy as sp
 
@@ -19,6 +22,7 @@ from .agreement.cases import (
   cotangent,
   logits,
   sliced,
+  sliced_value,
   term,
   with_dtypes,
 )
@@ -345,125 +349,270 @@ def derivations() -> tuple[Derivation, ...]:
 
 
 # ---------------------------------------------------------------------------
-# Options, chunks and dtypes: the cases jaxsmx's VJPs must agree on.
+# Options, chunks, reductions, kernel paths and dtypes: the cases jaxsmx's
+# VJPs must agree on.
+#
+# Each case is one call of the fused loss on x [N, H] @ w [H, V] + bias. The
+# expected gradients are the closed forms above, on the logits u = x w + b:
+# per row, dL/du (grad_u) and L (value) on the classes the mask keeps, then
+# the reduction's step (linear_reduced) and the matmul's (x̄ = ū Wᵀ,
+# W̄ = xᵀ ū, b̄ = Σ ū).
 
 
-HIDDEN = 3
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The shape and options of one fused-loss problem."""
+
+  rows: int = ROWS
+  vocab: int = 7
+  hidden: int = 3
+  chunk: int | None = None
+  bias: bool = True
+  where: bool = False
+  ignore: bool = False
+  smooth: float = 0.0
+  zl: float = 0.0
+  softcap: float | None = None
+  reduction: str = "none"
+  weights: bool = False
+  labels: tuple[str, tuple[int, ...]] | None = None  # (dtype, values)
+  cancel: bool = False  # w with a common part per row: x̄ = ū Wᵀ cancels
 
 
-def _linear_cases(by_key):
+def _build(setup: Setup):
+  def build(rng):
+    n, v = setup.rows, setup.vocab
+    x = logits(rng, (n, setup.hidden)) / 2
+    w = logits(rng, (setup.hidden, v)) / 2
+    if setup.cancel:  # rows of d sum to ~0, so a common part of w cancels in x̄
+      w = w / 8 + 2.0 * rng.choice((-1.0, 1.0), (setup.hidden, 1))
+    args = {"x": x, "w": w}
+    if setup.labels is None:
+      lab = rng.integers(0, v, n)
+    else:
+      lab = np.resize(np.array(setup.labels[1]), n)
+    kw = {
+      "label_smoothing": setup.smooth,
+      "z_loss": setup.zl,
+      "softcap": setup.softcap,
+      "chunk_size": setup.chunk,
+      "reduction": setup.reduction,
+    }
+    keep, zero = None, np.zeros(n, bool)
+    if setup.bias:
+      args["bias"] = logits(rng, (v,)) / 2
+    if setup.where:
+      m = rng.uniform(size=v) < 0.7
+      m[0], m[1] = True, False
+      m[-1] = False  # the last column of the last (short) chunk
+      lab = np.where(m[lab], lab, 0)
+      lab[1] = 1  # a masked target: the row is dropped
+      zero[1] = True
+      kw["where"] = m
+      keep = np.broadcast_to(m, (n, v))
+    if setup.ignore:
+      kw["ignore_index"] = -1
+      lab[2] = -1
+      zero[2] = True
+    if setup.weights:
+      args["weights"] = rng.uniform(0.5, 2.0, n)
+    dtype = np.int32 if setup.labels is None else setup.labels[0]
+    kw["labels"] = lab.astype(dtype)
+    if setup.reduction == "none":
+      cot = cotangent(rng, n)
+    else:
+      cot = np.asarray(rng.standard_normal())
+    ell = np.where(lab < 0, 0, lab)
+    return Problem(args, kw, cot, keep=keep, zero=zero, ell=ell)
+
+  return build
+
+
+def _reference(by_key, setup: Setup, prob: Problem) -> dict[str, np.ndarray]:
+  """The expected value and gradients of one problem, from the closed forms."""
+  params = dict(alpha=setup.smooth, lam=setup.zl, cap=setup.softcap or NO_CAP)
+  d = by_key[LINEAR]
+  grad_u = term(d, "grad_u", (u, "u"), **params)
+  value = term(d, "value", (u, "u"), index=None, **params)
+  x, w = prob.args["x"], prob.args["w"]
+  n = x.shape[0]
+  b = prob.args.get("bias", np.zeros(w.shape[1]))
+  per_row = Problem(
+    {"u": x @ w + b}, {}, np.ones(n), keep=prob.keep, zero=prob.zero, ell=prob.ell
+  )
+  dl_du, losses = sliced(grad_u, per_row), sliced_value(value, per_row)
+  omega = prob.args.get("weights", np.ones(n))
+  counted = ~np.asarray(prob.zero)
+  if setup.reduction == "none":
+    cot = prob.cot
+    r, out, d_omega = cot * omega, omega * losses, cot * losses
+  else:
+    cot = float(prob.cot)
+    total = 1.0 if setup.reduction == "sum" else omega[counted].sum() or 1.0
+    mean = float(np.sum(omega * losses)) / total
+    r = cot * omega / total
+    out = np.asarray(mean if setup.reduction == "mean" else total * mean)
+    # the quotient rule: d/dω_n of Σ ω L / Σ ω = (L_n - [n counts] M) / D
+    subtract = mean if setup.reduction == "mean" else 0.0
+    d_omega = cot * (losses - counted * subtract) / total
+  ubar = r[:, None] * dl_du
+  return {
+    "value": out,
+    "ubar": ubar,
+    "x": ubar @ w.T,
+    "w": x.T @ ubar,
+    "bias": ubar.sum(0),
+    "weights": d_omega,
+  }
+
+
+UNIT_ROUNDOFF = {"bfloat16": 2.0**-8, "float16": 2.0**-11, "float32": 2.0**-24}
+
+
+def bound_16(setup: Setup, dtype: str, wrt: str, reference):
+  r"""The error a right 16-bit backward pass can make, entry by entry.
+
+  With :math:`u` the 16-bit unit roundoff and :math:`\epsilon` float32's, the
+  kernel splits the float32 :math:`d` of each chunk into 16-bit parts
+  :math:`d = h + l + O(u^2 |d|)`, multiplies each exactly in float32, sums
+  :math:`K` products (:math:`K` = V for x̄, N for W̄ and b̄) and rounds the
+  result to 16 bits:
+
+  .. math:: |\text{got} - \text{want}| \le r\,u\,|\text{want}|
+     + \big(u^2 + (K + 4H + 16)\,\epsilon\big) \sum_k |a_k|\,|d_k|
+
+  with :math:`r` roundings of the result (1; 2 for a reduced loss, whose
+  gradient is formed in the forward pass and scaled by :math:`g` after), and
+  where the sum is that of the product's terms in absolute value (``|d| |W|ᵀ``
+  for x̄, ``|x|ᵀ |d|`` for W̄, ``Σ |d|`` for b̄) and :math:`4H + 16`
+  covers the float32 logits and softmax that form :math:`d`. Without the
+  low part :math:`l` the error is :math:`O(u)` times that sum, which the
+  cancelling problems (``Setup.cancel``) make far larger than :math:`u`
+  times the result.
+  """
+  u16, e32 = UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF["float32"]
+  k = {"x": setup.vocab, "w": setup.rows, "bias": setup.rows}[wrt]
+  gamma = u16**2 + (k + 4 * setup.hidden + 16) * e32
+
+  # the reduced loss forms its gradient in the forward pass, rounded, and
+  # scales it by g in the backward pass, rounded again
+  roundings = 1 if setup.reduction == "none" else 2
+
+  def tol(prob, want):
+    ref = reference(prob)
+    a_ubar = np.abs(ref["ubar"])
+    x, w = np.abs(prob.args["x"]), np.abs(prob.args["w"])
+    size = {"x": a_ubar @ w.T, "w": x.T @ a_ubar, "bias": a_ubar.sum(0)}[wrt]
+    return roundings * u16 * np.abs(want) + gamma * size + np.finfo(np.float64).tiny
+
+  return tol
+
+
+def _cases_of(by_key, option: str, setup: Setup, wrts=None, **extra) -> list[Case]:
   fn = "linear_softmax_cross_entropy"
-
-  def make(
-    vocab=7,
-    chunk=None,
-    bias=True,
-    where=False,
-    ignore=False,
-    smooth=0.0,
-    zl=0.0,
-    softcap=None,
-    reduction="none",
-    weights=False,
-  ):
-    def build(rng):
-      x = logits(rng, (ROWS, HIDDEN)) / 2
-      w = logits(rng, (HIDDEN, vocab)) / 2
-      args = {"x": x, "w": w}
-      lab = rng.integers(0, vocab, ROWS)
-      kw = {
-        "label_smoothing": smooth,
-        "z_loss": zl,
-        "softcap": softcap,
-        "chunk_size": chunk,
-        "reduction": reduction,
-      }
-      keep, zero = None, np.zeros(ROWS, bool)
-      if bias:
-        args["bias"] = logits(rng, (vocab,)) / 2
-      if where:
-        m = rng.uniform(size=vocab) < 0.7
-        m[0], m[1] = True, False
-        m[-1] = False  # the last column of the last (short) chunk
-        lab = np.where(m[lab], lab, 0)
-        lab[1] = 1  # a masked target: the row is dropped
-        zero[1] = True
-        kw["where"] = m
-        keep = np.broadcast_to(m, (ROWS, vocab))
-      if ignore:
-        kw["ignore_index"] = -1
-        lab[2] = -1
-        zero[2] = True
-      if weights:
-        kw["weights"] = rng.uniform(0.5, 2.0, ROWS)
-      kw["labels"] = lab.astype(np.int32)
-      cot = cotangent(rng) if reduction == "none" else np.asarray(rng.standard_normal())
-      prob = Problem(args, kw, cot, keep=keep, zero=zero, ell=np.where(lab < 0, 0, lab))
-      return prob
-
-    return build
-
-  def expect(wrt, smooth, zl, softcap):
-    grad_u = term(
-      by_key[LINEAR], "grad_u", (u, "u"), alpha=smooth, lam=zl, cap=softcap or NO_CAP
-    )
-
-    def run(prob):
-      x, w = prob.args["x"], prob.args["w"]
-      b = prob.args.get("bias", np.zeros(w.shape[1]))
-      u = x @ w + b
-      g_ = prob.cot if prob.cot.ndim else np.full(ROWS, float(prob.cot))
-      wt = prob.kwargs.get("weights")
-      g_ = g_ * (1.0 if wt is None else wt)
-      if prob.kwargs["reduction"] == "mean":
-        counted = ~prob.zero
-        total = (np.ones(ROWS) if wt is None else wt)[counted].sum()
-        g_ = g_ / total
-      sub = Problem({"u": u}, {}, g_, keep=prob.keep, zero=prob.zero, ell=prob.ell)
-      ubar = sliced(grad_u, sub) * g_[:, None]
-      ubar[g_ == 0] = 0.0
-      return {"x": ubar @ w.T, "w": x.T @ ubar, "bias": ubar.sum(0)}[wrt]
-
-    return run
-
+  if wrts is None:
+    wrts = ("x", "w") + (("bias",) if setup.bias else ())
+    if setup.weights and setup.reduction != "none":
+      wrts += ("weights",)
+  reference = functools.partial(_reference, by_key, setup)
   out = []
+  for wrt in wrts:
+    expect = functools.partial(_pick, reference, wrt)
+    value = functools.partial(_pick, reference, "value")
+    out.append(
+      Case(fn, option, wrt, _build(setup), None, expect=expect, value=value, **extra)
+    )
+  return out
+
+
+def _pick(reference, key, prob):
+  return reference(prob)[key]
+
+
+def _option_cases(by_key) -> list[Case]:
   rows = (
-    ("one chunk", {"vocab": 6}),
-    ("chunks of 2, V = 7", {"chunk": 2}),
-    ("chunks of 3, V = 9", {"vocab": 9, "chunk": 3}),
-    ("no bias, chunks of 4", {"bias": False, "chunk": 4}),
-    ("where, chunks of 3", {"where": True, "chunk": 3}),
-    ("ignore_index, chunks of 2", {"ignore": True, "chunk": 2}),
-    ("label_smoothing, chunks of 3", {"smooth": 0.1, "chunk": 3}),
-    ("z_loss, chunks of 3", {"zl": 0.05, "chunk": 3}),
-    ("softcap, chunks of 3", {"softcap": 2.0, "chunk": 3}),
+    ("one chunk", Setup(vocab=6)),
+    ("chunks of 2, V = 7", Setup(chunk=2)),
+    ("chunks of 3, V = 9", Setup(vocab=9, chunk=3)),
+    ("no bias, chunks of 4", Setup(bias=False, chunk=4)),
+    ("where, chunks of 3", Setup(where=True, chunk=3)),
+    ("ignore_index, chunks of 2", Setup(ignore=True, chunk=2)),
+    ("label_smoothing, chunks of 3", Setup(smooth=0.1, chunk=3)),
     (
       "all options, chunks of 2",
-      {
-        "chunk": 2,
-        "where": True,
-        "ignore": True,
-        "smooth": 0.1,
-        "zl": 0.05,
-        "softcap": 2.0,
-      },
+      Setup(chunk=2, where=True, ignore=True, smooth=0.1, zl=0.05, softcap=2.0),
+    ),
+    ("weights, chunks of 3", Setup(chunk=3, weights=True)),
+    (
+      "uint8 labels up to 255, V = 300",
+      Setup(vocab=300, labels=(np.uint8, (255, 44, 130, 7))),
     ),
     (
-      "reduction sum, weights, chunks of 3",
-      {"chunk": 3, "reduction": "sum", "weights": True},
+      "int8 labels up to 127, V = 300",
+      Setup(vocab=300, chunk=128, labels=(np.int8, (127, 44, 100, 0))),
     ),
-    ("reduction mean, ignore_index", {"chunk": 3, "reduction": "mean", "ignore": True}),
   )
-  for option, kw in rows:
-    for wrt in ("x", "w", "bias"):
-      if wrt == "bias" and kw.get("bias") is False:
-        continue
-      e = expect(wrt, kw.get("smooth", 0.0), kw.get("zl", 0.0), kw.get("softcap"))
-      out.append(Case(fn, option, wrt, make(**kw), None, expect=e))
+  out = []
+  for option, setup in rows:
+    out += _cases_of(by_key, option, setup)
+  return out
+
+
+def _reduction_cases(by_key) -> list[Case]:
+  """z-loss, soft cap, weights and masks under every reduction."""
+  out = []
+  for reduction in ("none", "sum", "mean"):
+    for option, setup in (
+      ("z_loss", Setup(zl=0.05, chunk=3)),
+      ("softcap", Setup(softcap=2.0, chunk=3)),
+      (
+        "z_loss, softcap, where, ignore_index, weights",
+        Setup(zl=0.05, softcap=2.0, where=True, ignore=True, weights=True, chunk=3),
+      ),
+    ):
+      setup = dataclasses.replace(setup, reduction=reduction)
+      out += _cases_of(by_key, f"{option}, reduction {reduction}", setup)
+  # several row blocks of the one-pass reduced kernel and a tail
+  for rows, what in (
+    (300, "a block of 256 and a tail of 44"),
+    (600, "two blocks of 256 and a tail of 88"),
+  ):
+    for reduction in ("sum", "mean"):
+      setup = Setup(
+        rows=rows,
+        vocab=5,
+        reduction=reduction,
+        zl=0.05,
+        softcap=2.0,
+        smooth=0.1,
+        where=True,
+        ignore=True,
+        weights=True,
+      )
+      out += _cases_of(by_key, f"N = {rows}: {what}, reduction {reduction}", setup)
+  return out
+
+
+def _sixteen_bit_cases(by_key) -> list[Case]:
+  """16-bit x, w and bias: the split backward pass, tolerance from a formula."""
+  out = []
+  for reduction in ("none", "mean"):
+    setup = Setup(rows=8, vocab=11, hidden=4, chunk=4, cancel=True, reduction=reduction)
+    option = f"16-bit backward, w with a common part, reduction {reduction}"
+    reference = functools.partial(_reference, by_key, setup)
+    for dtype in ("bfloat16", "float16"):
+      for wrt in ("x", "w", "bias"):
+        tol = bound_16(setup, dtype, wrt, reference)
+        (case,) = _cases_of(by_key, option, setup, (wrt,))
+        out.append(dataclasses.replace(case, dtype=dtype, tolerance=tol))
   return out
 
 
 def cases(by_key) -> list[Case]:
-  """The fused loss under every option, chunking and reduction."""
-  base = _linear_cases(by_key)
-  return base + with_dtypes(base, ("one chunk", "chunks of 2, V = 7"))
+  """The fused loss under every option, chunking, reduction, path and dtype."""
+  base = _option_cases(by_key) + _reduction_cases(by_key)
+  return (
+    base
+    + with_dtypes(base, ("one chunk", "chunks of 2, V = 7"))
+    + _sixteen_bit_cases(by_key)
+  )

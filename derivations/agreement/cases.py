@@ -82,8 +82,10 @@ class Case:
     value: the function's value must equal this too: a scalar definition
       (a :class:`Term` with ``index=None``, evaluated per row on the kept
       classes by :func:`sliced_value`) or ``problem -> value``.
-    tolerance: replaces the dtype's tolerance :data:`EPS` (a bound derived
-      for the case, e.g. from the dtype and the sizes).
+    tolerance: replaces the dtype's tolerance :data:`EPS`: a number, or
+      ``(problem, expected gradient) -> bound per entry`` derived for the
+      case (from the dtype and the sizes); the error is then the largest
+      ratio of the error to its bound, at most 1.
     path: the kernel path the case must take (the fused loss), or "".
     order: 1 compares the VJP; 2 the gradient of the VJP's inner product
       with the problem's ``direction`` (reverse over reverse, which
@@ -102,7 +104,7 @@ class Case:
   expect: Callable[..., np.ndarray] | None = None
   value: Term | Callable[..., np.ndarray] | None = None
   order: int = 1
-  tolerance: float | None = None
+  tolerance: float | Callable[[Problem, np.ndarray], np.ndarray] | None = None
   path: str = ""
 
   @property
@@ -474,9 +476,13 @@ def _compare(case: Case, prob: Problem, value, grad) -> CaseResult:
     want_dt = _result_dtype(case, prob)
     detail = f"dtypes {value.dtype}, {grad.dtype}; want {want_dt}, {case.dtype}"
     return CaseResult(case, float("nan"), False, detail)
-  err, why = _error(np.asarray(grad.astype("float64")), want, "gradient")
+  got = np.asarray(grad.astype("float64"))
+  err, why = _error(got, want, "gradient")
   if why:
     return CaseResult(case, err, dt_ok, why)
+  if callable(case.tolerance):
+    bound_ = np.asarray(case.tolerance(prob, want), np.float64)
+    err = float(np.max(np.abs(got - want) / bound_)) if got.size else 0.0
   if want_value is not None:
     got_value = np.asarray(value.astype("float64"))
     err_v, why = _error(got_value, want_value, "value")
@@ -510,7 +516,9 @@ def _error(got: np.ndarray, want: np.ndarray, what: str) -> tuple[float, str]:
 
 
 def tolerance(case: Case) -> float:
-  """The case's own tolerance, or its dtype's."""
+  """The case's own tolerance, or its dtype's (1 for a bound per entry)."""
+  if callable(case.tolerance):
+    return 1.0
   return EPS[case.dtype] if case.tolerance is None else case.tolerance
 
 
@@ -519,6 +527,8 @@ def bound(r: CaseResult) -> str:
   if r.detail:
     return r.detail
   eps = tolerance(r.case)
+  if callable(r.case.tolerance) and r.error <= eps:
+    return "≤ its bound"
   if r.error <= eps:
     return f"≤ {eps:.0e}"
   return f"{r.error:.1e}"
