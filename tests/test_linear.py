@@ -1,4 +1,4 @@
-"""Tests for linear_softmax_cross_entropy (jaxsmx/_linear.py).
+"""Tests for linear_softmax_cross_entropy (the package jaxsmx/_linear/).
 
 Every option is checked, in value and in the closed-form gradients with
 respect to x, w and bias, against two references: the dense composition the
@@ -20,7 +20,7 @@ from jax.experimental import checkify
 from jax.test_util import check_grads
 
 import jaxsmx
-from jaxsmx import _linear
+from jaxsmx._linear import _api, _per_example, _reduced, _rows, _tiling
 
 lce = jaxsmx.linear_softmax_cross_entropy
 
@@ -228,7 +228,7 @@ def test_chunk_size_changes_nothing(chunk_size):
 
 
 def test_default_chunk_rule():
-  chunk = _linear._chunk
+  chunk = lambda size, n, hidden, vocab: _api._chunk(size, n, vocab)
   assert chunk(None, 4096, 512, 32768) == 1024  # 16 MiB block, divides V
   assert chunk(None, 1024, 64, 8192) == 256  # at most V / 32
   assert chunk(None, 8, 64, 50) == 50  # small V: one chunk
@@ -320,35 +320,35 @@ def test_reductions_and_weights_match_dense(case, reduction, weighted):
 @pytest.mark.parametrize("case", ["plain", "all", "where+smoothing+ignore"])
 def test_one_pass_row_blocks_change_nothing(case, block, monkeypatch):
   """The one-pass reduced kernel over several row blocks and a short tail."""
-  monkeypatch.setattr(_linear, "_row_block", lambda n, vocab: block)
-  monkeypatch.setattr(_linear, "_ROW_BLOCK_MIN", 1)
+  monkeypatch.setattr(_tiling, "row_block", lambda n, vocab: block)
+  monkeypatch.setattr(_tiling, "ROW_BLOCK_MIN", 1)
   jax.clear_caches()
   try:
     f, dense, args = reduced_problem(OPTIONS[case], "mean", True)
-    assert _linear._one_device_wide(args[0], args[1], None, None)
+    assert _reduced.one_pass_applies(args[0], args[1], None, None)
     assert_matches(f, dense, args, RTOL[np.float32])
   finally:
     jax.clear_caches()
 
 
 def test_row_block_rule():
-  assert _linear._row_block(4096, 8192) == 256
-  assert _linear._row_block(4096, 32768) == 128
-  assert _linear._row_block(4096, 131072) == 32
-  assert _linear._row_block(8192, 256000) == 16
-  assert _linear._row_block(4, 50) == 4
-  assert _linear._row_block(10**6, 10**7) == 8
+  assert _tiling.row_block(4096, 8192) == 256
+  assert _tiling.row_block(4096, 32768) == 128
+  assert _tiling.row_block(4096, 131072) == 32
+  assert _tiling.row_block(8192, 256000) == 16
+  assert _tiling.row_block(4, 50) == 4
+  assert _tiling.row_block(10**6, 10**7) == 8
 
 
 def test_one_pass_only_where_its_row_blocks_are_long():
   """A wide vocabulary (blocks under 128 rows) takes the chunked kernel."""
   x = jnp.zeros((4096, 8), jnp.float32)
-  assert _linear._one_device_wide(x, jnp.zeros((8, 32768), jnp.float32), None, None)
-  assert not _linear._one_device_wide(
+  assert _reduced.one_pass_applies(x, jnp.zeros((8, 32768), jnp.float32), None, None)
+  assert not _reduced.one_pass_applies(
     x, jnp.zeros((8, 131072), jnp.float32), None, None
   )
   # a batch that fits in one block
-  assert _linear._one_device_wide(
+  assert _reduced.one_pass_applies(
     x[:64], jnp.zeros((8, 65536), jnp.float32), None, None
   )
 
@@ -436,7 +436,7 @@ def test_reduced_16_bit_inputs(dtype):
 
 def _wrong_mean_normaliser():
   """The reduced rule with a deliberately wrong normaliser: every row counts."""
-  real = _linear._row_weights
+  real = _rows.row_weights
 
   def wrong(labels, where, weights, vocab, opts, ct):
     r, counted, denom = real(labels, where, weights, vocab, opts, ct)
@@ -451,7 +451,7 @@ def _wrong_mean_normaliser():
 def test_a_wrong_reduced_rule_is_caught(monkeypatch):
   f, dense, args = reduced_problem(OPTIONS["ignore_index"], "mean", False)
   assert_matches(f, dense, args, RTOL[np.float32])
-  monkeypatch.setattr(_linear, "_row_weights", _wrong_mean_normaliser())
+  monkeypatch.setattr(_rows, "row_weights", _wrong_mean_normaliser())
   jax.clear_caches()
   with pytest.raises(AssertionError):
     assert_matches(f, dense, args, RTOL[np.float32])
@@ -655,9 +655,9 @@ def test_jax_export_round_trip():
 
 
 def test_small_problems_are_one_chunk_without_a_loop():
-  assert _linear._chunk(None, 32, 128, 1000) == 1000
-  assert _linear._chunk(None, 32, 128, 10) == 10
-  assert _linear._chunk(None, None, 512, 32768) == 1024  # symbolic N
+  assert _api._chunk(None, 32, 1000) == 1000
+  assert _api._chunk(None, 32, 10) == 10
+  assert _api._chunk(None, None, 32768) == 1024  # symbolic N
   x, w, _, labels, _ = data(n=32, hidden=16, vocab=1000)
   f = lambda x, w: jnp.sum(lce(x, w, labels))
   text = str(jax.make_jaxpr(jax.value_and_grad(f, (0, 1)))(x, w))
@@ -749,7 +749,7 @@ def test_backward_row_blocks_change_nothing(dtype, monkeypatch):
   out, vjp = jax.vjp(f, x, w, b)
   want = vjp(jnp.ones_like(out))
   parts = 1 if dtype == jnp.float32 else 2  # a 16-bit d is split in two
-  monkeypatch.setattr(_linear, "_BLOCK_BYTES", 4 * H * parts * 8)
+  monkeypatch.setattr(_tiling, "BLOCK_BYTES", 4 * H * parts * 8)
   jax.clear_caches()
   try:
     if dtype != jnp.float32:
@@ -890,18 +890,18 @@ def _without_z_loss_in_bwd():
 
   @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
   def wrong(x, w, bias, labels, where, opts):
-    return _linear._linear_ce_fwd(x, w, bias, labels, where, opts)[0]
+    return _per_example._per_example_fwd(x, w, bias, labels, where, opts)[0]
 
   def bwd(opts, res, g):
-    return _linear._linear_ce_bwd(opts._replace(z_loss=0.0), res, g)
+    return _per_example._per_example_bwd(opts._replace(z_loss=0.0), res, g)
 
-  wrong.defvjp(_linear._linear_ce_fwd, bwd)
+  wrong.defvjp(_per_example._per_example_fwd, bwd)
   return wrong
 
 
 def test_a_wrong_bwd_is_caught():
   x, w, _, labels, _ = data()
-  opts = _linear._Options(
+  opts = _rows.Options(
     alpha=0.0,
     z_loss=0.05,
     softcap=None,
@@ -909,7 +909,7 @@ def test_a_wrong_bwd_is_caught():
     chunk=CHUNK,
     precision=None,
   )
-  right = lambda x, w: _linear._linear_ce(x, w, None, labels, None, opts)
+  right = lambda x, w: _per_example.per_example_loss(x, w, None, labels, None, opts)
   wrong = lambda x, w: _without_z_loss_in_bwd()(x, w, None, labels, None, opts)
   ref = lambda x, w: composition(x, w, labels, z_loss=0.05)
   assert_matches(right, ref, (x, w), RTOL[np.float32])
@@ -957,7 +957,7 @@ def test_traced_z_loss_is_refused():
 
 
 def test_doctests():
-  result = doctest.testmod(_linear, optionflags=doctest.ELLIPSIS)
+  result = doctest.testmod(_api, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0 and result.failed == 0
 
 

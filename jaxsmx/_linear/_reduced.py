@@ -1,0 +1,147 @@
+r"""The reduced losses, ``reduction="sum"`` and ``"mean"``.
+
+The loss :math:`\sum_n r_n L_n` is one number, so the forward rule forms dx,
+dw and dbias (the per-example gradients summed with the row weights
+:math:`r_n`) and the backward rule only scales them by the scalar cotangent.
+Two kernels form them: one pass over blocks of rows against all of ``w``
+(three matmuls, as dense autodiff), where it applies and pays, and otherwise
+the chunked kernels of :mod:`jaxsmx._linear._chunked` (statistics, then
+gradient), which keep ``w`` where it is on every device.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsmx._linear import _chunked, _paths, _rows, _tiling
+from jaxsmx._linear._sharding import is_distributed, like
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def reduced_loss(x, w, bias, labels, where, weights, opts):
+  """sum_n r_n L_n of the encoded labels, r_n from opts.reduction."""
+  out_dtype, ct = _rows.compute_dtype(x, w, bias)
+  stats = _chunked.stats(x, w, labels, bias, where, opts)
+  losses = _rows.row_losses(stats, labels, where, w.shape[1], opts)
+  r, _, _ = _rows.row_weights(labels, where, weights, w.shape[1], opts, ct)
+  return jnp.sum(r * losses).astype(out_dtype)
+
+
+def _reduced_fwd(x, w, bias, labels, where, weights, opts):
+  out_dtype, ct = _rows.compute_dtype(x, w, bias)
+  vocab = w.shape[1]
+  r, counted, denom = _rows.row_weights(labels, where, weights, vocab, opts, ct)
+  if one_pass_applies(x, w, bias, weights):
+    stats, (dx, dw, db) = _one_pass(x, w, bias, labels, where, r, opts)
+  else:
+    _paths.take("reduced_chunked")
+    stats = _chunked.stats(x, w, labels, bias, where, opts)
+    dx, dw, db = _chunked.gradients(x, w, bias, labels, where, *stats[:2], r, opts)
+  losses = _rows.row_losses(stats, labels, where, vocab, opts)
+  value = jnp.sum(r * losses)
+  d_omega = None
+  if weights is not None:
+    # d/d omega_n: L_n (sum), or (L_n - [n counts] * mean) / D (mean)
+    d_omega = losses if denom is None else (losses - counted * value) / denom
+    d_omega = d_omega.astype(weights.dtype)
+  return value.astype(out_dtype), (dx, dw, db, d_omega, x, w, bias, weights)
+
+
+def _reduced_bwd(opts, res, g):
+  del opts
+  dx, dw, db, d_omega, x, w, bias, weights = res
+  scale = lambda d, p: None if d is None else like((g * d).astype(d.dtype), p)
+  return (
+    scale(dx, x),
+    scale(dw, w),
+    scale(db, bias),
+    None,
+    None,
+    scale(d_omega, weights),
+  )
+
+
+reduced_loss.defvjp(_reduced_fwd, _reduced_bwd)
+
+
+def one_pass_applies(x, w, bias, weights) -> bool:
+  """True where the one-pass kernel applies and pays: 32- or 64-bit x and w
+  (it multiplies by all of w, which a 16-bit w would widen whole), a static
+  N, row blocks of at least 128 rows (or all rows: shorter blocks make the
+  dw traffic dominate), and one device (per-device chunks keep w in place)."""
+  if any(jnp.dtype(a.dtype).itemsize < 4 for a in (x, w)):
+    return False
+  if not isinstance(x.shape[0], int):
+    return False  # a symbolic batch (jax.export): no static row blocks
+  n = x.shape[0]
+  if _tiling.row_block(n, w.shape[1]) < min(n, _tiling.ROW_BLOCK_MIN):
+    return False
+  return not is_distributed(x, w, bias, weights)
+
+
+def _one_pass(x, w, bias, labels, where, r, opts):
+  """((shift, log_norm, z_t, z_sum) [N], (dx, dw, dbias)) of sum_n r_n L_n,
+  in one pass over blocks of rows, each against all of w: the logits, dx and
+  dw are three matmuls, and dw accumulates in the compute dtype."""
+  _paths.take("reduced_one_pass")
+  _, ct = _rows.compute_dtype(x, w, bias)
+  n, vocab = x.shape[0], w.shape[1]
+  xc, wc = x.astype(ct), w.astype(ct)
+  bc = None if bias is None else bias.astype(ct)
+  mm = functools.partial(
+    lax.dot_general, precision=opts.precision, preferred_element_type=ct
+  )
+
+  def body(carry, start, size):
+    stats, dx, dw, db = carry
+    xb, lb, rb = (lax.dynamic_slice_in_dim(a, start, size, 0) for a in (xc, labels, r))
+    u = mm(xb, wc, (((1,), (0,)), ((), ())))
+    z, t, mask = _rows.cap_and_mask(u, bc, where, None, opts)
+    block_stats, e = _block_stats(z, lb, mask, opts)
+    coef = _rows.coefficients(rb, *block_stats[:2], lb, where, vocab, opts)
+    d = _rows.chunk_gradient(e, coef, lb, 0, mask, t)
+    dx = lax.dynamic_update_slice_in_dim(
+      dx, mm(d, wc, (((1,), (1,)), ((), ()))), start, 0
+    )
+    dw = dw + mm(xb, d, (((0,), (0,)), ((), ())))
+    if db is not None:
+      db = db + jnp.sum(d, axis=0)
+    stats = tuple(
+      lax.dynamic_update_slice_in_dim(a, b, start, 0)
+      for a, b in zip(stats, block_stats, strict=True)
+    )
+    return stats, dx, dw, db
+
+  zeros = lambda shape: jnp.zeros(shape, ct)
+  init = (
+    tuple(zeros((n,)) for _ in range(4)),
+    zeros(xc.shape),
+    zeros(wc.shape),
+    None if bc is None else zeros(bc.shape),
+  )
+  block = _tiling.row_block(n, vocab)
+  stats, dx, dw, db = _tiling.over_row_blocks(body, init, n, block, "row_block")
+  db = None if db is None or bias is None else db.astype(bias.dtype)
+  return stats, (dx.astype(x.dtype), dw.astype(w.dtype), db)
+
+
+def _block_stats(z, labels, mask, opts):
+  """((shift, log_norm, z_t, z_sum) [R], e = exp(z - shift)) of a block of
+  rows against all of V."""
+  m = jnp.max(z, axis=1)
+  shift = jnp.where(m == -jnp.inf, 0.0, m)
+  e = jnp.exp(z - shift[:, None])
+  log_norm = jnp.log(jnp.sum(e, axis=1))
+  vocab = z.shape[1]
+  picked = jnp.take_along_axis(
+    z, jnp.clip(labels, 0, vocab - 1)[:, None], axis=1, mode="clip"
+  )[:, 0]
+  z_t = jnp.where(labels >= 0, picked, 0.0)
+  z_sum = jnp.zeros_like(z_t)
+  if opts.alpha:
+    z_sum = jnp.sum(z if mask is None else jnp.where(mask, z, 0.0), axis=1)
+  return (shift, log_norm, z_t, z_sum), e

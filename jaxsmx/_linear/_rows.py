@@ -1,0 +1,218 @@
+r"""The row math of the fused loss, shared by every kernel.
+
+Labels and their flags, the logits of a chunk, the per-example losses from
+the online-logsumexp statistics, the rows' weights of a reduced loss, and the
+one formula for the gradient of a chunk of logits:
+
+.. math::
+  \frac{\partial L}{\partial u} = \Big(a\,(1 + 2\lambda\ell)
+    - (1-\alpha)\,\mathrm{onehot}(t) - \frac{\alpha}{C}\,m\Big)
+    \odot (1 - \tanh^2(u/c)),
+
+scaled per row by the cotangent (per-example mode) or by the row's weight
+(reduced modes).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsmx import _checks
+from jaxsmx._linear import _tiling
+from jaxsmx._linear._sharding import explicit_spec
+from jaxsmx._numerics import is_empty
+
+FN = "linear_softmax_cross_entropy"
+
+IGNORED, INVALID = -1, -2
+
+
+class Options(NamedTuple):
+  """The static configuration (hashable, passed as one nondiff argument)."""
+
+  alpha: float
+  z_loss: float
+  softcap: float | None
+  ignore_index: int | None
+  chunk: int
+  precision: lax.PrecisionLike
+  reduction: str = "none"
+
+
+def encode(labels, vocab, ignore_index):
+  """Labels of any integer dtype as int32: the class where in [0, V),
+  IGNORED for ignore_index, INVALID otherwise. Compared in their own dtype
+  (_checks.label_index), so none wraps or promotes."""
+  index, in_range, ignored = _checks.label_index(labels, vocab, ignore_index)
+  return jnp.where(ignored, IGNORED, jnp.where(in_range, index, INVALID))
+
+
+def row_flags(labels, where, vocab):
+  """Returns (dropped, invalid, masked_out), each [N] bool, for encoded labels.
+
+  dropped: ignore_index, a target class masked out by `where`, or any label
+    when `where` masks every class; such rows give 0.
+  invalid: outside [0, V) and not ignore_index, with some class unmasked;
+    such rows become NaN. With every class masked the slice is empty
+    (masking means slicing), so no label is read.
+  masked_out: an in-range target whose class `where` masks out while other
+    classes are left (reported under checkify).
+  """
+  in_range = labels >= 0
+  ignored = labels == IGNORED
+  invalid = labels == INVALID
+  if where is None:
+    return ignored, invalid, jnp.zeros_like(in_range)
+  present = jnp.any(where)
+  kept = _at(where, jnp.clip(labels, 0, vocab - 1))
+  masked_out = present & in_range & ~ignored & ~kept
+  return ignored | ~present | masked_out, invalid & present, masked_out
+
+
+def _at(where, index):
+  """where[index] for the [V] mask and [N] labels. Under explicit sharding the
+  result is sharded like the labels (the V flags are gathered)."""
+  if explicit_spec(index) is None:
+    return where[index]
+  return where.at[index].get(out_sharding=jax.typeof(index).sharding)
+
+
+def report_bad_labels(labels, where, vocab, ignore_index) -> None:
+  """Out-of-range and masked-out labels (check_labels=True); O(N)."""
+  code = encode(labels, vocab, ignore_index)
+  _, invalid, masked_out = row_flags(code, where, vocab)
+  masked_out = None if where is None else masked_out
+  _checks.report_labels(FN, labels, vocab, ignore_index, invalid, masked_out)
+
+
+def compute_dtype(x, w, bias):
+  """(the result's dtype, the dtype computed in)."""
+  dtype = jnp.result_type(x, w) if bias is None else jnp.result_type(x, w, bias)
+  return dtype, _checks.compute_dtype(dtype)
+
+
+def num_classes(where, vocab):
+  return vocab if where is None else jnp.maximum(jnp.sum(where), 1)
+
+
+def poisoned(values, invalid):
+  """values [N], NaN in the rows with an invalid label. The NaN is log(-1),
+  formed only in those rows: no NaN constant, so jax.debug_nans (op by op
+  too) and checkify stay quiet on valid labels."""
+  return values + jnp.log(jnp.where(invalid, -1.0, 1.0).astype(values.dtype))
+
+
+def chunk_logits(x, w, bias, where, start, size, opts):
+  """One chunk's capped, masked logits [N, size]: (w's chunk, z, tanh(u/c) or
+  None, the chunk's mask or None). `start` may be traced or static."""
+  # a 16-bit x @ w runs as it is, products exact and sums in float32
+  ct = _checks.compute_dtype(jnp.result_type(x, w))
+  wc = _tiling.take(w, start, size).astype(x.dtype)
+  dims = (((1,), (0,)), ((), ()))
+  z = lax.dot_general(x, wc, dims, precision=opts.precision, preferred_element_type=ct)
+  bc = None if bias is None else _tiling.take(bias, start, size)
+  return (wc, *cap_and_mask(z, bc, where, start, opts))
+
+
+def cap_and_mask(z, bias, where, start, opts):
+  """(z + bias, capped and masked; tanh(u/c) or None; the chunk's mask)."""
+  if bias is not None:
+    z = z + bias.astype(z.dtype)
+  t = None
+  if opts.softcap is not None:
+    t = jnp.tanh(z / opts.softcap)
+    z = opts.softcap * t
+  m = None
+  if where is not None:
+    m = where if start is None else _tiling.take(where, start, z.shape[1])
+    z = jnp.where(m, z, -jnp.inf)
+  return z, t, m
+
+
+def row_losses(stats, labels, where, vocab, opts):
+  """Per-example losses [N] in the compute dtype from (shift, log_norm, z_t,
+  z_sum): 0 for dropped and empty rows, NaN for invalid labels. No NaN or
+  inf - inf is formed on the way (a masked target logit is -inf)."""
+  shift, log_norm, z_t, z_sum = stats
+  dropped, invalid, _ = row_flags(labels, where, vocab)
+  off = dropped | is_empty(log_norm)
+  log_norm = jnp.where(off, 0.0, log_norm)
+  z_t = jnp.where(off, shift, z_t)
+  lse = shift + log_norm
+  # (shift - z_t) + log_norm, not lse - z_t: exact for logits near 1e30
+  loss = (shift - z_t) + log_norm
+  if opts.alpha:
+    mean_z = jnp.where(off, shift, z_sum / num_classes(where, vocab))
+    loss = (1.0 - opts.alpha) * loss + opts.alpha * ((shift - mean_z) + log_norm)
+  if opts.z_loss:
+    loss = loss + opts.z_loss * lse * lse
+  return poisoned(jnp.where(off, 0.0, loss), invalid)
+
+
+def row_weights(labels, where, weights, vocab, opts, ct):
+  """(r, counted, denominator): loss = sum_n r_n L_n. For 'mean', r_n =
+  omega_n / D with D the total weight of the counted rows (1 when D = 0, so
+  that a batch of which nothing counts gives 0)."""
+  dropped, _, _ = row_flags(labels, where, vocab)
+  omega = jnp.ones(labels.shape, ct) if weights is None else weights.astype(ct)
+  counted = ~dropped
+  if opts.reduction == "sum":
+    return omega, counted, None
+  total = jnp.sum(jnp.where(counted, omega, 0.0))
+  denom = jnp.where(total == 0, 1.0, total)
+  return omega / denom, counted, denom
+
+
+# ---------------------------------------------------------------------------
+# The gradient of a chunk of logits: one formula for every kernel.
+
+
+class Coefficients(NamedTuple):
+  """Per-row factors [N] of the chunk gradient d = e * a - onehot * t - m * s,
+  with e = exp(z - shift): a = g (1 + 2 lambda lse) / sum(e), t = g (1 -
+  alpha), s = g alpha / C (None without smoothing). 0 in dropped and empty
+  rows, NaN in rows with an invalid label."""
+
+  a: jax.Array
+  t: jax.Array
+  s: jax.Array | None
+
+
+def coefficients(g, shift, log_norm, labels, where, vocab, opts) -> Coefficients:
+  """The per-row factors of sum_n g_n L_n's gradient, for rows with
+  normaliser (shift, log_norm) and encoded labels; g, shift, log_norm [N]."""
+  dropped, invalid, _ = row_flags(labels, where, vocab)
+  empty = is_empty(log_norm)
+  live_norm = jnp.where(empty, 0.0, log_norm)
+
+  def per_row(coef):
+    return poisoned(jnp.where(dropped | empty, 0.0, coef), invalid)
+
+  g_a = g
+  if opts.z_loss:
+    g_a = g * (1.0 + 2.0 * opts.z_loss * (shift + live_norm))
+  spread = None
+  if opts.alpha:
+    spread = per_row(g * (opts.alpha / num_classes(where, vocab)))
+  return Coefficients(
+    per_row(g_a * jnp.exp(-live_norm)), per_row(g * (1.0 - opts.alpha)), spread
+  )
+
+
+def chunk_gradient(e, coef: Coefficients, labels, start, mask, t):
+  """dL/du [N, size] of the chunk at `start` (classes start..start+size of
+  the [N] labels), from e = exp(z - shift) [N, size], the chunk's mask and
+  tanh(u/c) (None when off)."""
+  # d/dz: a (1 + 2 z_loss lse) - (1 - alpha) onehot - alpha / C * mask
+  cols = start + lax.broadcasted_iota(labels.dtype, (1, e.shape[1]), 1)
+  d = e * coef.a[:, None] - jnp.where(cols == labels[:, None], coef.t[:, None], 0.0)
+  if coef.s is not None:
+    s = coef.s[:, None]
+    d = d - (s if mask is None else jnp.where(mask, s, 0.0))
+  if t is not None:
+    d = d * (1.0 - t * t)  # d/du = d/dz * (1 - tanh^2(u / c))
+  return d

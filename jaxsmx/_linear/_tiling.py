@@ -1,0 +1,188 @@
+"""Tiling: how the vocabulary is cut into chunks and the rows into blocks.
+
+The chunk choice, the loop over chunks, the row blocks of the one-pass
+reduced kernel, and the 16-bit slices and updates. Why 16-bit floats are cut
+as their bits is explained once, in docs/internals.md ("16-bit tiles").
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsmx._linear import _paths
+
+# The automatic chunk: an N x chunk float32 block of at most 16 MiB, and at
+# most V / 32 columns (measured: docs/internals.md, "Chunks").
+BLOCK_BYTES = 16 * 2**20
+LANE = 128
+# Logits of at most 4 MiB (float32) are one chunk: no loop. A symbolic N
+# (jax.export) is taken as 4096.
+SMALL_BYTES = 4 * 2**20
+SYMBOLIC_ROWS = 4096
+
+# Row blocks of the one-pass reduced kernel: an [R, V] float32 block of at
+# most 16 MiB and at most 256 rows; below 128 rows per block the chunked
+# kernel is used instead (docs/internals.md, "Row blocks").
+ROW_BLOCK_BYTES = 16 * 2**20
+ROW_BLOCK_MAX = 256
+ROW_BLOCK_MIN = 128
+
+
+def rows_of(batch_shape) -> int | None:
+  """N as an int, or None when a dimension is symbolic."""
+  if all(isinstance(d, int) for d in batch_shape):
+    return math.prod(batch_shape)
+  return None
+
+
+def choose_chunk(n: int | None, vocab: int) -> int:
+  """The vocabulary chunk for N rows (None: symbolic) and V classes."""
+  if not isinstance(n, int):
+    n = SYMBOLIC_ROWS  # a symbolic batch (jax.export): a fixed bound
+  elif n * vocab * 4 <= SMALL_BYTES:
+    return vocab  # small logits: one chunk, no loop (as cheap as dense)
+  lanes = min(BLOCK_BYTES // (4 * max(n, 1)), vocab // 32) // LANE
+  chunk = max(1, lanes) * LANE
+  if chunk >= vocab:
+    return vocab
+  for c in range(chunk, chunk // 2, -LANE):
+    if vocab % c == 0:
+      return c
+  return chunk
+
+
+def row_block(n: int, vocab: int) -> int:
+  """Rows per block of the one-pass kernel."""
+  rows = min(ROW_BLOCK_BYTES // (4 * vocab), ROW_BLOCK_MAX)
+  return min(n, max(8, rows // 8 * 8))
+
+
+def over_chunks(body, carry, vocab, chunk, traced_tail=False):
+  """Runs body(carry, start, size) over [0, V) in chunks; the last may be short.
+  With `traced_tail`, a short last chunk after the loop gets its start from the
+  loop (a traced value, so that its body compiles as the loop's does)."""
+  full, tail = divmod(vocab, chunk)
+  if full > 1:
+    _paths.take("chunk_loop")
+  if tail and full:
+    _paths.take("chunk_tail")
+  if full == 1:
+    carry = body(carry, 0, chunk)
+  elif full > 1 and traced_tail and tail:
+
+    def step(j, c):
+      return body(c[0], j * chunk, chunk), c[1] + chunk
+
+    carry, end = lax.fori_loop(0, full, step, (carry, jnp.int32(0)))
+    return body(carry, end, tail)
+  elif full > 1:
+    carry = lax.fori_loop(0, full, lambda j, c: body(c, j * chunk, chunk), carry)
+  if tail:
+    carry = body(carry, full * chunk, tail)
+  return carry
+
+
+def over_row_blocks(body, carry, n, block, path):
+  """Runs body(carry, start, size) over [0, N) in blocks of rows; `path`
+  names the loop for _paths."""
+  full, tail = divmod(n, block)
+  if full > 1:
+    _paths.take(f"{path}_loop")
+  if tail and full:
+    _paths.take(f"{path}_tail")
+  if full == 1:
+    carry = body(carry, 0, block)
+  elif full > 1:
+    carry = lax.fori_loop(0, full, lambda j, c: body(c, j * block, block), carry)
+  if tail:
+    carry = body(carry, full * block, tail)
+  return carry
+
+
+# ---------------------------------------------------------------------------
+# Slices and updates of loop-invariant arrays; 16-bit floats as their bits
+# (docs/internals.md, "16-bit tiles").
+
+
+def take(a, start, size):
+  """a[..., start:start + size], the chunk of a loop-invariant array."""
+  if jnp.dtype(a.dtype).itemsize == 2:
+    return _take_16(a, start, size)
+  return lax.dynamic_slice_in_dim(a, start, size, a.ndim - 1)
+
+
+def put(a, chunk, start):
+  """a with a[..., start:start + size] = chunk, in place in a loop carry."""
+  if jnp.dtype(a.dtype).itemsize == 2:
+    return _put_16(a, chunk, start)
+  return lax.dynamic_update_slice_in_dim(a, chunk, start, a.ndim - 1)
+
+
+def take_rows(a, start, size):
+  """a[start:start + size]; 16-bit as its bits at a traced start."""
+  if isinstance(start, int):
+    return lax.slice_in_dim(a, start, start + size, axis=0)
+  if jnp.dtype(a.dtype).itemsize != 2:
+    return lax.dynamic_slice_in_dim(a, start, size, 0)
+  return _take_rows_16(a, start, size)
+
+
+def in_loop(fn, start, *args):
+  """fn(*args), kept in the loop body: `start` is never negative, so the
+  other branch, which gives zeros, never runs."""
+  zeros = lambda *a: jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, *a))
+  return lax.cond(start >= 0, fn, zeros, *args)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _take_16(a, start, size):
+  def cut(a, start):
+    bits = lax.bitcast_convert_type(a, jnp.uint16)
+    chunk = lax.dynamic_slice_in_dim(bits, start, size, a.ndim - 1)
+    return lax.bitcast_convert_type(chunk, a.dtype)
+
+  if isinstance(start, int):
+    return cut(a, start)
+  return in_loop(cut, start, a, start)
+
+
+@_take_16.defjvp
+def _take_16_jvp(size, primals, tangents):
+  a, start = primals
+  return _take_16(a, start, size), take(tangents[0], start, size)
+
+
+@jax.custom_jvp
+def _put_16(a, chunk, start):
+  bits = lax.bitcast_convert_type(a, jnp.uint16)
+  update = lax.bitcast_convert_type(chunk.astype(a.dtype), jnp.uint16)
+  bits = lax.dynamic_update_slice_in_dim(bits, update, start, a.ndim - 1)
+  return lax.bitcast_convert_type(bits, a.dtype)
+
+
+@_put_16.defjvp
+def _put_16_jvp(primals, tangents):
+  a, chunk, start = primals
+  ta, tc, _ = tangents
+  return _put_16(a, chunk, start), put(ta, tc.astype(ta.dtype), start)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _take_rows_16(a, start, size):
+  def cut(a, start):
+    bits = lax.bitcast_convert_type(a, jnp.uint16)
+    rows = lax.dynamic_slice_in_dim(bits, start, size, 0)
+    return lax.bitcast_convert_type(rows, a.dtype)
+
+  return in_loop(cut, start, a, start)
+
+
+@_take_rows_16.defjvp
+def _take_rows_16_jvp(size, primals, tangents):
+  a, start = primals
+  return _take_rows_16(a, start, size), take_rows(tangents[0], start, size)
