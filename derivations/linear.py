@@ -377,12 +377,13 @@ class Setup:
   weights: bool = False
   labels: tuple[str, tuple[int, ...]] | None = None  # (dtype, values)
   cancel: bool = False  # w with a common part per row: x̄ = ū Wᵀ cancels
+  x_scale: float = 0.5  # x's entries times this (small for a wide x)
 
 
 def _build(setup: Setup):
   def build(rng):
     n, v = setup.rows, setup.vocab
-    x = logits(rng, (n, setup.hidden)) / 2
+    x = logits(rng, (n, setup.hidden)) * setup.x_scale
     w = logits(rng, (setup.hidden, v)) / 2
     if setup.cancel:  # rows of d sum to ~0, so a common part of w cancels in x̄
       w = w / 8 + 2.0 * rng.choice((-1.0, 1.0), (setup.hidden, 1))
@@ -552,9 +553,11 @@ def _option_cases(by_key) -> list[Case]:
       Setup(vocab=300, chunk=128, labels=(np.int8, (127, 44, 100, 0))),
     ),
   )
+  # the cases that must take a path of their own (docs/internals.md)
+  paths = {"chunks of 2, V = 7": "chunk_tail", "chunks of 3, V = 9": "chunk_loop"}
   out = []
   for option, setup in rows:
-    out += _cases_of(by_key, option, setup)
+    out += _cases_of(by_key, option, setup, path=paths.get(option, ""))
   return out
 
 
@@ -571,7 +574,8 @@ def _reduction_cases(by_key) -> list[Case]:
       ),
     ):
       setup = dataclasses.replace(setup, reduction=reduction)
-      out += _cases_of(by_key, f"{option}, reduction {reduction}", setup)
+      path = "per_example" if reduction == "none" else "reduced_one_pass"
+      out += _cases_of(by_key, f"{option}, reduction {reduction}", setup, path=path)
   # several row blocks of the one-pass reduced kernel and a tail
   for rows, what in (
     (300, "a block of 256 and a tail of 44"),
@@ -589,7 +593,9 @@ def _reduction_cases(by_key) -> list[Case]:
         ignore=True,
         weights=True,
       )
-      out += _cases_of(by_key, f"N = {rows}: {what}, reduction {reduction}", setup)
+      path = "row_block_loop" if rows // 256 > 1 else "row_block_tail"
+      option = f"N = {rows}: {what}, reduction {reduction}"
+      out += _cases_of(by_key, option, setup, path=path)
   return out
 
 
@@ -600,11 +606,19 @@ def _sixteen_bit_cases(by_key) -> list[Case]:
     setup = Setup(rows=8, vocab=11, hidden=4, chunk=4, cancel=True, reduction=reduction)
     option = f"16-bit backward, w with a common part, reduction {reduction}"
     reference = functools.partial(_reference, by_key, setup)
+    path = "backward_16bit" if reduction == "none" else "reduced_chunked"
     for dtype in ("bfloat16", "float16"):
       for wrt in ("x", "w", "bias"):
         tol = bound_16(setup, dtype, wrt, reference)
-        (case,) = _cases_of(by_key, option, setup, (wrt,))
+        (case,) = _cases_of(by_key, option, setup, (wrt,), path=path)
         out.append(dataclasses.replace(case, dtype=dtype, tolerance=tol))
+  # a wide x: the 16-bit dx is summed in place over blocks of 32 rows
+  setup = Setup(rows=72, vocab=11, hidden=65536, chunk=4, x_scale=1 / 256)
+  option = "16-bit backward, H = 65536: dx in two blocks of 32 rows and a tail"
+  reference = functools.partial(_reference, by_key, setup)
+  (case,) = _cases_of(by_key, option, setup, ("x",), path="dx_rows_loop")
+  tol = bound_16(setup, "bfloat16", "x", reference)
+  out.append(dataclasses.replace(case, dtype="bfloat16", tolerance=tol))
   return out
 
 

@@ -49,7 +49,7 @@ BY_FILE = {
   "_soft_labels.py": SOFT,
   "_integer_labels.py": INTEGER,
   "_sigmoid.py": SIGMOID,
-  "_linear.py": LINEAR,
+  "_linear": LINEAR,  # the package
   "_numerics.py": SOFTMAX + ENTROPY + KL + LOSSES + LINEAR,
   "_checks.py": INTEGER + LINEAR,  # the label bounds
 }
@@ -385,7 +385,7 @@ MUTATIONS = (
   ),
   M(
     "linear-offset",
-    "_linear.py",
+    "_linear/_rows.py",
     "cols = start + lax.broadcasted_iota(",
     "cols = lax.broadcasted_iota(",
     "linear CE: one-hot without the chunk offset",
@@ -393,7 +393,7 @@ MUTATIONS = (
   ),
   M(
     "linear-dw",
-    "_linear.py",
+    "_linear/_chunked.py",
     "_x_t_d(xc, parts, start, mm).astype(dw.dtype), start)",
     "_x_t_d(xc, parts, start, mm).astype(dw.dtype), start + 1)",
     "linear CE: dw one column off",
@@ -401,7 +401,7 @@ MUTATIONS = (
   ),
   M(
     "linear-dx",
-    "_linear.py",
+    "_linear/_chunked.py",
     "    dx = _add_rows(dx, parts, wc.astype(parts[0].dtype), mm)",
     "    dx = _add_rows(jnp.zeros_like(dx), parts, wc.astype(parts[0].dtype), mm)",
     "linear CE: dx not accumulated over chunks",
@@ -409,51 +409,99 @@ MUTATIONS = (
   ),
   M(
     "linear-spread-mask",
-    "_linear.py",
-    "d = d - (g_s if mask is None else jnp.where(mask, g_s, 0.0))",
-    "d = d - g_s",
+    "_linear/_rows.py",
+    "d = d - (s if mask is None else jnp.where(mask, s, 0.0))",
+    "d = d - s",
     "linear CE: smoothing spread onto masked classes",
     "mask",
   ),
   M(
     "linear-cap",
-    "_linear.py",
-    "d = d * (1.0 - t * t)\n    parts = _split_16(",
-    "d = d * (1.0 - t)\n    parts = _split_16(",
+    "_linear/_rows.py",
+    "d = d * (1.0 - t * t)",
+    "d = d * (1.0 - t)",
     "linear CE: tanh' as 1 - tanh",
     "option",
   ),
   M(
     "linear-zloss",
-    "_linear.py",
-    "(1.0 + 2.0 * opts.z_loss * lse)",
-    "(1.0 + opts.z_loss * lse)",
-    "linear CE: z-loss without its factor 2",
+    "_linear/_rows.py",
+    "g_a = g * (1.0 + 2.0 * opts.z_loss * (shift + live_norm))",
+    "g_a = g * (1.0 + opts.z_loss * (shift + live_norm))",
+    "linear CE: z-loss gradient without its factor 2",
     "option",
   ),
   M(
+    "linear-zloss-value",
+    "_linear/_rows.py",
+    "loss = loss + opts.z_loss * lse * lse",
+    "loss = loss + opts.z_loss * lse",
+    "linear CE: z-loss value as lambda lse",
+    "value",
+  ),
+  M(
     "linear-alpha",
-    "_linear.py",
-    "g_t = per_row(g * (1.0 - opts.alpha))",
-    "g_t = per_row(g)",
+    "_linear/_rows.py",
+    "per_row(g * (1.0 - opts.alpha))",
+    "per_row(g)",
     "linear CE: one-hot without (1 - alpha)",
     "option",
   ),
   M(
     "linear-classes",
-    "_linear.py",
-    "g_s = per_row(g * (opts.alpha / _num_classes(where, vocab)))",
-    "g_s = per_row(g * (opts.alpha / vocab))",
+    "_linear/_rows.py",
+    "spread = per_row(g * (opts.alpha / num_classes(where, vocab)))",
+    "spread = per_row(g * (opts.alpha / vocab))",
     "linear CE: C counts masked classes",
     "mask",
   ),
   M(
     "linear-dropped",
-    "_linear.py",
-    "jnp.where(dropped | empty, 0.0, coef), invalid)",
-    "jnp.where(empty, 0.0, coef), invalid)",
+    "_linear/_rows.py",
+    "return poisoned(jnp.where(dropped | empty, 0.0, coef), invalid)",
+    "return poisoned(jnp.where(empty, 0.0, coef), invalid)",
     "linear CE: dropped rows not zeroed",
     "guard",
+  ),
+  M(
+    "linear-masked-value",
+    "_linear/_rows.py",
+    "    z = jnp.where(m, z, -jnp.inf)\n",
+    "    z = z\n",
+    "linear CE: masked classes kept in the forward value",
+    "value",
+  ),
+  M(
+    "linear-one-pass-rows",
+    "_linear/_reduced.py",
+    "dx, mm(d, wc, (((1,), (1,)), ((), ()))), start, 0",
+    "dx, mm(d, wc, (((1,), (1,)), ((), ()))), 0, 0",
+    "linear CE, one pass: every row block's dx written at row 0",
+    "chunk",
+  ),
+  M(
+    "linear-one-pass-dw",
+    "_linear/_reduced.py",
+    "dw = dw + mm(xb, d, (((0,), (0,)), ((), ())))",
+    "dw = mm(xb, d, (((0,), (0,)), ((), ())))",
+    "linear CE, one pass: dw not accumulated over row blocks",
+    "chunk",
+  ),
+  M(
+    "linear-weights-mean",
+    "_linear/_reduced.py",
+    "(losses - counted * value) / denom",
+    "losses / denom",
+    "linear CE: weights' gradient under 'mean' without the quotient rule",
+    "term",
+  ),
+  M(
+    "linear-16bit-low",
+    "_linear/_chunked.py",
+    "return hi, (d - hi.astype(d.dtype)).astype(dtype)",
+    "return hi, jnp.zeros_like(hi)",
+    "linear CE, 16-bit backward: the low part of d dropped",
+    "dtype",
   ),
 )
 del M
@@ -473,8 +521,7 @@ def functions_of(m: Mutation) -> tuple[str, ...]:
   """The public functions whose checks can see a bug in ``m.file``."""
   if m.file in BY_FILE:
     return BY_FILE[m.file]
-  package = m.file.split("/", 1)[0] + ".py"  # a module of a package: _linear/x.py
-  return BY_FILE[package]
+  return BY_FILE[m.file.split("/", 1)[0]]  # a module of a package: _linear/x.py
 
 
 def problem(m: Mutation, source: pathlib.Path = SOURCE) -> str:

@@ -448,6 +448,18 @@ def _cases_markdown(out: list[str], num: int, results) -> None:
         f"| {option} | `{wrt}` | " + " | ".join(cells.get(d, "") for d in dtypes) + " |"
       )
     w("")
+    _paths_markdown(out, rs)
+
+
+def _paths_markdown(out: list[str], results) -> None:
+  """Which kernel paths (docs/internals.md) the cases took, and how often."""
+  counts: dict[str, int] = {}
+  for r in results:
+    for p in r.paths:
+      counts[p] = counts.get(p, 0) + 1
+  if counts:
+    took = ", ".join(f"`{p}` ({n})" for p, n in sorted(counts.items()))
+    out.append(f"Kernel paths taken (and by how many cases): {took}.\n")
 
 
 def _examples_markdown(out: list[str], examples: Sequence[ExampleResult]) -> None:

@@ -6,6 +6,7 @@ tests show that the cases and the mutation runner catch wrong rules.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import jax
@@ -187,3 +188,25 @@ def test_a_forward_value_that_sums_masked_terms_is_caught():
   wrong = cases.run_cases(chosen, {"cross_entropy": summing_masked_terms})
   assert [r.ok for r in wrong] == [False] * len(chosen)
   assert all(r.detail.startswith("value differs") for r in wrong)
+
+
+def test_the_cases_reach_every_kernel_path_of_the_fused_loss(derivation_report):
+  # each case records the paths its trace took; together they are all of them
+  from jaxsmx._linear import PATHS
+
+  fn = "linear_softmax_cross_entropy"
+  fused = [r for r in derivation_report.cases if r.case.function == fn]
+  taken = set().union(*(r.paths for r in fused))
+  assert taken == set(PATHS), set(PATHS) - taken
+  marked = [r for r in fused if r.case.path]
+  assert {r.case.path for r in marked} >= {"reduced_one_pass", "dx_rows_loop"}
+  assert all(r.case.path in r.paths and r.ok for r in marked)
+
+
+def test_a_case_that_misses_its_kernel_path_fails():
+  fused = [c for c in all_cases() if c.function == "linear_softmax_cross_entropy"]
+  case = next(c for c in fused if c.path == "per_example" and c.dtype == "float64")
+  (ok,) = cases.run_cases([case])
+  assert ok.ok and "per_example" in ok.paths
+  (wrong,) = cases.run_cases([dataclasses.replace(case, path="reduced_one_pass")])
+  assert not wrong.ok and "not reduced_one_pass" in wrong.detail

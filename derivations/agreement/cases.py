@@ -324,6 +324,7 @@ class CaseResult:
   error: float  # largest error relative to max(1, |expected|); nan if not run
   dtype_ok: bool
   detail: str = ""
+  paths: tuple[str, ...] = ()  # the fused loss's kernel paths the call took
 
   @property
   def ok(self) -> bool:
@@ -416,6 +417,7 @@ def run_cases(
   results: dict[str, CaseResult] = {}
   with jax.enable_x64(True):
     import jaxsmx
+    from jaxsmx._linear import record_paths
 
     probs = [_problem(c) for c in selected]
     calls = []
@@ -423,17 +425,29 @@ def run_cases(
       fn = fns.get(c.function) or getattr(jaxsmx, c.function)
       calls.append((_call(fn, c, pr), [jnp.asarray(v) for v in pr.args.values()]))
 
+    paths: dict[str, tuple[str, ...]] = {}
+
+    def traced(c, call, *xs):
+      # records the kernel paths the trace of this one call takes
+      with record_paths() as taken:
+        out = call(*xs)
+      paths[c.name] = tuple(sorted(taken))
+      return out
+
     def table(inputs):
-      return [call(*xs) for (call, _), xs in zip(calls, inputs, strict=True)]
+      return [
+        traced(c, call, *xs)
+        for c, (call, _), xs in zip(selected, calls, inputs, strict=True)
+      ]
 
     inputs = [xs for _, xs in calls]
     try:
       got = jax.jit(table).lower(inputs).compile(COMPILER_OPTIONS)(inputs)
     except Exception:  # find the culprit: one program per case
       got = []
-      for call, xs in calls:
+      for c, (call, xs) in zip(selected, calls, strict=True):
         try:
-          got.append(jax.jit(call)(*xs))
+          got.append(jax.jit(functools.partial(traced, c, call))(*xs))
         except Exception as e:
           got.append(e)
     for c, pr, out in zip(selected, probs, got, strict=True):
@@ -442,7 +456,12 @@ def run_cases(
           c, float("nan"), False, f"{type(out).__name__}: {out}"[:200]
         )
         continue
-      results[c.name] = _compare(c, pr, *out)
+      took = paths.get(c.name, ())
+      result = dataclasses.replace(_compare(c, pr, *out), paths=took)
+      if c.path and c.path not in took:
+        detail = f"took the kernel paths {', '.join(took) or 'none'}, not {c.path}"
+        result = dataclasses.replace(result, detail=detail)
+      results[c.name] = result
   return [results[c.name] for c in selected]
 
 

@@ -343,5 +343,5 @@ _entry_checkify_jit = jax.jit(_entry_checkify, static_argnums=(6,))
 
 def clear_caches() -> None:
   """Drops the compiled entry points' traces (see _paths.record_paths)."""
-  _entry_jit.clear_cache()
-  _entry_checkify_jit.clear_cache()
+  for entry in (_entry_jit, _entry_checkify_jit):
+    entry.clear_cache()  # pyright: ignore[reportAttributeAccessIssue]

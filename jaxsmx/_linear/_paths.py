@@ -60,4 +60,5 @@ def record_paths() -> Iterator[set[str]]:
   try:
     yield taken
   finally:
-    _recorders.remove(taken)
+    # by identity: two recorders may hold equal sets
+    del _recorders[next(i for i, r in enumerate(_recorders) if r is taken)]

@@ -40,7 +40,8 @@ def _reduced_fwd(x, w, bias, labels, where, weights, opts):
   else:
     _paths.take("reduced_chunked")
     stats = _chunked.stats(x, w, labels, bias, where, opts)
-    dx, dw, db = _chunked.gradients(x, w, bias, labels, where, *stats[:2], r, opts)
+    shift, log_norm = stats[0], stats[1]
+    dx, dw, db = _chunked.gradients(x, w, bias, labels, where, shift, log_norm, r, opts)
   losses = _rows.row_losses(stats, labels, where, vocab, opts)
   value = jnp.sum(r * losses)
   d_omega = None
