@@ -360,9 +360,9 @@ MUTATIONS = (
   M(
     "label-bound-overflow",
     "_checks.py",
-    "  if num_classes <= info.max:\n"
+    "  elif num_classes <= info.max:\n"
     "    in_range = in_range & (labels < np.asarray(num_classes, labels.dtype))",
-    "  if True:\n"
+    "  elif True:\n"
     "    in_range = in_range & (labels < np.asarray(num_classes).astype(labels.dtype))",
     "label_index: the class count cast into a narrow label dtype, no overflow guard",
     "guard",

@@ -373,11 +373,17 @@ def label_index(
     ignore_index (False where ignore_index is not representable in the dtype).
 
   Every comparison is made in the labels' own dtype, against bounds that it
-  can represent, so none of them promotes to float or overflows.
+  can represent, so none of them promotes to float or overflows. A symbolic
+  class count (jax.export) is compared as a value, in a dtype that holds it
+  and every label.
   """
   info = jnp.iinfo(labels.dtype)
   in_range = jnp.ones(labels.shape, bool) if info.min >= 0 else labels >= 0
-  if num_classes <= info.max:
+  if not isinstance(num_classes, (int, np.integer)):
+    count = jnp.asarray(num_classes)  # int32, or int64 under x64
+    wide = max(labels.dtype, count.dtype, key=lambda d: d.itemsize)
+    in_range = in_range & (labels.astype(wide) < count.astype(wide))
+  elif num_classes <= info.max:
     in_range = in_range & (labels < np.asarray(num_classes, labels.dtype))
   if ignore_index is None or not info.min <= ignore_index <= info.max:
     ignored = jnp.zeros(labels.shape, bool)

@@ -290,7 +290,9 @@ def num_classes(shape, axes, where, dtype) -> jax.Array | int:
   """C, or the number of unmasked classes per slice (at least 1), in `dtype`
   (a Python int needs no conversion: it is weakly typed)."""
   if where is None:
-    return math.prod(shape[a] for a in axes)
+    count = math.prod(shape[a] for a in axes)
+    # a symbolic count (jax.export) as a value
+    return count if isinstance(count, int) else jnp.asarray(count, dtype)
   count = jnp.sum(jnp.broadcast_to(where, shape), axes, keepdims=True, dtype=dtype)
   return jnp.maximum(count, 1)
 
