@@ -399,13 +399,21 @@ slice the options define: masking means slicing, so a row keeps the classes
 with $m_k = 1$, the closed form is evaluated at $n = \\sum_k m_k$ and masked
 entries get 0; a $-\\infty$ logit is evaluated as it stands (the limit, with
 probability 0); empty slices, ignored and dropped rows, and a zero cotangent
-give 0. The error is $\\max |\\text{got} - \\text{want}| / \\max(1,
+give 0. Where the loss's definition is a step of its derivation (the step
+named `value`), the function's *value* is compared too, evaluated the same
+way on each row's kept classes. Rows marked "second order" compare the
+gradient of $\\langle v, \\text{VJP}\\rangle$ for a random direction $v$
+(reverse over reverse, through the forward rule) with the Hessian step
+contracted with $v$. The error is $\\max |\\text{got} - \\text{want}| / \\max(1,
 |\\text{want}|)$; infinities must match exactly. The float32 and bfloat16
 rows feed the function inputs in that dtype (a second dtype: the other
 floating input's) and compare with the closed form at the rounded inputs,
 with a tolerance tied to the dtype's epsilon ($64\\,\\epsilon$ for float32,
 $4\\,\\epsilon$ for bfloat16; $10^{-10}$ for float64); the result and gradient
-dtypes must be the promoted dtype and the input's dtype.
+dtypes must be the promoted dtype and the input's dtype. The fused loss's
+16-bit rows ("16-bit backward") are held to a bound per entry derived from
+the unit roundoffs and the sizes (`derivations.linear.bound_16`), tight
+enough that dropping the low part of the split gradient fails.
 """
 
 _MUTATION_INTRO = """\
