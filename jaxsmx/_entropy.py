@@ -7,8 +7,6 @@ each other, and a ``where`` mask against them, as in NumPy.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -76,15 +74,17 @@ def softmax_entropy(
     pass is one multiply. 16-bit logits are computed in float32; a tuple
     ``axis`` is reduced as one flattened axis.
   """
-  return _softmax_entropy_checked(
+  return _softmax_entropy_jit(
     as_array(logits), static_axis(axis, "softmax_entropy"), as_array(where)
   )
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def _softmax_entropy_checked(logits, axis, where):
+def _softmax_entropy_prepared(logits, axis, where):
   z, mask, finish = prepare_inputs("softmax_entropy", axis, where, logits=logits)
   return finish(_softmax_entropy(z, mask))
+
+
+_softmax_entropy_jit = jax.jit(_softmax_entropy_prepared, static_argnums=(1,))
 
 
 @jax.custom_vjp
@@ -153,15 +153,15 @@ def entropy(
     Gradient: :math:`\partial H/\partial p_i = -(\log p_i + 1)`. Residual:
     the input. 16-bit inputs are computed in float32.
   """
-  return _entropy_checked(
-    as_array(probs), static_axis(axis, "entropy"), as_array(where)
-  )
+  return _entropy_jit(as_array(probs), static_axis(axis, "entropy"), as_array(where))
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def _entropy_checked(probs, axis, where):
+def _entropy_prepared(probs, axis, where):
   p, mask, finish = prepare_inputs("entropy", axis, where, probs=probs)
   return finish(_entropy(p, mask))
+
+
+_entropy_jit = jax.jit(_entropy_prepared, static_argnums=(1,))
 
 
 @jax.custom_vjp
@@ -242,15 +242,17 @@ def cross_entropy(
     dtype. Inside ``shard_map``, the gradient of an input that does not vary
     along a mesh axis is summed over that axis.
   """
-  return _cross_entropy_checked(
+  return _cross_entropy_jit(
     as_array(p), as_array(q), static_axis(axis, "cross_entropy"), as_array(where)
   )
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _cross_entropy_checked(p, q, axis, where):
+def _cross_entropy_prepared(p, q, axis, where):
   p, q, mask, finish = prepare_inputs("cross_entropy", axis, where, p=p, q=q)
   return finish(_cross_entropy(p, q, mask))
+
+
+_cross_entropy_jit = jax.jit(_cross_entropy_prepared, static_argnums=(2,))
 
 
 @jax.custom_vjp

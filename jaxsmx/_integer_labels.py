@@ -121,8 +121,8 @@ def softmax_cross_entropy_with_integer_labels(
   if not check:
     return _integer_ce_jit(*args)
   if _checks.is_concrete(logits, labels, mask):
-    return _integer_ce_checked(*args)  # eager: a failed check raises here
-  return _integer_ce_checked_jit(*args)
+    return _integer_ce_checkify(*args)  # eager: a failed check raises here
+  return _integer_ce_checkify_jit(*args)
 
 
 def _integer_ce_prepared(logits, labels, where, axes, alpha, ignore_index):
@@ -136,7 +136,7 @@ def _batch_labels(logits, labels, axes):
   return jnp.broadcast_to(labels, batch)
 
 
-def _integer_ce_checked(logits, labels, where, axes, alpha, ignore_index):
+def _integer_ce_checkify(logits, labels, where, axes, alpha, ignore_index):
   """The loss, then checkify.check on its labels (check_labels=True)."""
   labels = _batch_labels(logits, labels, axes)
   # the check comes after the custom_vjp call: see _checks.report_labels
@@ -152,7 +152,7 @@ def _integer_ce_checked(logits, labels, where, axes, alpha, ignore_index):
   return out
 
 
-_integer_ce_checked_jit = jax.jit(_integer_ce_checked, static_argnums=(3, 4, 5))
+_integer_ce_checkify_jit = jax.jit(_integer_ce_checkify, static_argnums=(3, 4, 5))
 
 
 def _class_index(shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array:

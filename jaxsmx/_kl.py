@@ -3,8 +3,6 @@ log-probabilities, in nats, reduced over the class axis or axes."""
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -74,7 +72,7 @@ def kl_divergence(
     once, to its input's dtype. Inside ``shard_map``, the gradient of an
     input that does not vary along a mesh axis is summed over that axis.
   """
-  return _kl_divergence_checked(
+  return _kl_divergence_jit(
     as_array(log_predictions),
     as_array(targets),
     static_axis(axis, "kl_divergence"),
@@ -82,12 +80,14 @@ def kl_divergence(
   )
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _kl_divergence_checked(log_predictions, targets, axis, where):
+def _kl_divergence_prepared(log_predictions, targets, axis, where):
   lq, t, mask, finish = prepare_inputs(
     "kl_divergence", axis, where, log_predictions=log_predictions, targets=targets
   )
   return finish(_kl_divergence(lq, t, mask))
+
+
+_kl_divergence_jit = jax.jit(_kl_divergence_prepared, static_argnums=(2,))
 
 
 @jax.custom_vjp

@@ -79,7 +79,7 @@ def softmax(
     Gradient: :math:`\bar z = a \odot (g - \langle g, a\rangle)`; the
     residual is the output :math:`a` itself, in float32 for 16-bit logits.
   """
-  return _softmax_checked(as_array(x), static_axis(axis, "softmax"), as_array(where))
+  return _softmax_jit(as_array(x), static_axis(axis, "softmax"), as_array(where))
 
 
 def _prepare(fn, x, axis, where):
@@ -101,10 +101,12 @@ def _prepare(fn, x, axis, where):
   return z, m, finish
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def _softmax_checked(x, axis, where):
+def _softmax_prepared(x, axis, where):
   z, mask, finish = _prepare("softmax", x, axis, where)
   return finish(_softmax(z, mask))
+
+
+_softmax_jit = jax.jit(_softmax_prepared, static_argnums=(1,))
 
 
 @jax.custom_vjp
@@ -168,15 +170,17 @@ def log_softmax(
     residual is softmax(z), which the forward pass forms anyway from the one
     exponential per element; masked entries get 0.
   """
-  return _log_softmax_checked(
+  return _log_softmax_jit(
     as_array(x), static_axis(axis, "log_softmax"), as_array(where)
   )
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def _log_softmax_checked(x, axis, where):
+def _log_softmax_prepared(x, axis, where):
   z, mask, finish = _prepare("log_softmax", x, axis, where)
   return finish(_log_softmax(z, mask))
+
+
+_log_softmax_jit = jax.jit(_log_softmax_prepared, static_argnums=(1,))
 
 
 @jax.custom_vjp
@@ -272,7 +276,7 @@ def logsumexp(
     input's dtype. A tuple ``axis`` is reduced as one flattened axis.
   """
   fn = "logsumexp"
-  return _logsumexp_checked(
+  return _logsumexp_jit(
     as_array(a),
     static_axis(axis, fn),
     as_array(b),
@@ -282,8 +286,7 @@ def logsumexp(
   )
 
 
-@functools.partial(jax.jit, static_argnums=(1, 3, 4))
-def _logsumexp_checked(a, axis, b, keepdims, return_sign, where):
+def _logsumexp_prepared(a, axis, b, keepdims, return_sign, where):
   fn = "logsumexp"
   a = jnp.asarray(a)
   b = None if b is None else jnp.asarray(b)
@@ -303,6 +306,9 @@ def _logsumexp_checked(a, axis, b, keepdims, return_sign, where):
   if return_sign:
     return value, batch_result(sign, shape, axes, keepdims).astype(dtype)
   return value
+
+
+_logsumexp_jit = jax.jit(_logsumexp_prepared, static_argnums=(1, 3, 4))
 
 
 def _promoted(x, name, dtype):

@@ -74,3 +74,54 @@ def test_no_import_cycle():
 
 def test_the_cycle_finder_finds_a_cycle():
   assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c"]
+
+
+def _is_jit(node: ast.expr) -> bool:
+  """``jax.jit`` or ``functools.partial(jax.jit, ...)``."""
+  if isinstance(node, ast.Call):
+    func = node.func
+    is_partial = isinstance(func, ast.Attribute) and func.attr == "partial"
+    return is_partial and bool(node.args) and _is_jit(node.args[0])
+  return ast.unparse(node) == "jax.jit"
+
+
+def _naming_problems(source: str) -> list[str]:
+  """Where ``source`` breaks the entry names of docs/internals.md."""
+  out = []
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.FunctionDef):
+      if node.name.endswith("_checked"):
+        out.append(f"{node.name}: name a checkify variant _f_checkify")
+      if any(_is_jit(d) for d in node.decorator_list):
+        out.append(f"{node.name}: jit by assignment, _f_jit = jax.jit(_f_prepared)")
+    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+      if not _is_jit(node.value.func) or not node.value.args:
+        continue
+      (target,), inner = node.targets, ast.unparse(node.value.args[0])
+      want = inner.removesuffix("_prepared") + "_jit"
+      if ast.unparse(target) != want or not inner.endswith(("_prepared", "_checkify")):
+        out.append(f"{ast.unparse(target)} = jax.jit({inner}): name it {want}")
+  return out
+
+
+def test_one_name_for_each_part_of_an_entry():
+  problems = [
+    f"{_name(p)}: {w}"
+    for p in SOURCES
+    for w in _naming_problems(p.read_text(encoding="utf-8"))
+  ]
+  assert not problems, problems
+
+
+def test_the_naming_check_sees_a_decorator_and_a_checked_name():
+  bad = (
+    "@functools.partial(jax.jit, static_argnums=(1,))\n"
+    "def _f_checked(x, axis):\n  return x\n"
+    "_g = jax.jit(_g_prepared)\n"
+    "_h_checkify_jit = jax.jit(_h_checkify)\n"
+    "_k_jit = jax.jit(_k_prepared, static_argnums=(0,))\n"
+  )
+  problems = _naming_problems(bad)
+  assert len(problems) == 3, problems
+  assert "_f_checkify" in problems[0] and "jit by assignment" in problems[1]
+  assert "name it _g_jit" in problems[2]

@@ -171,11 +171,11 @@ def linear_softmax_cross_entropy(
   omega = None if omega is None else omega.reshape(-1)
   args = (x2, w, bias, lab, mask, omega, opts)
   if not _checks.static_flag(check_labels, "check_labels", FN):
-    out = _entry_jit(*args)
+    out = _linear_ce_jit(*args)
   elif _checks.is_concrete(x2, w, bias, lab, mask, omega):
-    out = _entry_checkify(*args)  # eager: a failed check raises here
+    out = _linear_ce_checkify(*args)  # eager: a failed check raises here
   else:
-    out = _entry_checkify_jit(*args)
+    out = _linear_ce_checkify_jit(*args)
   out = cast(jax.Array, out)  # jax types a custom_vjp's result as object
   return out if reduction != "none" else out.reshape(batch_shape)
 
@@ -315,7 +315,7 @@ def _chunk(chunk_size: object, n: int | None, vocab: int) -> int:
   return min(chunk_size, vocab)
 
 
-def _entry(x, w, bias, labels, where, weights, opts):
+def _linear_ce_prepared(x, w, bias, labels, where, weights, opts):
   """The loss of the checked arguments, labels of any integer dtype."""
   codes = encode(labels, w.shape[1], opts.ignore_index)
   if opts.reduction != "none":
@@ -327,21 +327,21 @@ def _entry(x, w, bias, labels, where, weights, opts):
   return (out.astype(ct) * weights.astype(ct)).astype(out.dtype)
 
 
-def _entry_checkify(x, w, bias, labels, where, weights, opts):
+def _linear_ce_checkify(x, w, bias, labels, where, weights, opts):
   """The loss, then checkify.check on its labels (check_labels=True)."""
   # the check comes after the custom_vjp call: see _checks.report_labels
-  out = _entry(x, w, bias, labels, where, weights, opts)
+  out = _linear_ce_prepared(x, w, bias, labels, where, weights, opts)
   report_bad_labels(labels, where, w.shape[1], opts.ignore_index)
   return out
 
 
 # Checked arguments go through one compiled call, as in jax.nn: eager calls
 # then cost one dispatch instead of one per primitive.
-_entry_jit = jax.jit(_entry, static_argnums=(6,))
-_entry_checkify_jit = jax.jit(_entry_checkify, static_argnums=(6,))
+_linear_ce_jit = jax.jit(_linear_ce_prepared, static_argnums=(6,))
+_linear_ce_checkify_jit = jax.jit(_linear_ce_checkify, static_argnums=(6,))
 
 
 def clear_caches() -> None:
   """Drops the compiled entry points' traces (see _paths.record_paths)."""
-  for entry in (_entry_jit, _entry_checkify_jit):
+  for entry in (_linear_ce_jit, _linear_ce_checkify_jit):
     entry.clear_cache()  # pyright: ignore[reportAttributeAccessIssue]
