@@ -643,10 +643,13 @@ def markdown(outcomes: list[Outcome]) -> str:
       by = f"`{first}`" + (
         f" and {len(o.failed) - 1} more" if len(o.failed) > 1 else ""
       )
-    lines.append(
-      f"| `{o.mutation.key}` | {o.mutation.kind} | {o.mutation.what} | {by} |"
-    )
+    lines.append(f"{row_head(o.mutation)} {by} |")
   return "\n".join(lines) + "\n"
+
+
+def row_head(m: Mutation) -> str:
+  """The start of ``m``'s row in the table: key, kind and bug, without the result."""
+  return f"| `{m.key}` | {m.kind} | {m.what} |"
 
 
 def main(argv=None) -> int:

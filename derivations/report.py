@@ -418,10 +418,12 @@ enough that dropping the low part of the split gradient fails.
 
 _MUTATION_INTRO = """\
 `python -m derivations.mutate` (`make mutate`) applies each plausible
-one-line bug below to a temporary copy of jaxsmx's backward rules, imports the
-copy in a subprocess and runs the derivation checks alone on it (the numeric
-comparisons and the option cases of the functions in the mutated file). The
-table is that command's output, committed as `derivations/MUTATIONS.md`.
+one-line bug below to a temporary copy of jaxsmx (its backward rules, forward
+values, masks, guards and kernel offsets), imports the copy in a subprocess and
+runs the derivation checks alone on it (the numeric comparisons and the option
+cases of the functions in the mutated file). The table is that command's
+output, committed as `derivations/MUTATIONS.md`; a mutation whose text no
+longer occurs in its file fails the command.
 """
 
 

@@ -20,7 +20,7 @@ import pytest
 # wheel and its venv). A worker builds each fixture it needs, so every test
 # that uses one, directly or through another fixture, is kept on one worker:
 # built once per run, not once per worker.
-SHARED_FIXTURES = ("derivation_report", "full_report", "wheel")
+SHARED_FIXTURES = ("derivation_report", "wheel")
 
 # Tests that take tens of seconds start first, so that the two workers finish
 # together instead of one waiting on a long test picked up last. Names, not

@@ -1,7 +1,8 @@
 """The derivation report: every step checks, the report is current, the CLI.
 
-One full build (symbolic and numeric) is shared by the module; the other
-tests run small, hand-made derivations and so stay fast.
+One full build (symbolic and numeric) is shared by the run (the session
+fixture ``derivation_report``); the other tests run small, hand-made
+derivations and so stay fast.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ delta = sp.KroneckerDelta
 CTX = Context({a: softmax_of(z)})
 
 
-@pytest.fixture(scope="module")
-def full_report() -> rep.Report:
-  return rep.build()
+@pytest.fixture
+def full_report(derivation_report) -> rep.Report:
+  # the session's one build (tests/conftest.py), shared with the other files
+  return derivation_report
 
 
 def test_every_step_is_verified_symbolically(full_report):
