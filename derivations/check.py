@@ -34,6 +34,7 @@ import sympy as sp
 
 from . import engine
 from .agreement import lambdify_general
+from .report import outcome
 
 SIZES = tuple(range(1, 9))
 TOLERANCE = 1e-10
@@ -89,13 +90,13 @@ class VJPCheck:
     return [s for s in self.steps if not s.ok]
 
   def to_markdown(self) -> str:
-    mark = "✅ pass" if self.ok else "❌ FAIL"
+    mark = outcome(self.ok)
     out = [f"## {self.title}\n", f"**Verdict: {mark}.**\n"]
     for r, s in enumerate(self.steps, 1):
       out.append(f"**Step {r}.** {s.label}\n")
       if s.latex:
         out.append(f"$$\n{s.latex}\n$$\n")
-      m = "✅" if s.ok else "❌"
+      m = outcome(s.ok)
       out.append(f"{m} {s.method}" + (f" — {s.detail}" if s.detail else "") + "\n")
     return "\n".join(out)
 
@@ -123,8 +124,6 @@ def _tex(text: str) -> str:
     ("%", r"\%"),
     ("&", r"\&"),
     ("#", r"\#"),
-    ("✅", "pass"),
-    ("❌", "FAIL"),
     ("—", "---"),
   ):
     text = text.replace(a_, b_)

@@ -298,7 +298,7 @@ def reduced_linear_derivation() -> Derivation:
     ),
     Step(
       r"Each example's losses get the cotangent $g\,\omega_i / \sum_k "
-      "\\omega_k$, so its $\bar u$ is the per-example rule scaled by it "
+      "\\omega_k$, so its $\\bar u$ is the per-example rule scaled by it "
       r"(for the sum: $g\,\omega_i$).",
       eq(D(Lbar, Lx[i]), om[i] / total),
       (General(),),

@@ -13,6 +13,7 @@ script from the network.
 """
 
 import pathlib
+import re
 import shutil
 import sys
 
@@ -51,6 +52,9 @@ for _name, _nb in sorted(_NB_SRC.items()):
 nb_execution_mode = "off"  # render the committed outputs; never execute
 nb_ipywidgets_js = {}  # no widget loader from a CDN
 nb_merge_streams = True
+# Markdown outputs (display(Markdown(...))) parsed as MyST, so that their
+# $...$ formulas are typeset like the pages' own
+nb_render_markdown_format = "myst"
 
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "html_image"]
 myst_heading_anchors = 3
@@ -87,8 +91,6 @@ html_last_updated_fmt = None
 
 def _check_api_page(app, config) -> None:
   """Fails the build if api.md does not list exactly ``jaxsmx.__all__``."""
-  import re
-
   text = (DOCS / "api.md").read_text(encoding="utf-8")
   listed = set(re.findall(r"^   ([a-z_]+)$", text, re.M))
   public = set(jaxsmx.__all__)
@@ -102,8 +104,6 @@ def _check_api_page(app, config) -> None:
 
 def _short_signature(app, what, name, obj, options, signature, return_annotation):
   """Shows ``ArrayLike`` by name, not as the union it stands for."""
-  import re
-
   if signature is None:
     return None
   for expanded, short in _ALIASES:
@@ -137,8 +137,6 @@ def _site_links(app, relative_path, parent_docname, content) -> None:
   MyST targets, so that its contents and summary links resolve; its link to
   its own folder becomes the folder's name.
   """
-  import re
-
   path = pathlib.Path(relative_path)
   if path.name == "README.md":
     for repo_link, page in _README_LINKS.items():
@@ -148,7 +146,39 @@ def _site_links(app, relative_path, parent_docname, content) -> None:
     content[0] = text.replace("[`derivations/`](.)", "`derivations/`")
 
 
+# a "." or "_" inside a name: a place where a long name may wrap
+_NAME_JOINT = re.compile(r"(?<=[A-Za-z0-9])([._])(?=[A-Za-z0-9])")
+_WRAPPED = re.compile(r"(<h1\b.*?</h1>|<nav\b.*?</nav>)", re.S)
+
+
+def _wrap_long_names(app, exception) -> None:
+  """Long function names wrap at their dots and underscores, not mid-word.
+
+  jaxsmx.softmax_cross_entropy_with_integer_labels is wider than the page
+  title's column and the sidebars; the browser may break a word only where
+  the HTML offers a break, so every page title and navigation entry gets a
+  ``<wbr>`` after each joint of a name (jaxsmx.css turns off breaking anywhere
+  else).
+  """
+  if exception is not None or app.builder.format != "html":
+    return
+
+  def text_nodes(block: re.Match) -> str:
+    return re.sub(
+      r">([^<]+)<",
+      lambda m: ">" + _NAME_JOINT.sub(r"\1<wbr>", m.group(1)) + "<",
+      block.group(0),
+    )
+
+  for page in pathlib.Path(app.outdir).rglob("*.html"):
+    html = page.read_text(encoding="utf-8")
+    wrapped = _WRAPPED.sub(text_nodes, html)
+    if wrapped != html:
+      page.write_text(wrapped, encoding="utf-8")
+
+
 def setup(app):
   app.connect("config-inited", _check_api_page)
   app.connect("include-read", _site_links)
   app.connect("autodoc-process-signature", _short_signature)
+  app.connect("build-finished", _wrap_long_names)

@@ -102,7 +102,7 @@ def test_cli_fails_on_a_wrong_bwd_rule(tmp_path):
     fns={"softmax": softmax_without_cross_term},
   )
   assert status == 1
-  assert "❌" in out.read_text(encoding="utf-8")
+  assert "FAIL" in out.read_text(encoding="utf-8")
 
 
 def test_lambdified_general_formula():
