@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxsmx import _checks
 from jaxsmx._checks import Axis
 from jaxsmx._numerics import (
   as_array,
@@ -31,6 +32,7 @@ from jaxsmx._numerics import (
 # softmax_entropy
 
 
+@_checks.array_inputs
 def softmax_entropy(
   logits: jax.typing.ArrayLike,
   axis: Axis = -1,
@@ -117,6 +119,7 @@ _softmax_entropy.defvjp(_softmax_entropy_fwd, _softmax_entropy_bwd)
 # entropy
 
 
+@_checks.array_inputs
 def entropy(
   probs: jax.typing.ArrayLike,
   axis: Axis = -1,
@@ -194,6 +197,7 @@ _entropy.defvjp(_entropy_fwd, _entropy_bwd)
 # cross_entropy
 
 
+@_checks.array_inputs
 def cross_entropy(
   p: jax.typing.ArrayLike,
   q: jax.typing.ArrayLike,

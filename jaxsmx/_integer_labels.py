@@ -26,6 +26,7 @@ from jaxsmx._numerics import (
 )
 
 
+@_checks.array_inputs
 def softmax_cross_entropy_with_integer_labels(
   logits: jax.typing.ArrayLike,
   labels: jax.typing.ArrayLike,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxsmx import _checks
 from jaxsmx._checks import Axis
 from jaxsmx._numerics import (
   as_array,
@@ -19,6 +20,7 @@ from jaxsmx._numerics import (
 )
 
 
+@_checks.array_inputs
 def kl_divergence(
   log_predictions: jax.typing.ArrayLike,
   targets: jax.typing.ArrayLike,

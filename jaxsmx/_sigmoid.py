@@ -14,6 +14,7 @@ from jaxsmx._numerics import (
 )
 
 
+@_checks.array_inputs
 def sigmoid_binary_cross_entropy(
   logits: jax.typing.ArrayLike,
   labels: jax.typing.ArrayLike,

@@ -24,6 +24,7 @@ from jaxsmx._numerics import (
 )
 
 
+@_checks.array_inputs
 def softmax_cross_entropy(
   logits: jax.typing.ArrayLike,
   labels: jax.typing.ArrayLike,

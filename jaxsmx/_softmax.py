@@ -41,6 +41,7 @@ from jaxsmx._numerics import (
 # softmax
 
 
+@_checks.array_inputs
 def softmax(
   x: jax.typing.ArrayLike,
   axis: Axis = -1,
@@ -133,6 +134,7 @@ _softmax.defvjp(_softmax_fwd, _softmax_bwd)
 # log_softmax
 
 
+@_checks.array_inputs
 def log_softmax(
   x: jax.typing.ArrayLike,
   axis: Axis = -1,
@@ -211,6 +213,7 @@ _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
 # logsumexp
 
 
+@_checks.array_inputs
 def logsumexp(
   a: jax.typing.ArrayLike,
   axis: Axis = None,
