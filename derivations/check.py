@@ -34,7 +34,7 @@ import sympy as sp
 
 from . import engine
 from .agreement import lambdify_general
-from .report import outcome
+from .engine import outcome
 
 SIZES = tuple(range(1, 9))
 TOLERANCE = 1e-10

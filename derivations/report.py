@@ -18,7 +18,7 @@ import sympy as sp
 
 from . import engine
 from .agreement.numeric import Numeric, NumericResult
-from .engine import Derivation, Example, StepResult
+from .engine import Derivation, Example, StepResult, outcome
 
 EXAMPLE_TOLERANCE = 1e-12  # jaxsmx (float64) against the exact value
 SEED_TOLERANCE = 1e-4  # the seed prints 4 decimals (and rounds one of them up)
@@ -288,12 +288,6 @@ def _verdict_line(s: StepResult) -> str:
       text += f" — {v.detail}"
     parts.append(text)
   return " · ".join(parts)
-
-
-def outcome(ok: bool) -> str:
-  """A check's outcome, in words: every font draws them (an emoji check mark
-  shows as an empty box on a machine without an emoji font)."""
-  return "pass" if ok else "FAIL"
 
 
 def render_markdown(report: Report) -> str:

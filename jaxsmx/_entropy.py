@@ -10,8 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsmx import _checks
 from jaxsmx._checks import Axis
+from jaxsmx._inputs import array_inputs
 from jaxsmx._numerics import (
   as_array,
   class_sum,
@@ -32,7 +32,7 @@ from jaxsmx._numerics import (
 # softmax_entropy
 
 
-@_checks.array_inputs
+@array_inputs
 def softmax_entropy(
   logits: jax.typing.ArrayLike,
   axis: Axis = -1,
@@ -119,7 +119,7 @@ _softmax_entropy.defvjp(_softmax_entropy_fwd, _softmax_entropy_bwd)
 # entropy
 
 
-@_checks.array_inputs
+@array_inputs
 def entropy(
   probs: jax.typing.ArrayLike,
   axis: Axis = -1,
@@ -197,7 +197,7 @@ _entropy.defvjp(_entropy_fwd, _entropy_bwd)
 # cross_entropy
 
 
-@_checks.array_inputs
+@array_inputs
 def cross_entropy(
   p: jax.typing.ArrayLike,
   q: jax.typing.ArrayLike,

@@ -13,6 +13,7 @@ from jax import lax
 
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
+from jaxsmx._inputs import array_inputs
 from jaxsmx._numerics import (
   exp_normalizer,
   flat_class_axes,
@@ -26,7 +27,7 @@ from jaxsmx._numerics import (
 )
 
 
-@_checks.array_inputs
+@array_inputs
 def softmax_cross_entropy_with_integer_labels(
   logits: jax.typing.ArrayLike,
   labels: jax.typing.ArrayLike,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsmx import _checks
 from jaxsmx._checks import Axis
+from jaxsmx._inputs import array_inputs
 from jaxsmx._numerics import (
   as_array,
   class_sum,
@@ -20,7 +20,7 @@ from jaxsmx._numerics import (
 )
 
 
-@_checks.array_inputs
+@array_inputs
 def kl_divergence(
   log_predictions: jax.typing.ArrayLike,
   targets: jax.typing.ArrayLike,

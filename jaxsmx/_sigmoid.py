@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsmx import _checks
+from jaxsmx._inputs import array_inputs
 from jaxsmx._numerics import (
   same_varying_axes,
   times_cotangent,
@@ -14,7 +15,7 @@ from jaxsmx._numerics import (
 )
 
 
-@_checks.array_inputs
+@array_inputs
 def sigmoid_binary_cross_entropy(
   logits: jax.typing.ArrayLike,
   labels: jax.typing.ArrayLike,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
+from jaxsmx._inputs import array_inputs
 from jaxsmx._numerics import (
   exp_normalizer,
   flat_class_axes,
@@ -24,7 +25,7 @@ from jaxsmx._numerics import (
 )
 
 
-@_checks.array_inputs
+@array_inputs
 def softmax_cross_entropy(
   logits: jax.typing.ArrayLike,
   labels: jax.typing.ArrayLike,

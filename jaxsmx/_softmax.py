@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
+from jaxsmx._inputs import array_inputs
 from jaxsmx._numerics import (
   as_array,
   batch_result,
@@ -41,7 +42,7 @@ from jaxsmx._numerics import (
 # softmax
 
 
-@_checks.array_inputs
+@array_inputs
 def softmax(
   x: jax.typing.ArrayLike,
   axis: Axis = -1,
@@ -134,7 +135,7 @@ _softmax.defvjp(_softmax_fwd, _softmax_bwd)
 # log_softmax
 
 
-@_checks.array_inputs
+@array_inputs
 def log_softmax(
   x: jax.typing.ArrayLike,
   axis: Axis = -1,
@@ -213,7 +214,7 @@ _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
 # logsumexp
 
 
-@_checks.array_inputs
+@array_inputs
 def logsumexp(
   a: jax.typing.ArrayLike,
   axis: Axis = None,

@@ -21,7 +21,8 @@ general-:math:`n` expression into one over plain symbols, to compare with
 The layers, each importing only those above it:
 
 * ``_symbols``: the shared symbols (:math:`z, a, y, n, i, j, k, \ell`, ...);
-* ``_display``: the display nodes and how they print;
+* ``_display``: the display nodes and how they print, and a check's
+  outcome in words;
 * ``_algebra``: contexts, evaluation, sum closing, concrete :math:`n`;
 * ``_verify``: the checks (general :math:`n`, concrete :math:`n`, limits,
   definitions);
@@ -67,6 +68,7 @@ from ._display import (
   keep,
   label,
   named,
+  outcome,
 )
 from ._model import Derivation, Example, Step, StepResult, check_derivation, check_step
 from ._references import (
@@ -172,6 +174,7 @@ __all__ = [
   "n",
   "named",
   "normal_form",
+  "outcome",
   "p",
   "q",
   "sides",

@@ -11,12 +11,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxsmx import _checks
+from jaxsmx._inputs import array_inputs
 from jaxsmx._linear import _tiling
 from jaxsmx._linear._per_example import per_example_loss
 from jaxsmx._linear._reduced import reduced_loss
 from jaxsmx._linear._rows import FN, Options, compute_dtype, encode, report_bad_labels
 
 
+@array_inputs
 def linear_softmax_cross_entropy(
   x: jax.typing.ArrayLike,
   w: jax.typing.ArrayLike,
