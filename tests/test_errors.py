@@ -1,10 +1,11 @@
 """Non-arrays get the library's error at the public entry, for every public
 function and every array argument.
 
-The table ``VALID`` holds one valid call per public function, with a value for
-each of its array arguments (those annotated ``ArrayLike`` in its signature).
-A new public function joins by adding its row: a test fails until every name
-in ``jaxsmx.__all__`` has one that covers each of its array arguments. Every
+Every name in ``jaxsmx.__all__`` is tested, with each of its array arguments
+(those annotated ``ArrayLike`` in its signature): a new public function is
+covered as soon as it is exported. Its valid call takes each argument's value
+from ``BY_NAME`` (with ``OVERRIDES`` where a name means another array), and a
+test fails, naming the argument, until every argument has one. Every
 bad value below is then passed in place of each argument, by keyword and,
 where the parameter allows it, by position, and the error must name the
 function and the argument, show what arrived and say what to pass, before
@@ -29,31 +30,57 @@ _MASK = np.ones((B, C), bool)
 _X = _r.normal(size=(B, H)).astype(np.float32)
 _W = _r.normal(size=(H, C)).astype(np.float32)
 
-# one valid call per public function: a value for every array argument
-VALID: dict[str, dict[str, object]] = {
-  "softmax": {"x": _Z, "where": _MASK},
-  "log_softmax": {"x": _Z, "where": _MASK},
-  "logsumexp": {"a": _Z, "b": _P, "where": _MASK},
-  "softmax_entropy": {"logits": _Z, "where": _MASK},
-  "entropy": {"probs": _P, "where": _MASK},
-  "cross_entropy": {"p": _P, "q": _P, "where": _MASK},
-  "kl_divergence": {"log_predictions": np.log(_P), "targets": _P, "where": _MASK},
-  "softmax_cross_entropy": {"logits": _Z, "labels": _P, "where": _MASK},
-  "softmax_cross_entropy_with_integer_labels": {
-    "logits": _Z,
-    "labels": _LABELS,
-    "where": _MASK,
-  },
-  "sigmoid_binary_cross_entropy": {"logits": _Z, "labels": _P},
+
+def _array_params(fn) -> dict[str, inspect.Parameter]:
+  """The array arguments of a public function, read from its signature."""
+  return {
+    name: p
+    for name, p in inspect.signature(fn).parameters.items()
+    if "ArrayLike" in str(p.annotation)
+  }
+
+
+# A valid value for each array argument, by its name: every public function
+# is read from jaxsmx.__all__ and its array arguments from its signature, so a
+# new function is tested as soon as it is exported. A name not listed here
+# fails test_every_public_function_and_array_argument_has_a_value.
+BY_NAME: dict[str, object] = {
+  "x": _Z,
+  "a": _Z,
+  "logits": _Z,
+  "b": _P,
+  "probs": _P,
+  "p": _P,
+  "q": _P,
+  "labels": _P,  # soft labels; integer-label functions override it below
+  "targets": _P,
+  "log_predictions": np.log(_P),
+  "log_targets": np.log(_P),
+  "where": _MASK,
+  "weights": np.ones(B, np.float32),
+  "pos_weight": np.ones(C, np.float32),
+  "alpha": 0.25,
+  "gamma": 2.0,
+  "epsilon": 2.0,
+}
+# where the same name means another array
+OVERRIDES: dict[str, dict[str, object]] = {
+  "softmax_cross_entropy_with_integer_labels": {"labels": _LABELS},
   "linear_softmax_cross_entropy": {
     "x": _X,
     "w": _W,
     "labels": _LABELS,
     "bias": np.zeros(C, np.float32),
     "where": np.ones(C, bool),
-    "weights": np.ones(B, np.float32),
   },
 }
+
+
+def _valid_call(fn_name: str) -> dict[str, object]:
+  """One valid call of a public function: a value for each array argument."""
+  values = {**BY_NAME, **OVERRIDES.get(fn_name, {})}
+  params = _array_params(getattr(jaxsmx, fn_name))
+  return {name: values[name] for name in params if name in values}
 
 
 class _NoDtype:
@@ -81,15 +108,6 @@ BAD = [
 ]
 
 
-def _array_params(fn) -> dict[str, inspect.Parameter]:
-  """The array arguments of a public function, read from its signature."""
-  return {
-    name: p
-    for name, p in inspect.signature(fn).parameters.items()
-    if "ArrayLike" in str(p.annotation)
-  }
-
-
 def _cases():
   for fn_name in jaxsmx.__all__:
     for arg in _array_params(getattr(jaxsmx, fn_name)):
@@ -97,12 +115,17 @@ def _cases():
 
 
 CASES = list(_cases())
+VALID = {fn_name: _valid_call(fn_name) for fn_name in jaxsmx.__all__}
 
 
-def test_every_public_function_and_array_argument_is_in_the_table():
-  assert set(VALID) == set(jaxsmx.__all__)
-  for fn_name, valid in VALID.items():
-    assert set(valid) == set(_array_params(getattr(jaxsmx, fn_name))), fn_name
+def test_every_public_function_and_array_argument_has_a_value():
+  missing = {
+    fn_name: sorted(set(_array_params(getattr(jaxsmx, fn_name))) - set(valid))
+    for fn_name, valid in VALID.items()
+  }
+  missing = {k: v for k, v in missing.items() if v}
+  assert not missing, f"add a valid value for these arguments to BY_NAME: {missing}"
+  assert set(VALID) == set(jaxsmx.__all__) and len(CASES) >= 2 * len(VALID)
 
 
 def _value(out) -> np.ndarray:
