@@ -450,7 +450,7 @@ MUTATIONS = (
   M(
     "linear-classes",
     "_linear/_rows.py",
-    "spread = per_row(g * (opts.alpha / num_classes(where, vocab)))",
+    "spread = per_row(g * (opts.alpha / num_classes(where, vocab, g.dtype)))",
     "spread = per_row(g * (opts.alpha / vocab))",
     "linear CE: C counts masked classes",
     "mask",

@@ -936,7 +936,7 @@ def test_a_wrong_bwd_is_caught():
     ({"softcap": 0.0}, ValueError, "softcap must be finite and > 0"),
     ({"label_smoothing": 1.5}, ValueError, r"\[0, 1\]"),
     ({"chunk_size": 0}, ValueError, "chunk_size must be positive"),
-    ({"chunk_size": 128.0}, TypeError, "chunk_size must be a Python int"),
+    ({"chunk_size": 128.0}, TypeError, "chunk_size must be an int or None"),
     ({"ignore_index": 1.0}, TypeError, "ignore_index must be an int or None"),
     ({"reduction": "avg"}, ValueError, "reduction must be 'none', 'sum' or 'mean'"),
     ({"weights": np.ones((N + 1,), np.float32)}, ValueError, "weights must have"),

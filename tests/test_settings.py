@@ -8,7 +8,8 @@
   float32 also under x64, int64 to float64), by every function that takes
   logits or probabilities: one rule for the library.
 * Static settings (``axis``, ``label_smoothing``, ``ignore_index``,
-  ``check_labels``, ``keepdims``, ``return_sign``) accept Python, NumPy and
+  ``check_labels``, ``keepdims``, ``return_sign``, and the fused loss's
+  ``chunk_size``, ``z_loss`` and ``softcap``) accept Python, NumPy and
   concrete JAX scalars alike; a traced one gets a clear error.
 """
 
@@ -28,6 +29,7 @@ sce = jaxsmx.softmax_cross_entropy
 ice = jaxsmx.softmax_cross_entropy_with_integer_labels
 bce = jaxsmx.sigmoid_binary_cross_entropy
 lse = jaxsmx.logsumexp
+lce = jaxsmx.linear_softmax_cross_entropy
 
 N, C = 4, 5
 
@@ -136,9 +138,57 @@ def _broadcasting() -> list[Case]:
   ]
 
 
+def _linear() -> list[Case]:
+  """The fused loss with every option that adds a [V] row to [N, V] logits or
+  mixes dtypes, in every reduction and in 16 bits."""
+  r = np.random.default_rng(5)
+  x = r.normal(size=(N, 3)).astype(np.float32)
+  w = r.normal(size=(3, C)).astype(np.float32)
+  bias = r.normal(size=(C,)).astype(np.float32)
+  classes = np.array([True, True, False, True, True])
+  c = np.array([0, -100, 3, 4], np.int32)
+  omega = r.uniform(0.5, 2.0, N).astype(np.float32)
+  out = []
+  for reduction in ("none", "sum", "mean"):
+    out.append(
+      Case(
+        f"linear_ce[bias,where,smoothing,z_loss,softcap,weights,{reduction}]",
+        lambda x, w, b, m, o, reduction=reduction: jaxsmx.linear_softmax_cross_entropy(
+          x,
+          w,
+          c,
+          bias=b,
+          where=m,
+          ignore_index=-100,
+          label_smoothing=0.1,
+          z_loss=1e-3,
+          softcap=5.0,
+          weights=o,
+          reduction=reduction,
+          chunk_size=2,
+        ),
+        (x, w, bias, classes, omega),
+        (0, 1, 2, 4),
+        (True, False, False, False, True),
+      )
+    )
+  for dtype in (jnp.bfloat16, jnp.float16):
+    out.append(
+      Case(
+        f"linear_ce[{jnp.dtype(dtype).name},bias,mean]",
+        lambda x, w, b: jaxsmx.linear_softmax_cross_entropy(
+          x, w, c, bias=b, ignore_index=-100, reduction="mean", chunk_size=2
+        ),
+        (x.astype(dtype), w.astype(dtype), bias.astype(dtype)),
+        (0, 1, 2),
+        (True, False, False),
+      )
+    )
+  return out
+
+
 BROADCASTING = _broadcasting()
-# the fused loss is checked with its own cases once its package has landed
-TABLE = [c for c in CASES if not c.name.startswith("linear_ce")] + BROADCASTING
+TABLE = CASES + BROADCASTING + _linear()
 
 
 @contextlib.contextmanager
@@ -290,6 +340,8 @@ def _static_cases():
   z = np.random.default_rng(4).normal(size=(N, C)).astype(np.float32)
   p = np.asarray(jax.nn.softmax(z[::-1]))
   c = np.array([0, -100, 2, 4], np.int32)
+  x = z[:, :3]
+  w = np.random.default_rng(6).normal(size=(3, C)).astype(np.float32)
   out = []
   for name, f in [
     ("softmax", jaxsmx.softmax),
@@ -329,6 +381,27 @@ def _static_cases():
       lambda v: ice(z, np.abs(c) % C, check_labels=v),
     ),
     ("logsumexp[keepdims]", "keepdims", True, lambda v: lse(z, axis=1, keepdims=v)),
+    ("lce[chunk_size]", "chunk_size", 2, lambda v: lce(x, w, c, chunk_size=v)),
+    ("lce[ignore_index]", "ignore_index", -100, lambda v: lce(x, w, c, ignore_index=v)),
+    (
+      "lce[label_smoothing]",
+      "label_smoothing",
+      0.25,
+      lambda v: lce(x, w, c, label_smoothing=v, ignore_index=-100),
+    ),
+    ("lce[z_loss]", "z_loss", 0.5, lambda v: lce(x, w, c, z_loss=v, ignore_index=-100)),
+    (
+      "lce[softcap]",
+      "softcap",
+      4.0,
+      lambda v: lce(x, w, c, softcap=v, ignore_index=-100),
+    ),
+    (
+      "lce[check_labels]",
+      "check_labels",
+      False,
+      lambda v: lce(x, w, np.abs(c) % C, check_labels=v),
+    ),
     (
       "logsumexp[return_sign]",
       "return_sign",
@@ -368,3 +441,10 @@ def test_bad_static_settings_still_fail_with_their_rule():
     jaxsmx.softmax(z, axis=jnp.float32(1))
   with pytest.raises(ValueError, match="label_smoothing must lie in"):
     sce(z, z, label_smoothing=jnp.float32(2.0))
+  x, w, c = jnp.zeros((N, 3)), jnp.zeros((3, C)), jnp.zeros(N, jnp.int32)
+  with pytest.raises(TypeError, match="chunk_size must be an int or None"):
+    lce(x, w, c, chunk_size=jnp.float32(2))
+  with pytest.raises(ValueError, match="chunk_size must be positive"):
+    lce(x, w, c, chunk_size=np.int64(0))
+  with pytest.raises(ValueError, match="z_loss must be finite and >= 0"):
+    lce(x, w, c, z_loss=np.float32(-1))

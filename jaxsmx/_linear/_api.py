@@ -279,13 +279,10 @@ def _weights(weights, batch_shape):
 
 
 def _static_float(value: object, name: str, *, positive: bool = True) -> float:
-  """A Python number > 0 (or >= 0 without `positive`), fixed at trace time."""
+  """A number > 0 (or >= 0 without `positive`), fixed at trace time: a
+  Python, NumPy or concrete JAX scalar."""
   rule = "> 0" if positive else ">= 0"
-  if isinstance(value, jax.core.Tracer):
-    raise TypeError(
-      f"{FN}: {name} must be a Python float, not a traced array: it is fixed"
-      " at trace time. Close over it or mark it static in jax.jit."
-    )
+  value = _checks.concrete(value, name, FN)
   try:
     v = float(value)  # type: ignore[arg-type]
   except TypeError as e:
@@ -301,13 +298,16 @@ def _static_float(value: object, name: str, *, positive: bool = True) -> float:
 
 
 def _chunk(chunk_size: object, n: int | None, vocab: int) -> int:
-  """The vocabulary chunk: checked if given, else chosen from N and V."""
+  """The vocabulary chunk: checked if given (a Python, NumPy or concrete JAX
+  integer), else chosen from N and V."""
+  chunk_size = _checks.concrete(chunk_size, "chunk_size", FN)
   if chunk_size is None:
     return _tiling.choose_chunk(n, vocab)
   if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
     raise TypeError(
-      f"{FN}: chunk_size must be a Python int or None; got"
-      f" {type(chunk_size).__name__} {chunk_size!r}."
+      f"{FN}: chunk_size must be an int or None; got"
+      f" {type(chunk_size).__name__} {chunk_size!r}. A multiple of 128 such"
+      " as 1024 suits most vocabularies."
     )
   if chunk_size <= 0:
     raise ValueError(

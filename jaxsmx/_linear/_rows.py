@@ -95,8 +95,12 @@ def compute_dtype(x, w, bias):
   return dtype, _checks.compute_dtype(dtype)
 
 
-def num_classes(where, vocab):
-  return vocab if where is None else jnp.maximum(jnp.sum(where), 1)
+def num_classes(where, vocab, dtype):
+  """C, the number of unmasked classes (at least 1), in `dtype`; a concrete V
+  without a mask as a Python int (weakly typed)."""
+  if where is None:
+    return vocab if isinstance(vocab, int) else jnp.asarray(vocab, dtype)
+  return jnp.maximum(jnp.sum(where, dtype=dtype), 1)
 
 
 def poisoned(values, invalid):
@@ -121,7 +125,7 @@ def chunk_logits(x, w, bias, where, start, size, opts):
 def cap_and_mask(z, bias, where, start, opts):
   """(z + bias, capped and masked; tanh(u/c) or None; the chunk's mask)."""
   if bias is not None:
-    z = z + bias.astype(z.dtype)
+    z = z + bias.astype(z.dtype)[None]
   t = None
   if opts.softcap is not None:
     t = jnp.tanh(z / opts.softcap)
@@ -146,7 +150,7 @@ def row_losses(stats, labels, where, vocab, opts):
   # (shift - z_t) + log_norm, not lse - z_t: exact for logits near 1e30
   loss = (shift - z_t) + log_norm
   if opts.alpha:
-    mean_z = jnp.where(off, shift, z_sum / num_classes(where, vocab))
+    mean_z = jnp.where(off, shift, z_sum / num_classes(where, vocab, z_sum.dtype))
     loss = (1.0 - opts.alpha) * loss + opts.alpha * ((shift - mean_z) + log_norm)
   if opts.z_loss:
     loss = loss + opts.z_loss * lse * lse
@@ -154,15 +158,16 @@ def row_losses(stats, labels, where, vocab, opts):
 
 
 def row_weights(labels, where, weights, vocab, opts, ct):
-  """(r, counted, denominator): loss = sum_n r_n L_n. For 'mean', r_n =
-  omega_n / D with D the total weight of the counted rows (1 when D = 0, so
-  that a batch of which nothing counts gives 0)."""
+  """(r, counted, denominator): loss = sum_n r_n L_n, counted 1 or 0 per row
+  in `ct`. For 'mean', r_n = omega_n / D with D the total weight of the
+  counted rows (1 when D = 0, so that a batch of which nothing counts gives
+  0)."""
   dropped, _, _ = row_flags(labels, where, vocab)
   omega = jnp.ones(labels.shape, ct) if weights is None else weights.astype(ct)
-  counted = ~dropped
+  counted = (~dropped).astype(ct)
   if opts.reduction == "sum":
     return omega, counted, None
-  total = jnp.sum(jnp.where(counted, omega, 0.0))
+  total = jnp.sum(jnp.where(dropped, 0.0, omega))
   denom = jnp.where(total == 0, 1.0, total)
   return omega / denom, counted, denom
 
@@ -197,7 +202,7 @@ def coefficients(g, shift, log_norm, labels, where, vocab, opts) -> Coefficients
     g_a = g * (1.0 + 2.0 * opts.z_loss * (shift + live_norm))
   spread = None
   if opts.alpha:
-    spread = per_row(g * (opts.alpha / num_classes(where, vocab)))
+    spread = per_row(g * (opts.alpha / num_classes(where, vocab, g.dtype)))
   return Coefficients(
     per_row(g_a * jnp.exp(-live_norm)), per_row(g * (1.0 - opts.alpha)), spread
   )
