@@ -30,6 +30,9 @@ class Row:
   mem_target: float | None = None
   t_limit: float | None = None
   limit_name: str = ""
+  # gradient error against float64, max |g - g64| / max |g64| (16-bit rows)
+  err_ours: float | None = None
+  err_peer: float | None = None
 
   @property
   def ratio(self) -> float:

@@ -30,7 +30,7 @@ LONG_FIRST = (
   "tests/test_derivations_cases.py::test_a_sample_of_mutations_is_caught",
   "tests/test_sharding.py",
   "tests/test_notebooks.py",
-  "tests/test_benchmarks.py::test_quick_benchmark_writes_results",
+  "tests/test_benchmarks.py::test_smoke_benchmark_writes_results",
   "tests/test_derivations.py",
   "tests/test_wheel.py",
 )
