@@ -231,7 +231,8 @@ def one_class_axis(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """
   ndim, k = x.ndim, len(axes)
   x = jnp.moveaxis(x, axes, tuple(range(ndim - k, ndim)))
-  return x.reshape((*x.shape[: ndim - k], -1))
+  # the class size, not -1: -1 is ambiguous for an empty batch
+  return x.reshape((*x.shape[: ndim - k], math.prod(x.shape[ndim - k :])))
 
 
 def same_shape(a: jax.Array, b: jax.Array, a_name: str, b_name: str, fn: str) -> None:

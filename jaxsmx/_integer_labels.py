@@ -187,8 +187,11 @@ def _targets(shape, labels, where, axes, ignore_index):
   index, in_range, ignored = expand(index), expand(in_range), expand(ignored)
   onehot = (_class_index(shape, axes) == index) & in_range
   invalid = ~in_range & ~ignored
+  none = jnp.zeros_like(in_range)
+  if num_classes == 0:
+    return onehot, ~none, none, none  # no class: an empty slice, no label read
   if where is None:
-    return onehot, ignored, invalid, jnp.zeros_like(in_range)
+    return onehot, ignored, invalid, none
   present = jnp.any(where, axes, keepdims=True)
   kept = jnp.any(onehot & where, axes, keepdims=True)
   masked_out = present & in_range & ~ignored & ~kept

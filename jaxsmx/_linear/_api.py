@@ -108,7 +108,9 @@ def linear_softmax_cross_entropy(
   autodiff does, and in a reduced loss); ``check_labels=True`` reports it,
   and a label whose class ``where`` masks out. Labels of any integer dtype
   are read without wrapping (uint8 labels with V=300 included). A fully
-  masked vocabulary gives 0 with gradient 0. A :math:`+\infty` or NaN logit
+  masked vocabulary, or an empty one (V = 0), gives 0 with gradient 0 and no
+  label is read. An empty batch gives an empty result (0 when reduced) with
+  gradient 0; with H = 0 the logits are ``bias`` (or 0). A :math:`+\infty` or NaN logit
   makes its example NaN. No NaN is formed on the way for finite inputs, so
   ``jax.debug_nans`` and ``checkify.float_checks`` stay quiet.
 
@@ -168,7 +170,7 @@ def linear_softmax_cross_entropy(
     label_smoothing, z_loss, softcap, ignore_index, chunk_size, precision, reduction
   )
   opts = opts._replace(chunk=_chunk(chunk_size, _tiling.rows_of(batch_shape), vocab))
-  x2 = x.reshape(-1, hidden)
+  x2 = x.reshape(math.prod(batch_shape), hidden)  # -1 is ambiguous when H = 0
   lab = labels.reshape(-1)
   omega = None if omega is None else omega.reshape(-1)
   args = (x2, w, bias, lab, mask, omega, opts)
@@ -218,9 +220,10 @@ def _arrays(x, w, labels, bias, where):
 
 
 def _vocabulary_mask(where, w):
-  """The [V] boolean mask over the vocabulary, or None."""
+  """The [V] boolean mask over the vocabulary, or None. An empty vocabulary
+  is a fully masked one (masking means slicing): no label is read."""
   if where is None:
-    return None
+    return jnp.zeros((0,), bool) if w.shape[1] == 0 else None
   mask = jnp.asarray(where)
   if mask.dtype != jnp.bool_:
     raise TypeError(

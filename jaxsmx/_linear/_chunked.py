@@ -135,7 +135,7 @@ def _add_rows(acc, parts, wc, mm):
   a loop over row blocks whose products take at most 16 MiB, so that no second
   N x H array (the product before it is added) exists."""
   n, hidden = acc.shape
-  rows = _tiling.BLOCK_BYTES // (4 * hidden * len(parts)) // 8 * 8
+  rows = _tiling.BLOCK_BYTES // (4 * max(hidden, 1) * len(parts)) // 8 * 8
   product = lambda ps: sum(mm(p, wc, (((1,), (1,)), ((), ()))) for p in ps)
   if not isinstance(n, int) or rows >= n or rows < 8:
     return acc + product(parts)

@@ -76,9 +76,11 @@ def one_pass_applies(x, w, bias, weights) -> bool:
   dw traffic dominate), and one device (per-device chunks keep w in place)."""
   if any(jnp.dtype(a.dtype).itemsize < 4 for a in (x, w)):
     return False
-  if not isinstance(x.shape[0], int):
-    return False  # a symbolic batch (jax.export): no static row blocks
+  if not isinstance(x.shape[0], int) or not isinstance(w.shape[1], int):
+    return False  # a symbolic batch or vocabulary (jax.export): no static blocks
   n = x.shape[0]
+  if n == 0 or w.shape[1] == 0:
+    return False  # nothing to block: the chunked kernel runs no step
   if _tiling.row_block(n, w.shape[1]) < min(n, _tiling.ROW_BLOCK_MIN):
     return False
   return not is_distributed(x, w, bias, weights)

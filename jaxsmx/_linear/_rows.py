@@ -67,6 +67,8 @@ def row_flags(labels, where, vocab):
   invalid = labels == INVALID
   if where is None:
     return ignored, invalid, jnp.zeros_like(in_range)
+  if where.shape[0] == 0:  # an empty vocabulary: no label is read
+    return jnp.ones_like(in_range), jnp.zeros_like(in_range), jnp.zeros_like(in_range)
   present = jnp.any(where)
   kept = _at(where, jnp.clip(labels, 0, vocab - 1))
   masked_out = present & in_range & ~ignored & ~kept

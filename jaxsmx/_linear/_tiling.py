@@ -65,7 +65,10 @@ def row_block(n: int, vocab: int) -> int:
 def over_chunks(body, carry, vocab, chunk, traced_tail=False):
   """Runs body(carry, start, size) over [0, V) in chunks; the last may be short.
   With `traced_tail`, a short last chunk after the loop gets its start from the
-  loop (a traced value, so that its body compiles as the loop's does)."""
+  loop (a traced value, so that its body compiles as the loop's does). An
+  empty vocabulary runs no step."""
+  if vocab == 0:
+    return carry
   full, tail = divmod(vocab, chunk)
   if full > 1:
     _paths.take("chunk_loop")
@@ -89,7 +92,9 @@ def over_chunks(body, carry, vocab, chunk, traced_tail=False):
 
 def over_row_blocks(body, carry, n, block, path):
   """Runs body(carry, start, size) over [0, N) in blocks of rows; `path`
-  names the loop for _paths."""
+  names the loop for _paths. No rows run no step."""
+  if n == 0:
+    return carry
   full, tail = divmod(n, block)
   if full > 1:
     _paths.take(f"{path}_loop")
