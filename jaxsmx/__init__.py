@@ -15,7 +15,9 @@ from jaxsmx._integer_labels import (
 )
 from jaxsmx._kl import kl_divergence as kl_divergence
 from jaxsmx._linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from jaxsmx._poly import poly_loss_cross_entropy as poly_loss_cross_entropy
 from jaxsmx._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from jaxsmx._sigmoid import sigmoid_focal_loss as sigmoid_focal_loss
 from jaxsmx._soft_labels import softmax_cross_entropy as softmax_cross_entropy
 from jaxsmx._softmax import log_softmax as log_softmax
 from jaxsmx._softmax import logsumexp as logsumexp
@@ -33,7 +35,9 @@ __all__ = [
   "linear_softmax_cross_entropy",
   "log_softmax",
   "logsumexp",
+  "poly_loss_cross_entropy",
   "sigmoid_binary_cross_entropy",
+  "sigmoid_focal_loss",
   "softmax",
   "softmax_cross_entropy",
   "softmax_cross_entropy_with_integer_labels",

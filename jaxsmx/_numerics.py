@@ -44,6 +44,14 @@ def upcast(x: jax.Array) -> jax.Array:
   return x.astype(_checks.compute_dtype(x.dtype))
 
 
+def in_compute_dtype(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+  """The arrays in one compute dtype, the widest of theirs (float32 for
+  16-bit inputs), converted explicitly: no implicit promotion."""
+  dtypes = [_checks.compute_dtype(a.dtype) for a in arrays]
+  wide = max(dtypes, key=lambda d: d.itemsize)
+  return tuple(a.astype(wide) for a in arrays)
+
+
 def masked(x: jax.Array, where: jax.Array | None) -> jax.Array:
   """Replaces masked-out entries by -inf, so that they carry no mass."""
   return x if where is None else jnp.where(where, x, -jnp.inf)

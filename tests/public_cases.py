@@ -227,6 +227,53 @@ def _loss_family() -> list[Case]:
       (True, True),
     ),
   ]
+  w = np.linspace(0.5, 3.0, C).astype(np.float32)
+  out.append(
+    Case(
+      "sigmoid_binary_cross_entropy[pos_weight]",
+      lambda z, y, w: bce(z, y, pos_weight=w),
+      (z, p, w),
+      (0, 1, 2),
+      (True, True, False),
+    )
+  )
+  focal = jaxsmx.sigmoid_focal_loss
+  alpha = np.linspace(0.1, 0.9, C).astype(np.float32)
+  out += [
+    Case("sigmoid_focal_loss", focal, (z, p), (0, 1), (True, True)),
+    Case(
+      "sigmoid_focal_loss[hard labels,alpha,gamma=0.5]",
+      lambda z, y: focal(z, y, alpha=0.25, gamma=0.5),
+      (z, (p > 0.2).astype(np.float32)),
+      (0, 1),
+      (True, True),
+    ),
+    Case(
+      "sigmoid_focal_loss[alpha,gamma arrays]",
+      lambda z, y, a, g: focal(z, y, alpha=a, gamma=g),
+      (z, p, alpha, np.float32(1.5)),
+      (0, 1, 2, 3),
+      (True, True, False, False),
+    ),
+  ]
+  poly = jaxsmx.poly_loss_cross_entropy
+  out += [
+    Case("poly_loss_cross_entropy", poly, (z, p), (0, 1), (True, True)),
+    Case(
+      "poly_loss_cross_entropy[where,epsilon array]",
+      lambda z, y, m, e: poly(z, y, where=m, epsilon=e),
+      (z, p, mask, np.linspace(-1.0, 2.0, B).astype(np.float32)),
+      (0, 1, 3),
+      (True, True, True, True),
+    ),
+    Case(
+      "poly_loss_cross_entropy[where=rows,axis=0]",
+      lambda z, y, m: poly(z.T, y.T, where=m, axis=0, epsilon=-1.0),
+      (z, p, rows),
+      (0, 1),
+      (True, True, True),
+    ),
+  ]
   return out
 
 
@@ -304,4 +351,6 @@ assert {n.split("[")[0] for n in (c.name for c in CASES)} >= {
   "integer_ce",
   "sigmoid_binary_cross_entropy",
   "linear_ce",
+  "sigmoid_focal_loss",
+  "poly_loss_cross_entropy",
 }

@@ -134,6 +134,7 @@ def _edges() -> list[Case]:
       t2,
     ),
   ]
+  out += _family_edges(z, p, onehot, mask, rows)
   r = np.random.default_rng(0)
   x = r.normal(size=(3, 2)).astype(np.float32)
   w = r.normal(size=(2, 4)).astype(np.float32)
@@ -152,6 +153,57 @@ def _edges() -> list[Case]:
       (x, w, np.array([0, 1, 2], np.int32), np.zeros(4, bool)),
       (0, 1),
       (True, False, True, False),
+    ),
+  ]
+  return out
+
+
+def _family_edges(z, p, onehot, mask, rows) -> list[Case]:
+  """Focal loss, pos_weight and Poly-1 at infinite logits, zero weights,
+  masks and empty slices."""
+  zi = np.array([INF, -INF, 90.0, -90.0, 3.0, -INF], np.float32)
+  yi = np.array([1.0, 0.0, 1.0, 0.0, 0.5, 0.0], np.float32)
+  focal, poly = jaxsmx.sigmoid_focal_loss, jaxsmx.poly_loss_cross_entropy
+  bce = jaxsmx.sigmoid_binary_cross_entropy
+  out = []
+  for gamma in (0.0, 0.5, 2.0):
+    out.append(
+      Case(
+        f"sigmoid_focal_loss[inf,gamma={gamma}]",
+        lambda z, y, g: focal(z, y, alpha=0.25, gamma=g),
+        (zi, yi, np.float32(gamma)),
+        (0, 1, 2),
+        (True, True, False),
+      )
+    )
+  out += [
+    Case(
+      "sigmoid_binary_cross_entropy[inf,pos_weight 0]",
+      lambda z, y, w: bce(z, y, pos_weight=w),
+      (zi, yi, np.array([2.0, 1.0, 0.0, 1.0, 0.5, 0.0], np.float32)),
+      (0, 1, 2),
+      (True, True, True),
+    ),
+    Case(
+      "poly_loss_cross_entropy[-inf]",
+      poly,
+      (z, onehot * np.isfinite(z)),
+      (0, 1),
+      (True,) * 2,
+    ),
+    Case(
+      "poly_loss_cross_entropy[where]",
+      lambda a, b, m: poly(a, b, where=m),
+      (z, onehot, mask),
+      (0, 1),
+      (True,) * 3,
+    ),
+    Case(
+      "poly_loss_cross_entropy[rows]",
+      lambda a, b, m: poly(a, b, where=m, epsilon=-1.0),
+      (z, p * np.isfinite(z), rows),
+      (0, 1),
+      (True,) * 3,
     ),
   ]
   return out
