@@ -37,7 +37,10 @@ MODULES = (
   "softmax",
   "masks",
   "losses",
+  "focal",
+  "poly",
   "entropy",
+  "kl_family",
   "linear",
 )
 

@@ -38,20 +38,23 @@ del _jaxsmx_location
 SOFTMAX = ("softmax", "log_softmax", "logsumexp")
 ENTROPY = ("softmax_entropy", "entropy", "cross_entropy")
 KL = ("kl_divergence",)
+KL_FAMILY = KL + ("kl_divergence_with_log_targets", "convex_kl_divergence")
 SOFT = ("softmax_cross_entropy",)
 INTEGER = ("softmax_cross_entropy_with_integer_labels",)
-SIGMOID = ("sigmoid_binary_cross_entropy",)
-LOSSES = SOFT + INTEGER + SIGMOID
+SIGMOID = ("sigmoid_binary_cross_entropy", "sigmoid_focal_loss")
+POLY = ("poly_loss_cross_entropy",)
+LOSSES = SOFT + INTEGER + SIGMOID + POLY
 LINEAR = ("linear_softmax_cross_entropy",)
 BY_FILE = {
   "_softmax.py": SOFTMAX,
   "_entropy.py": ENTROPY,
-  "_kl.py": KL,
-  "_soft_labels.py": SOFT,
+  "_kl.py": KL_FAMILY,
+  "_soft_labels.py": SOFT + POLY,
+  "_poly.py": POLY,
   "_integer_labels.py": INTEGER,
   "_sigmoid.py": SIGMOID,
   "_linear": LINEAR,  # the package
-  "_numerics.py": SOFTMAX + ENTROPY + KL + LOSSES + LINEAR,
+  "_numerics.py": SOFTMAX + ENTROPY + KL_FAMILY + LOSSES + LINEAR,
   "_checks.py": INTEGER + LINEAR,  # the label bounds
 }
 
@@ -257,8 +260,8 @@ MUTATIONS = (
   M(
     "bce-dtype",
     "_sigmoid.py",
-    "dy.astype(labels.dtype)\n\n\n_sigmoid_bce.defvjp",
-    "dy.astype(logits.dtype)\n\n\n_sigmoid_bce.defvjp",
+    "return dz.astype(logits.dtype), dy.astype(labels.dtype), None",
+    "return dz.astype(logits.dtype), dy.astype(logits.dtype), None",
     "sigmoid BCE: d/dy rounded to the logits' dtype",
     "dtype",
   ),
@@ -503,6 +506,150 @@ MUTATIONS = (
     "return hi, jnp.zeros_like(hi)",
     "linear CE, 16-bit backward: the low part of d dropped",
     "dtype",
+  ),
+  M(
+    "bce-pw-dz",
+    "_sigmoid.py",
+    "- w * y * jax.nn.sigmoid(-z))",
+    "- w * y * jax.nn.sigmoid(z))",
+    "pos_weight: sigma(z) for sigma(-z) in the positive term",
+    "option",
+  ),
+  M(
+    "bce-pw-dy",
+    "_sigmoid.py",
+    "bce_terms(z, w, 0.0) - bce_terms(z, 0.0, 1.0)",
+    "bce_terms(z, 1.0, 0.0) - bce_terms(z, 0.0, 1.0)",
+    "pos_weight: d/dy without the weight",
+    "option",
+  ),
+  M(
+    "bce-pw-dw",
+    "_sigmoid.py",
+    "dw = times_cotangent(g, bce_terms(z, y, 0.0))",
+    "dw = times_cotangent(g, bce_terms(z, w * y, 0.0))",
+    "pos_weight: d/dw carries the weight",
+    "term",
+  ),
+  M(
+    "focal-power",
+    "_sigmoid.py",
+    "pow_u = jnp.exp(gamma * jnp.where(",
+    "pow_u = jnp.exp((gamma - 1.0) * jnp.where(",
+    "focal: u^(gamma - 1) for u^gamma",
+    "term",
+  ),
+  M(
+    "focal-sign",
+    "_sigmoid.py",
+    "gm * ((1.0 - y) - y) * c_r",
+    "gm * (y - (1.0 - y)) * c_r",
+    "focal: sign of the focusing term in d/dz",
+    "term",
+  ),
+  M(
+    "focal-r-hard",
+    "_sigmoid.py",
+    "r = jnp.where(one, p, jnp.where(zero, q,",
+    "r = jnp.where(one, q, jnp.where(zero, q,",
+    "focal: r = sigma(-z) for a positive hard label",
+    "guard",
+  ),
+  M(
+    "focal-dy",
+    "_sigmoid.py",
+    "_times(gm * (q - p), _times(pow_u, c_u))",
+    "_times(gm * (p - q), _times(pow_u, c_u))",
+    "focal: sign of du/dy",
+    "term",
+  ),
+  M(
+    "focal-cu-hard",
+    "_sigmoid.py",
+    "    _softplus_over_sigmoid(-z),\n",
+    "    _softplus_over_sigmoid(z),\n",
+    "focal: c/u of a positive hard label at -z",
+    "guard",
+  ),
+  M(
+    "focal-series",
+    "_sigmoid.py",
+    "series = 1.0 - t * (0.5 - t",
+    "series = 1.0 + t * (0.5 - t",
+    "focal: sign in the series of log1p(t)/t",
+    "guard",
+  ),
+  M(
+    "focal-alpha-dy",
+    "_sigmoid.py",
+    "dy = dy + _times(2.0 * a - 1.0, cw)",
+    "dy = dy + _times(1.0 - 2.0 * a, cw)",
+    "focal: sign of d alpha_t / dy",
+    "option",
+  ),
+  M(
+    "poly-sign",
+    "_poly.py",
+    "a * total - y - eps * a * (y - mean_a)",
+    "a * total - y + eps * a * (y - mean_a)",
+    "poly: sign of the polynomial term in d/dz",
+    "term",
+  ),
+  M(
+    "poly-mean",
+    "_poly.py",
+    "a * total - y - eps * a * (y - mean_a)",
+    "a * total - y - eps * a * y",
+    "poly: <y, a> dropped from d/dz",
+    "term",
+  ),
+  M(
+    "poly-dy",
+    "_poly.py",
+    "+ eps * (1.0 - a), 0.0)",
+    "+ eps * a, 0.0)",
+    "poly: d/dy's eps (1 - a) as eps a",
+    "term",
+  ),
+  M(
+    "poly-mask",
+    "_poly.py",
+    "y = _masked_labels(y, where)",
+    "y = y",
+    "poly: label mass on masked classes kept",
+    "mask",
+  ),
+  M(
+    "kllt-dtau",
+    "_kl.py",
+    "dlt = jnp.where(zero, at_zero, t * (gap + 1.0))",
+    "dlt = jnp.where(zero, at_zero, t * gap)",
+    "KL with log-targets: the +1 of d/dtau dropped",
+    "term",
+  ),
+  M(
+    "kllt-zero",
+    "_kl.py",
+    "jnp.where(jnp.isnan(lq_), lq_, 0.0))",
+    "jnp.where(jnp.isnan(lq_), lq_, -jnp.inf))",
+    "KL with log-targets: d/dtau at a zero target as kl_divergence's -inf",
+    "guard",
+  ),
+  M(
+    "ckl-dq",
+    "_kl.py",
+    "dlq = dlq + keep_unmasked(where, g * q)",
+    "dlq = dlq - keep_unmasked(where, g * q)",
+    "convex KL: sign of q in d/dlog q",
+    "term",
+  ),
+  M(
+    "ckl-dt",
+    "_kl.py",
+    "dt = dt - keep_unmasked(where, jnp.broadcast_to(g, dt.shape))",
+    "dt = dt + keep_unmasked(where, jnp.broadcast_to(g, dt.shape))",
+    "convex KL: d/dt as log t + 2 - log q",
+    "term",
   ),
 )
 del M

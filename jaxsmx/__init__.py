@@ -13,7 +13,11 @@ from jaxsmx._entropy import softmax_entropy as softmax_entropy
 from jaxsmx._integer_labels import (
   softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
 )
+from jaxsmx._kl import convex_kl_divergence as convex_kl_divergence
 from jaxsmx._kl import kl_divergence as kl_divergence
+from jaxsmx._kl import (
+  kl_divergence_with_log_targets as kl_divergence_with_log_targets,
+)
 from jaxsmx._linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from jaxsmx._poly import poly_loss_cross_entropy as poly_loss_cross_entropy
 from jaxsmx._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
@@ -29,9 +33,11 @@ except importlib.metadata.PackageNotFoundError:  # a source tree, not installed
   __version__ = "0.0.0+unknown"
 
 __all__ = [
+  "convex_kl_divergence",
   "cross_entropy",
   "entropy",
   "kl_divergence",
+  "kl_divergence_with_log_targets",
   "linear_softmax_cross_entropy",
   "log_softmax",
   "logsumexp",

@@ -125,3 +125,207 @@ def _kl_divergence_bwd(res, g):
 
 
 _kl_divergence.defvjp(_kl_divergence_fwd, _kl_divergence_bwd)
+
+
+def kl_divergence_with_log_targets(
+  log_predictions: jax.typing.ArrayLike,
+  log_targets: jax.typing.ArrayLike,
+  axis: Axis = -1,
+  where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""Relative entropy :math:`D_{KL}(t \,\|\, q)` from log-predictions and
+  log-targets.
+
+  .. math::
+    D_{KL}(t \,\|\, q) = \sum_i e^{\log t_i} (\log t_i - \log q_i)
+
+  :func:`kl_divergence` with the targets given as logs, as a teacher's
+  :func:`log_softmax` in distillation gives them. Same arguments,
+  broadcasting, masking and result dtype as
+  :func:`optax.losses.kl_divergence_with_log_targets`.
+
+  Args:
+    log_predictions: ``[..., num_classes]``, :math:`\log q`.
+    log_targets: :math:`\log t`; the two broadcast against each other as in
+      NumPy.
+    axis: the class axis or axes; ``None`` means all axes.
+    where: boolean mask that broadcasts to the inputs' broadcast shape as in
+      NumPy; masked entries are left out.
+
+  Returns:
+    ``[...]``: the broadcast shape without the class axes, in the promoted
+    dtype of the inputs.
+
+  Edge cases: the rules of :func:`kl_divergence`, in log space: a term with
+  :math:`\log t_i = -\infty` (or :math:`t_i = e^{\log t_i}` below the float
+  range) is 0, also when :math:`\log q_i = -\infty` (a NaN
+  :math:`\log q_i` still makes the slice NaN), where optax gives NaN. A
+  term with :math:`t_i > 0` and :math:`\log q_i = -\infty` is
+  :math:`+\infty`. The gradient with respect to such a log-target is its
+  limit 0, or :math:`+\infty` where also :math:`\log q_i = -\infty` (the
+  one-sided derivative, as for :func:`kl_divergence`); never NaN.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxsmx
+    >>> log_t = jnp.log(jnp.array([0.5, 0.5, 0.0]))
+    >>> log_q = jnp.log(jnp.array([0.25, 0.25, 0.5]))
+    >>> print(jnp.round(jaxsmx.kl_divergence_with_log_targets(log_q, log_t), 4))
+    0.6931
+
+  Notes:
+    Gradient: :math:`\partial D/\partial \log q_i = -t_i`,
+    :math:`\partial D/\partial \log t_i = t_i (\log t_i + 1 - \log q_i)`.
+    Residuals: the inputs; computed in float32 (or the inputs' wider dtype)
+    and rounded once, to each input's dtype.
+  """
+  return _kl_log_targets_checked(
+    as_array(log_predictions), as_array(log_targets), static_axis(axis), as_array(where)
+  )
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _kl_log_targets_checked(log_predictions, log_targets, axis, where):
+  lq, lt, mask, finish = prepare_inputs(
+    "kl_divergence_with_log_targets",
+    axis,
+    where,
+    log_predictions=log_predictions,
+    log_targets=log_targets,
+  )
+  return finish(_kl_log_targets(lq, lt, mask))
+
+
+@jax.custom_vjp
+def _kl_log_targets(lq, lt, where):
+  return _kl_log_targets_fwd(lq, lt, where)[0]
+
+
+def _log_target_parts(lq, lt, where):
+  """(t, zero, log t - log q) with masked entries and zero targets made safe:
+  no -inf + inf is formed where t = 0."""
+  lq, lt = fill_masked(where, lq, 0.0), fill_masked(where, lt, 0.0)
+  t = jnp.exp(lt)
+  zero = t == 0
+  return t, zero, jnp.where(zero, 0.0, lt) - jnp.where(zero, 0.0, lq), lq
+
+
+def _kl_log_targets_fwd(lq, lt, where):
+  t, zero, gap, lq_ = _log_target_parts(lq, lt, where)
+  # 0 where t = 0 (a NaN log q stays NaN), t (log t - log q) elsewhere
+  terms = jnp.where(zero, nan_or_zero(lq_), t * gap)
+  # saves both inputs
+  return class_sum(keep_unmasked(where, terms)), (lq, lt, where)
+
+
+def _kl_log_targets_bwd(res, g):
+  # d/dlog q: -t;  d/dlog t: t (log t + 1 - log q), at t = 0 its limit 0
+  # (+inf if also log q = -inf: the one-sided derivative)
+  lq, lt, where = res
+  t, zero, gap, lq_ = _log_target_parts(lq, lt, where)
+  at_zero = jnp.where(lq_ == -jnp.inf, jnp.inf, jnp.where(jnp.isnan(lq_), lq_, 0.0))
+  dlt = jnp.where(zero, at_zero, t * (gap + 1.0))
+  return (
+    keep_unmasked(where, -g * t),
+    keep_unmasked(where, times_cotangent(g, dlt)),
+    None,
+  )
+
+
+_kl_log_targets.defvjp(_kl_log_targets_fwd, _kl_log_targets_bwd)
+
+
+def convex_kl_divergence(
+  log_predictions: jax.typing.ArrayLike,
+  targets: jax.typing.ArrayLike,
+  axis: Axis = -1,
+  where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""Generalized Kullback-Leibler divergence, for unnormalized measures.
+
+  .. math::
+    D(t \,\|\, q) = \sum_i t_i (\log t_i - \log q_i) + \sum_i (q_i - t_i),
+    \qquad q_i = e^{\log q_i}
+
+  The Bregman divergence of :math:`x \log x - x`: non-negative and 0 only
+  at :math:`q = t` for any non-negative :math:`t, q`, normalized or not
+  (for distributions it is :func:`kl_divergence`). Same arguments,
+  broadcasting, masking and result dtype as
+  :func:`optax.losses.convex_kl_divergence` (which optax 0.2.5 renamed
+  ``generalized_kl_divergence``; jaxsmx keeps the name without a warning).
+
+  Args:
+    log_predictions: ``[..., num_classes]``, :math:`\log q`.
+    targets: :math:`t \ge 0`; the two broadcast against each other as in
+      NumPy.
+    axis: the class axis or axes; ``None`` means all axes.
+    where: boolean mask that broadcasts to the inputs' broadcast shape as in
+      NumPy; masked entries are left out.
+
+  Returns:
+    ``[...]``: the broadcast shape without the class axes, in the promoted
+    dtype of the inputs.
+
+  Edge cases: those of :func:`kl_divergence`: a zero target's
+  :math:`t \log t` term is 0 (optax gives NaN where also
+  :math:`\log q_i = -\infty`), and its gradient with respect to the target
+  is the one-sided :math:`-\infty` (:math:`+\infty` where also
+  :math:`\log q_i = -\infty`), never NaN.
+
+  Example:
+    >>> import jax.numpy as jnp, numpy as np, jaxsmx
+    >>> t = jnp.array([1.0, 2.0, 0.0])
+    >>> log_q = jnp.log(jnp.array([1.0, 1.0, 0.5]))
+    >>> print(np.round(float(jaxsmx.convex_kl_divergence(log_q, t)), 4))
+    0.8863
+
+  Notes:
+    Gradient: :math:`\partial D/\partial \log q_i = q_i - t_i`,
+    :math:`\partial D/\partial t_i = \log t_i - \log q_i`: those of
+    :func:`kl_divergence` plus :math:`q_i` and :math:`-1`; the rule calls
+    :func:`kl_divergence`'s own. Residuals: the inputs.
+
+  References:
+    Boyd and Vandenberghe, `Convex Optimization
+    <https://stanford.edu/~boyd/cvxbook/bv_cvxbook.pdf>`_, p. 90.
+  """
+  return _convex_kl_checked(
+    as_array(log_predictions), as_array(targets), static_axis(axis), as_array(where)
+  )
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _convex_kl_checked(log_predictions, targets, axis, where):
+  lq, t, mask, finish = prepare_inputs(
+    "convex_kl_divergence",
+    axis,
+    where,
+    log_predictions=log_predictions,
+    targets=targets,
+  )
+  return finish(_convex_kl(lq, t, mask))
+
+
+@jax.custom_vjp
+def _convex_kl(lq, t, where):
+  return _convex_kl_fwd(lq, t, where)[0]
+
+
+def _convex_kl_fwd(lq, t, where):
+  kl, kl_res = _kl_divergence_fwd(lq, t, where)
+  # the KL's terms, plus sum (q - t)
+  mass = jnp.exp(fill_masked(where, lq, 0.0)) - fill_masked(where, t, 1.0)
+  # saves the KL's residuals and log q
+  return kl + class_sum(keep_unmasked(where, mass)), (kl_res, lq, where)
+
+
+def _convex_kl_bwd(res, g):
+  # d/dlog q: -t + q;  d/dt: (log t + 1 - log q) - 1: the KL's, plus q and -1
+  kl_res, lq, where = res
+  dlq, dt, _ = _kl_divergence_bwd(kl_res, g)
+  q = jnp.exp(fill_masked(where, lq, 0.0))
+  dlq = dlq + keep_unmasked(where, g * q)
+  dt = dt - keep_unmasked(where, jnp.broadcast_to(g, dt.shape))
+  return dlq, dt, None
+
+
+_convex_kl.defvjp(_convex_kl_fwd, _convex_kl_bwd)

@@ -50,8 +50,8 @@ def sigmoid_binary_cross_entropy(
       as torch's: ``[C]`` weighs each of ``C`` independent labels (the
       number of negatives over the number of positives is the usual choice).
       It broadcasts against the broadcast shape of ``logits`` and ``labels``
-      without enlarging it; floating, or integer (converted to the logits'
-      dtype).
+      without enlarging it; floating (its gradient keeps its dtype), or
+      integer (converted to the logits' dtype).
 
   Returns:
     Elementwise losses, the broadcast shape of ``logits`` and ``labels``, in
@@ -131,15 +131,17 @@ def _fits(x: jax.Array, shape: tuple[int, ...], name: str, fn: str) -> None:
 def _sigmoid_bce_prepared(logits, labels, pos_weight):
   """Broadcasts as optax does; the loss comes back in the logits' dtype.
 
-  pos_weight is converted to the logits' dtype here, outside the rule, so
-  that its gradient comes back through the conversion in its own dtype.
+  An integer pos_weight is converted to the logits' dtype; a floating one
+  keeps its own, like the labels (the rule computes in the widest).
   """
   if not jnp.issubdtype(labels.dtype, jnp.floating):
     labels = labels.astype(logits.dtype)  # integer or boolean labels
   shape = jnp.broadcast_shapes(logits.shape, labels.shape)
   logits, labels = jnp.broadcast_to(logits, shape), jnp.broadcast_to(labels, shape)
   if pos_weight is not None:
-    pos_weight = jnp.broadcast_to(pos_weight.astype(logits.dtype), shape)
+    if not jnp.issubdtype(pos_weight.dtype, jnp.floating):
+      pos_weight = pos_weight.astype(logits.dtype)
+    pos_weight = jnp.broadcast_to(pos_weight, shape)
   return _sigmoid_bce(*same_varying_axes(logits, labels, pos_weight))
 
 

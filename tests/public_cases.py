@@ -140,6 +140,12 @@ def _entropy_family() -> list[Case]:
   for name, f, args in [
     ("cross_entropy", jaxsmx.cross_entropy, (p, q)),
     ("kl_divergence", jaxsmx.kl_divergence, (lq, p)),
+    (
+      "kl_divergence_with_log_targets",
+      jaxsmx.kl_divergence_with_log_targets,
+      (lq, np.log(p)),
+    ),
+    ("convex_kl_divergence", jaxsmx.convex_kl_divergence, (lq, 2.0 * p)),
   ]:
     out += [
       Case(name, f, args, (0, 1), (True, True)),
@@ -347,6 +353,8 @@ assert {n.split("[")[0] for n in (c.name for c in CASES)} >= {
   "softmax_entropy",
   "cross_entropy",
   "kl_divergence",
+  "kl_divergence_with_log_targets",
+  "convex_kl_divergence",
   "softmax_cross_entropy",
   "integer_ce",
   "sigmoid_binary_cross_entropy",

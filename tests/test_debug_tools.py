@@ -86,6 +86,39 @@ def _edges() -> list[Case]:
       both,
       t3,
     ),
+    Case(
+      "kl_divergence_with_log_targets[-inf]",
+      jaxsmx.kl_divergence_with_log_targets,
+      (
+        logq,
+        np.where(p * (q > 0) > 0, np.log(np.maximum(p, 1e-30)), -INF).astype(
+          np.float32
+        ),
+      ),
+      both,
+      t2,
+    ),
+    Case(
+      "kl_divergence_with_log_targets[where]",
+      lambda a, b, m: jaxsmx.kl_divergence_with_log_targets(a, b, where=m),
+      (logq, np.log(np.maximum(p, 1e-30)).astype(np.float32), mask),
+      both,
+      t3,
+    ),
+    Case(
+      "convex_kl_divergence[zeros]",
+      jaxsmx.convex_kl_divergence,
+      (logq, 2 * p * (q > 0)),
+      both,
+      t2,
+    ),
+    Case(
+      "convex_kl_divergence[where]",
+      lambda a, b, m: jaxsmx.convex_kl_divergence(a, b, where=m),
+      (logq, p * (q > 0), mask),
+      both,
+      t3,
+    ),
     Case("softmax_cross_entropy[-inf]", sce, (z, onehot * np.isfinite(z)), both, t2),
     Case(
       "softmax_cross_entropy[where]",

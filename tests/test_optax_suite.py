@@ -37,6 +37,7 @@ SWAPPED = (
   "kl_divergence",
   "sigmoid_focal_loss",
   "poly_loss_cross_entropy",
+  "kl_divergence_with_log_targets",
 )
 CLASSES = (
   "SoftmaxCrossEntropyTest",
@@ -45,6 +46,7 @@ CLASSES = (
   "SigmoidCrossEntropyTest",
   "PolyLossTest",
   "KLDivergenceTest",
+  "KLDivergenceWithLogTargetsTest",
   "SigmoidFocalLossTest",
 )
 IMPORTS = {

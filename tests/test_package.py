@@ -25,6 +25,10 @@ API = {
     " check_labels=False)"
   ),
   "kl_divergence": "(log_predictions, targets, axis=-1, where=None)",
+  "kl_divergence_with_log_targets": (
+    "(log_predictions, log_targets, axis=-1, where=None)"
+  ),
+  "convex_kl_divergence": "(log_predictions, targets, axis=-1, where=None)",
   "sigmoid_binary_cross_entropy": "(logits, labels, *, pos_weight=None)",
   "sigmoid_focal_loss": "(logits, labels, *, alpha=None, gamma=2.0)",
   "poly_loss_cross_entropy": ("(logits, labels, *, epsilon=2.0, axis=-1, where=None)"),
