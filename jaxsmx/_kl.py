@@ -224,8 +224,9 @@ def _kl_log_targets_bwd(res, g):
   t, zero, gap, lq_ = _log_target_parts(lq, lt, where)
   at_zero = jnp.where(lq_ == -jnp.inf, jnp.inf, jnp.where(jnp.isnan(lq_), lq_, 0.0))
   dlt = jnp.where(zero, at_zero, t * (gap + 1.0))
+  dlq = -t * g
   return (
-    keep_unmasked(where, -g * t),
+    keep_unmasked(where, dlq),
     keep_unmasked(where, times_cotangent(g, dlt)),
     None,
   )
