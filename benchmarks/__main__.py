@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
       _cases.integer_ce_vag,
       _cases.soft_ce_vag,
       _cases.softmax_entropy_vag,
+      *_cases.FAMILY,
     ):
       new = case(n, c, runs)
       rows += new

@@ -381,6 +381,153 @@ def linear_ce_reduced_vag(n: int, h: int, v: int, runs: int) -> list[Row]:
   )
 
 
+def _family_vag(
+  case: str,
+  n: int,
+  c: int,
+  runs: int,
+  ours: Callable,
+  peer: Callable,
+  peer_name: str,
+  args: tuple,
+  argnums=(0, 1),
+) -> list[Row]:
+  """value_and_grad of the mean loss, ours against one JAX peer."""
+
+  def mean(f):
+    return lambda *a: jnp.mean(f(*a))
+
+  return _measure(
+    case,
+    f"{n}x{c}",
+    _jax("jaxsmx", _vag(mean(ours), argnums), *args),
+    [_jax(peer_name, _vag(mean(peer), argnums), *args)],
+    runs,
+    1.00,
+    memory=True,
+  )
+
+
+def focal_vag(n: int, c: int, runs: int) -> list[Row]:
+  x = _logits(n, c)
+  y = (jax.random.uniform(jax.random.key(5), (n, c)) < 0.3).astype(jnp.float32)
+  return _family_vag(
+    "sigmoid_focal_loss value_and_grad",
+    n,
+    c,
+    runs,
+    lambda x, y: jaxsmx.sigmoid_focal_loss(x, y, alpha=0.25),
+    lambda x, y: optax.losses.sigmoid_focal_loss(x, y, alpha=0.25),
+    "optax",
+    (x, y),
+    argnums=0,
+  )
+
+
+def poly_vag(n: int, c: int, runs: int) -> list[Row]:
+  x = _logits(n, c)
+  y = jax.nn.softmax(_logits(n, c, seed=3))
+  return _family_vag(
+    "poly_loss_cross_entropy value_and_grad",
+    n,
+    c,
+    runs,
+    jaxsmx.poly_loss_cross_entropy,
+    optax.losses.poly_loss_cross_entropy,
+    "optax",
+    (x, y),
+    argnums=0,
+  )
+
+
+def kl_log_targets_vag(n: int, c: int, runs: int) -> list[Row]:
+  lq = jax.nn.log_softmax(_logits(n, c))
+  lt = jax.nn.log_softmax(_logits(n, c, seed=3))
+  return _family_vag(
+    "kl_divergence_with_log_targets value_and_grad",
+    n,
+    c,
+    runs,
+    jaxsmx.kl_divergence_with_log_targets,
+    optax.losses.kl_divergence_with_log_targets,
+    "optax",
+    (lq, lt),
+    argnums=0,
+  )
+
+
+def convex_kl_vag(n: int, c: int, runs: int) -> list[Row]:
+  lq = jax.nn.log_softmax(_logits(n, c))
+  t = 2.0 * jax.nn.softmax(_logits(n, c, seed=3))
+  return _family_vag(
+    "convex_kl_divergence value_and_grad",
+    n,
+    c,
+    runs,
+    jaxsmx.convex_kl_divergence,
+    optax.losses.generalized_kl_divergence,
+    "optax",
+    (lq, t),
+    argnums=0,
+  )
+
+
+def bce_pos_weight_vag(n: int, c: int, runs: int) -> list[Row]:
+  """pos_weight has no JAX peer: against the plain autodiff formula and torch."""
+  x = _logits(n, c)
+  y = (jax.random.uniform(jax.random.key(5), (n, c)) < 0.3).astype(jnp.float32)
+  w = jnp.linspace(0.5, 4.0, c, dtype=jnp.float32)
+
+  def autodiff(x, y, w):
+    return -w * y * jax.nn.log_sigmoid(x) - (1 - y) * jax.nn.log_sigmoid(-x)
+
+  rows = _family_vag(
+    "sigmoid BCE pos_weight value_and_grad",
+    n,
+    c,
+    runs,
+    lambda x, y, w: jaxsmx.sigmoid_binary_cross_entropy(x, y, pos_weight=w),
+    autodiff,
+    "autodiff of the formula",
+    (x, y, w),
+    argnums=0,
+  )
+  torch = _torch()
+  if torch is None:
+    return rows
+  import torch.nn.functional as F
+
+  xt, yt, wt = (torch.from_numpy(np.array(a)) for a in (x, y, w))
+
+  def torch_bce(x, y, w):
+    x = x.detach().requires_grad_()
+    loss = F.binary_cross_entropy_with_logits(x, y, pos_weight=w)
+    loss.backward()
+    return loss, x.grad
+
+  ours = _jax(
+    "jaxsmx",
+    _vag(
+      lambda x, y, w: jnp.mean(jaxsmx.sigmoid_binary_cross_entropy(x, y, pos_weight=w))
+    ),
+    x,
+    y,
+    w,
+  )
+  return rows + _measure(
+    "sigmoid BCE pos_weight value_and_grad",
+    f"{n}x{c}",
+    ours,
+    [Contender("torch", torch_bce, (xt, yt, wt))],
+    runs,
+    1.00,
+    memory=False,
+  )
+
+
+FAMILY = (focal_vag, poly_vag, kl_log_targets_vag, convex_kl_vag, bce_pos_weight_vag)
+
+
 GEMMA_2B = (8192, 2304, 256000)  # tokens per batch, H, V (Wijmans et al.)
 
 

@@ -38,7 +38,7 @@ del _jaxsmx_location
 SOFTMAX = ("softmax", "log_softmax", "logsumexp")
 ENTROPY = ("softmax_entropy", "entropy", "cross_entropy")
 KL = ("kl_divergence",)
-KL_FAMILY = KL + ("kl_divergence_with_log_targets", "convex_kl_divergence")
+KL_FAMILY = (*KL, "kl_divergence_with_log_targets", "convex_kl_divergence")
 SOFT = ("softmax_cross_entropy",)
 INTEGER = ("softmax_cross_entropy_with_integer_labels",)
 SIGMOID = ("sigmoid_binary_cross_entropy", "sigmoid_focal_loss")

@@ -174,8 +174,9 @@ def kl_divergence_with_log_targets(
 
   Notes:
     Gradient: :math:`\partial D/\partial \log q_i = -t_i`,
-    :math:`\partial D/\partial \log t_i = t_i (\log t_i + 1 - \log q_i)`.
-    Residuals: the inputs; computed in float32 (or the inputs' wider dtype)
+    :math:`\partial D/\partial \log t_i = t_i (\log t_i + 1 - \log q_i)`,
+    formed in the forward pass from its one exponential per element and
+    saved with :math:`t`; computed in float32 (or the inputs' wider dtype)
     and rounded once, to each input's dtype.
   """
   return _kl_log_targets_checked(
@@ -213,17 +214,17 @@ def _kl_log_targets_fwd(lq, lt, where):
   t, zero, gap, lq_ = _log_target_parts(lq, lt, where)
   # 0 where t = 0 (a NaN log q stays NaN), t (log t - log q) elsewhere
   terms = jnp.where(zero, nan_or_zero(lq_), t * gap)
-  # saves both inputs
-  return class_sum(keep_unmasked(where, terms)), (lq, lt, where)
+  # d/dlog t: t (log t + 1 - log q), at t = 0 its limit 0 (+inf if also
+  # log q = -inf: the one-sided derivative); formed here from the one exp
+  at_zero = jnp.where(lq_ == -jnp.inf, jnp.inf, jnp.where(jnp.isnan(lq_), lq_, 0.0))
+  dlt = jnp.where(zero, at_zero, t * (gap + 1.0))
+  # saves t and d/dlog t [..., C]: the bwd is a multiply
+  return class_sum(keep_unmasked(where, terms)), (t, dlt, where)
 
 
 def _kl_log_targets_bwd(res, g):
-  # d/dlog q: -t;  d/dlog t: t (log t + 1 - log q), at t = 0 its limit 0
-  # (+inf if also log q = -inf: the one-sided derivative)
-  lq, lt, where = res
-  t, zero, gap, lq_ = _log_target_parts(lq, lt, where)
-  at_zero = jnp.where(lq_ == -jnp.inf, jnp.inf, jnp.where(jnp.isnan(lq_), lq_, 0.0))
-  dlt = jnp.where(zero, at_zero, t * (gap + 1.0))
+  # d/dlog q: -t;  d/dlog t: saved
+  t, dlt, where = res
   dlq = -t * g
   return (
     keep_unmasked(where, dlq),
