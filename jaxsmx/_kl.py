@@ -180,7 +180,10 @@ def kl_divergence_with_log_targets(
     and rounded once, to each input's dtype.
   """
   return _kl_log_targets_checked(
-    as_array(log_predictions), as_array(log_targets), static_axis(axis), as_array(where)
+    as_array(log_predictions),
+    as_array(log_targets),
+    static_axis(axis, "kl_divergence_with_log_targets"),
+    as_array(where),
   )
 
 
@@ -291,7 +294,10 @@ def convex_kl_divergence(
     <https://stanford.edu/~boyd/cvxbook/bv_cvxbook.pdf>`_, p. 90.
   """
   return _convex_kl_checked(
-    as_array(log_predictions), as_array(targets), static_axis(axis), as_array(where)
+    as_array(log_predictions),
+    as_array(targets),
+    static_axis(axis, "convex_kl_divergence"),
+    as_array(where),
   )
 
 
