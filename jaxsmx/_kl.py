@@ -127,6 +127,7 @@ def _kl_divergence_bwd(res, g):
 _kl_divergence.defvjp(_kl_divergence_fwd, _kl_divergence_bwd)
 
 
+@array_inputs
 def kl_divergence_with_log_targets(
   log_predictions: jax.typing.ArrayLike,
   log_targets: jax.typing.ArrayLike,
@@ -179,7 +180,7 @@ def kl_divergence_with_log_targets(
     saved with :math:`t`; computed in float32 (or the inputs' wider dtype)
     and rounded once, to each input's dtype.
   """
-  return _kl_log_targets_checked(
+  return _kl_log_targets_jit(
     as_array(log_predictions),
     as_array(log_targets),
     static_axis(axis, "kl_divergence_with_log_targets"),
@@ -187,8 +188,7 @@ def kl_divergence_with_log_targets(
   )
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _kl_log_targets_checked(log_predictions, log_targets, axis, where):
+def _kl_log_targets_prepared(log_predictions, log_targets, axis, where):
   lq, lt, mask, finish = prepare_inputs(
     "kl_divergence_with_log_targets",
     axis,
@@ -197,6 +197,9 @@ def _kl_log_targets_checked(log_predictions, log_targets, axis, where):
     log_targets=log_targets,
   )
   return finish(_kl_log_targets(lq, lt, mask))
+
+
+_kl_log_targets_jit = jax.jit(_kl_log_targets_prepared, static_argnums=(2,))
 
 
 @jax.custom_vjp
@@ -239,6 +242,7 @@ def _kl_log_targets_bwd(res, g):
 _kl_log_targets.defvjp(_kl_log_targets_fwd, _kl_log_targets_bwd)
 
 
+@array_inputs
 def convex_kl_divergence(
   log_predictions: jax.typing.ArrayLike,
   targets: jax.typing.ArrayLike,
@@ -293,7 +297,7 @@ def convex_kl_divergence(
     Boyd and Vandenberghe, `Convex Optimization
     <https://stanford.edu/~boyd/cvxbook/bv_cvxbook.pdf>`_, p. 90.
   """
-  return _convex_kl_checked(
+  return _convex_kl_jit(
     as_array(log_predictions),
     as_array(targets),
     static_axis(axis, "convex_kl_divergence"),
@@ -301,8 +305,7 @@ def convex_kl_divergence(
   )
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _convex_kl_checked(log_predictions, targets, axis, where):
+def _convex_kl_prepared(log_predictions, targets, axis, where):
   lq, t, mask, finish = prepare_inputs(
     "convex_kl_divergence",
     axis,
@@ -311,6 +314,9 @@ def _convex_kl_checked(log_predictions, targets, axis, where):
     targets=targets,
   )
   return finish(_convex_kl(lq, t, mask))
+
+
+_convex_kl_jit = jax.jit(_convex_kl_prepared, static_argnums=(2,))
 
 
 @jax.custom_vjp

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxsmx import _checks
 from jaxsmx._checks import Axis
+from jaxsmx._inputs import array_inputs
 from jaxsmx._numerics import (
   exp_normalizer,
   flat_class_axes,
@@ -25,6 +26,7 @@ from jaxsmx._numerics import (
 from jaxsmx._soft_labels import _label_distribution, _masked_labels
 
 
+@array_inputs
 def poly_loss_cross_entropy(
   logits: jax.typing.ArrayLike,
   labels: jax.typing.ArrayLike,

@@ -200,6 +200,7 @@ _sigmoid_bce.defvjp(_sigmoid_bce_fwd, _sigmoid_bce_bwd)
 _sigmoid_bce_jit = jax.jit(_sigmoid_bce_prepared)
 
 
+@array_inputs
 def sigmoid_focal_loss(
   logits: jax.typing.ArrayLike,
   labels: jax.typing.ArrayLike,
