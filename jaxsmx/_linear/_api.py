@@ -317,12 +317,15 @@ def _chunk(chunk_size: object, n: int | None, vocab: int) -> int:
       f"{FN}: chunk_size must be positive; got {chunk_size}. Pass None to"
       " choose one from the shapes, or a multiple of 128 such as 1024."
     )
-  return min(chunk_size, vocab)
+  # a symbolic V (jax.export): the chunk as given, the last one shorter
+  return min(chunk_size, vocab) if isinstance(vocab, int) else chunk_size
 
 
 def _linear_ce_prepared(x, w, bias, labels, where, weights, opts):
   """The loss of the checked arguments, labels of any integer dtype."""
   codes = encode(labels, w.shape[1], opts.ignore_index)
+  if not isinstance(w.shape[1], int):  # a symbolic V (jax.export)
+    w, bias, where = _tiling.pad_vocabulary(w, bias, where, opts.chunk)
   if opts.reduction != "none":
     return reduced_loss(x, w, bias, codes, where, weights, opts)
   out = cast(jax.Array, per_example_loss(x, w, bias, codes, where, opts))

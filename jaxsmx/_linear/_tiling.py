@@ -21,9 +21,11 @@ from jaxsmx._linear import _paths
 BLOCK_BYTES = 16 * 2**20
 LANE = 128
 # Logits of at most 4 MiB (float32) are one chunk: no loop. A symbolic N
-# (jax.export) is taken as 4096.
+# (jax.export) is taken as 4096. A symbolic V gets chunks of at most 1024
+# columns, and is padded to a whole number of them (pad_vocabulary).
 SMALL_BYTES = 4 * 2**20
 SYMBOLIC_ROWS = 4096
+SYMBOLIC_CHUNK = 1024
 
 # Row blocks of the one-pass reduced kernel: an [R, V] float32 block of at
 # most 16 MiB and at most 256 rows; below 128 rows per block the chunked
@@ -40,8 +42,13 @@ def rows_of(batch_shape) -> int | None:
   return None
 
 
-def choose_chunk(n: int | None, vocab: int) -> int:
-  """The vocabulary chunk for N rows (None: symbolic) and V classes."""
+def choose_chunk(n: int | None, vocab) -> int:
+  """The vocabulary chunk for N rows (None: symbolic) and V classes. A
+  symbolic V (jax.export) gets the widest chunk whose N x chunk float32 block
+  fits the bound, whatever V turns out to be."""
+  if not isinstance(vocab, int):
+    rows = SYMBOLIC_ROWS if not isinstance(n, int) else max(n, 1)
+    return min(max(1, BLOCK_BYTES // (4 * rows) // LANE) * LANE, SYMBOLIC_CHUNK)
   if not isinstance(n, int):
     n = SYMBOLIC_ROWS  # a symbolic batch (jax.export): a fixed bound
   elif n * vocab * 4 <= SMALL_BYTES:
@@ -67,6 +74,8 @@ def over_chunks(body, carry, vocab, chunk, traced_tail=False):
   With `traced_tail`, a short last chunk after the loop gets its start from the
   loop (a traced value, so that its body compiles as the loop's does). An
   empty vocabulary runs no step."""
+  if not isinstance(vocab, int):
+    return _over_symbolic_chunks(body, carry, vocab, chunk)
   if vocab == 0:
     return carry
   full, tail = divmod(vocab, chunk)
@@ -88,6 +97,33 @@ def over_chunks(body, carry, vocab, chunk, traced_tail=False):
   if tail:
     carry = body(carry, full * chunk, tail)
   return carry
+
+
+def _over_symbolic_chunks(body, carry, vocab, chunk):
+  """over_chunks for a symbolic V (jax.export), padded to a whole number of
+  chunks (pad_vocabulary): a loop over however many there are. The count is
+  hidden from XLA, which would otherwise unroll a loop of one chunk and fold
+  the 16-bit kernel's guarded transposes into its products (see _x_t_d in
+  _chunked), which XLA:CPU cannot run in bfloat16."""
+  full = lax.optimization_barrier(jnp.asarray(vocab // chunk, jnp.int32))
+  return lax.fori_loop(0, full, lambda j, c: body(c, j * chunk, chunk), carry)
+
+
+def pad_vocabulary(w, bias, where, chunk):
+  """w [H, V], bias and the mask, for a symbolic V (jax.export), padded to a
+  whole number of chunks: a loop slices chunks of a static size, which a
+  vocabulary of unknown size may not hold. The padding is masked out (its
+  logits are -inf), so no value changes, and the padded columns' gradient is
+  dropped by the autodiff of the padding."""
+  vocab = w.shape[1]
+  extra = chunk * ((vocab - 1) // chunk + 1) - vocab
+
+  def pad(a):
+    zeros = jnp.zeros((*a.shape[:-1], extra), a.dtype)
+    return jnp.concatenate([a, zeros], axis=-1)
+
+  mask = jnp.ones((vocab,), bool) if where is None else where
+  return pad(w), None if bias is None else pad(bias), pad(mask)
 
 
 def over_row_blocks(body, carry, n, block, path):
