@@ -23,6 +23,7 @@ module can check it on its own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -490,6 +491,78 @@ def _careless_int_ce(jax, jnp, mesh, P, explicit):
   return loss
 
 
+def _reduced_linear(jax, np, jaxsmx, P):
+  """The fused loss's reduced modes, "sum" and "mean" with per-example weights
+  and every option, rows of x over "data" and columns of w over "model":
+  (name, check) pairs, each comparing values and gradients with one device's.
+  For "sum", also inside a user's shard_map over 8 row blocks, where the psum
+  of the devices' values and gradients is the one-device result."""
+  from jax.sharding import AxisType, NamedSharding
+
+  n, h, v = 16, 8, 128
+  r = np.random.default_rng(0)
+  x = r.standard_normal((n, h)).astype(np.float32)
+  w = (0.5 * r.standard_normal((h, v))).astype(np.float32)
+  b = r.standard_normal(v).astype(np.float32)
+  labels = r.integers(0, v, n).astype(np.int32)
+  labels[[1, 6]] = -100
+  where = r.random(v) > 0.2
+  where[labels[labels >= 0]] = True
+  omega = r.random(n).astype(np.float32)
+  opts = dict(
+    where=where, ignore_index=-100, label_smoothing=0.1, z_loss=1e-3, softcap=5.0
+  )
+  args = (x, w, b, omega, labels)
+  specs = (P("data", None), P(None, "model"), P("model"), P("data"), P("data"))
+
+  def value_and_grad(reduction):
+    def f(x, w, b, om, lab):
+      return jaxsmx.linear_softmax_cross_entropy(
+        x, w, lab, bias=b, weights=om, reduction=reduction, chunk_size=16, **opts
+      )
+
+    return jax.value_and_grad(f, (0, 1, 2, 3))
+
+  def close(got, want):
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=2e-5, atol=2e-6)
+    return "values and gradients equal one device's"
+
+  def sharded(reduction, kind):
+    vg = value_and_grad(reduction)
+    mesh = jax.make_mesh((DP, MP), ("data", "model"), axis_types=(kind, kind))
+    pairs = zip(args, specs, strict=True)
+    put = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in pairs]
+    with jax.set_mesh(mesh) if kind == AxisType.Explicit else _nullcontext():
+      got = jax.jit(vg)(*put)
+    return close(got, jax.jit(vg)(*args))
+
+  def in_shard_map():
+    vg = value_and_grad("sum")
+    mesh = jax.make_mesh((DP * MP,), ("data",), axis_types=(AxisType.Auto,))
+
+    def local(x, w, b, om, lab):
+      value, grads = vg(x, w, b, om, lab)
+      return jax.lax.psum(value, "data"), grads
+
+    mapped = jax.shard_map(
+      local,
+      mesh=mesh,
+      in_specs=(P("data"), P(), P(), P("data"), P("data")),
+      out_specs=(P(), (P("data"), P(), P(), P("data"))),
+    )
+    return close(jax.jit(mapped)(*args), jax.jit(vg)(*args))
+
+  out = []
+  for reduction in ("sum", "mean"):
+    for mode, kind in (("auto", AxisType.Auto), ("explicit", AxisType.Explicit)):
+      check = functools.partial(sharded, reduction, kind)
+      out.append((f"{mode}: reduced linear CE ({reduction}, weights)", check))
+  name = "shard_map: reduced linear CE (sum, weights), psum of rows"
+  out.append((name, in_shard_map))
+  return out
+
+
 def _run(checks, name, fn, *args):
   """Runs one check, fn(*args) -> detail or (ok, detail); records failures."""
   start = time.perf_counter()
@@ -590,6 +663,8 @@ def main(argv: list[str]) -> int:
   if report:
     _print_table(hlo, checks)
     return 0 if all(c["ok"] for c in checks) else 1
+  for name, check in _reduced_linear(jax, np, jaxsmx, P):
+    _run(checks, name, check)
   _run(checks, "README example: Scaling out", _readme_example, jax, np)
   # the README's table of collectives, at the README's size
   big: dict = {}

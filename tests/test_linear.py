@@ -959,27 +959,3 @@ def test_traced_z_loss_is_refused():
 def test_doctests():
   result = doctest.testmod(_api, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0 and result.failed == 0
-
-
-def test_reduced_modes_sharded_on_8_simulated_devices():
-  """Automatic and explicit sharding (rows over "data", vocabulary over
-  "model") and a user's shard_map, against one device (in a subprocess: the
-  device count is fixed when JAX starts)."""
-  import os
-  import pathlib
-  import subprocess
-  import sys
-
-  script = pathlib.Path(__file__).with_name("linear_sharded_reduced.py")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  proc = subprocess.run(
-    [sys.executable, str(script)],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=600,
-    check=False,
-  )
-  assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[
-    -4000:
-  ]

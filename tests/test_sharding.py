@@ -24,6 +24,10 @@ What the subprocess checks, on a 2 x 4 ("data", "model") mesh, in JAX's
   cross-entropy, vocabulary-parallel, no collective has a result as large as
   a per-device logits block (N/dp x V/mp elements);
 * that check flags a careless implementation that gathers the logits;
+* the fused loss's reduced modes ("sum" and "mean" with weights and every
+  option), rows over "data" and the vocabulary over "model", in both modes
+  and (for "sum") inside a user's shard_map: values and gradients equal one
+  device's;
 * the README's "Scaling out" example runs, and its table of collectives is
   what the HLO has at the size it states.
 """
@@ -92,6 +96,12 @@ def test_every_function_sharded_on_8_simulated_devices():
   assert (
     "shard_map mixed varying axes: checker rejects a rule without the cast" in names
   )
+  # the fused loss's reduced modes (once in the test_linear module's own
+  # process, now here: one 8-device process for the whole suite)
+  for reduction in ("sum", "mean"):
+    for mode in ("auto", "explicit"):
+      assert f"{mode}: reduced linear CE ({reduction}, weights)" in names
+  assert "shard_map: reduced linear CE (sum, weights), psum of rows" in names
   failed = [c for c in report["checks"] if not c["ok"]]
   message = "\n".join(
     f"- {c['name']}: {json.dumps(c['detail'])[:1500]}" for c in failed
