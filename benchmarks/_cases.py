@@ -525,7 +525,59 @@ def bce_pos_weight_vag(n: int, c: int, runs: int) -> list[Row]:
   )
 
 
-FAMILY = (focal_vag, poly_vag, kl_log_targets_vag, convex_kl_vag, bce_pos_weight_vag)
+def integer_ce_class_weights_vag(n: int, c: int, runs: int) -> list[Row]:
+  """torch's weighted mean (weight=, label_smoothing=0.1): ours, autodiff of
+  the formula in JAX (no JAX library has class weights) and torch."""
+  x, y = _logits(n, c), _labels(n, c)
+  w = jnp.linspace(0.5, 2.0, c, dtype=jnp.float32)
+  alpha = 0.1
+
+  def ours(x, y, w):
+    losses = jaxsmx.softmax_cross_entropy_with_integer_labels(
+      x, y, label_smoothing=alpha, class_weights=w
+    )
+    return jnp.sum(losses) / jnp.sum(w[y])
+
+  def autodiff(x, y, w):
+    lp = jax.nn.log_softmax(x)
+    nll = -jnp.take_along_axis(lp, y[:, None], 1)[:, 0] * w[y]
+    smooth = -jnp.sum(lp * w, -1) / c
+    return jnp.sum((1 - alpha) * nll + alpha * smooth) / jnp.sum(w[y])
+
+  peers = [_jax("autodiff of the formula", _vag(autodiff), x, y, w)]
+  torch = _torch()
+  if torch is not None:
+    import torch.nn.functional as F
+
+    xt, wt = (torch.from_numpy(np.array(a)) for a in (x, w))
+    yt = torch.from_numpy(np.array(y)).long()
+
+    def torch_ce(x, y, w):
+      x = x.detach().requires_grad_()
+      loss = F.cross_entropy(x, y, weight=w, label_smoothing=alpha)
+      loss.backward()
+      return loss, x.grad
+
+    peers.append(Contender("torch", torch_ce, (xt, yt, wt)))
+  return _measure(
+    "integer-label CE class_weights value_and_grad",
+    f"{n}x{c}",
+    _jax("jaxsmx", _vag(ours), x, y, w),
+    peers,
+    runs,
+    1.00,
+    memory=True,
+  )
+
+
+FAMILY = (
+  focal_vag,
+  poly_vag,
+  kl_log_targets_vag,
+  convex_kl_vag,
+  bce_pos_weight_vag,
+  integer_ce_class_weights_vag,
+)
 
 
 GEMMA_2B = (8192, 2304, 256000)  # tokens per batch, H, V (Wijmans et al.)

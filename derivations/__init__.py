@@ -10,8 +10,8 @@ Three layers, each importing only the ones above it:
    (the numeric checks attached to steps, and the option, edge and dtype
    cases).
 3. The derivations themselves, one module per family of functions, listed in
-   :data:`MODULES`: ``softmax``, ``masks``, ``losses``, ``focal``,
-   ``poly``, ``entropy``, ``kl_family``, ``linear``. Each has
+   :data:`MODULES`: ``softmax``, ``masks``, ``losses``, ``class_weights``,
+   ``focal``, ``poly``, ``entropy``, ``kl_family``, ``linear``. Each has
    ``derivations()`` and, optionally, ``cases(by_key)``.
 
 Adding a module is one line: its name in :data:`MODULES`. Then
@@ -38,6 +38,7 @@ MODULES = (
   "softmax",
   "masks",
   "losses",
+  "class_weights",
   "focal",
   "poly",
   "entropy",

@@ -429,3 +429,28 @@ def report_labels(
       " or set those labels to ignore_index.",
       labels,
     )
+
+
+def as_class_weights(
+  class_weights: jax.typing.ArrayLike | None,
+  num_classes: int,
+  fn: str,
+  where_from: str,
+) -> jax.Array | None:
+  """Checks a `class_weights` vector: one real weight per class, [C].
+
+  Integer and boolean weights become floating as jax.nn converts inputs
+  (:func:`inexact_dtype`). `where_from` says where C comes from, for the
+  message (for example "logits (32, 10), axis -1").
+  """
+  if class_weights is None:
+    return None
+  cw = as_inexact(class_weights, "class_weights", fn)
+  if cw.shape != (num_classes,):
+    raise ValueError(
+      f"{fn}: class_weights must have one weight per class, shape"
+      f" (num_classes,) = ({num_classes},) for {where_from}; got shape"
+      f" {cw.shape}. Pass a vector such as jnp.ones({num_classes}) with the"
+      " weight of class k at index k."
+    )
+  return cw

@@ -23,6 +23,7 @@ from jaxsmx._numerics import (
   masked,
   num_classes,
   ratio,
+  times_cotangent,
   upcast,
 )
 
@@ -36,6 +37,7 @@ def softmax_cross_entropy_with_integer_labels(
   *,
   label_smoothing: float = 0.0,
   ignore_index: int | None = None,
+  class_weights: jax.typing.ArrayLike | None = None,
   check_labels: bool = False,
 ) -> jax.Array:
   r"""Cross-entropy between integer class labels and the softmax of logits.
@@ -44,13 +46,18 @@ def softmax_cross_entropy_with_integer_labels(
     L(z, c) = -\log \mathrm{softmax}(z)_c = \log\sum_k e^{z_k} - z_c
 
   With label smoothing :math:`\alpha` over :math:`C` classes,
-  :math:`L = -(1-\alpha)\log a_c - \frac{\alpha}{C}\sum_k \log a_k`.
+  :math:`L = -(1-\alpha)\log a_c - \frac{\alpha}{C}\sum_k \log a_k`; with
+  class weights :math:`w`, each class's term is weighted by its class's
+  weight, as in torch:
+
+  .. math::
+    L = -(1-\alpha)\, w_c \log a_c - \frac{\alpha}{C}\sum_k w_k \log a_k .
 
   A drop-in replacement for
   :func:`optax.losses.softmax_cross_entropy_with_integer_labels` (tuple axes
   and per-example ``where`` included), and for
   ``torch.nn.functional.cross_entropy(..., reduction='none')`` in
-  ``label_smoothing`` and ``ignore_index``.
+  ``label_smoothing``, ``ignore_index`` and ``weight`` (``class_weights``).
 
   Args:
     logits: ``[..., num_classes]``, floating.
@@ -70,6 +77,15 @@ def softmax_cross_entropy_with_integer_labels(
       classes.
     ignore_index: keyword-only label value (for example -100) whose examples
       get loss 0 and gradient 0.
+    class_weights: keyword-only ``[num_classes]`` weight :math:`w_k` of each
+      class (torch's ``weight``; with a tuple ``axis``, indexed by the flat
+      class index), floating, or None for 1. It multiplies the label's term
+      by :math:`w_c` and each class's smoothing term by :math:`w_k`; the
+      result stays one loss per example. torch's ``reduction="mean"`` is the
+      sum of these losses divided by the summed :math:`w_c` of the examples
+      that count (neither ignored nor dropped); the fused
+      :func:`linear_softmax_cross_entropy` forms that mean itself.
+      Differentiable (torch refuses its gradient).
     check_labels: keyword-only; ``True`` reports bad labels with
       :func:`jax.experimental.checkify.check`: labels outside
       ``[0, num_classes)`` that are not ``ignore_index``, and labels whose
@@ -90,7 +106,9 @@ def softmax_cross_entropy_with_integer_labels(
   the last class), and it needs no check to show: ``check_labels=True``
   says which labels, and why. A target logit of :math:`-\infty` costs
   :math:`+\infty`. An all :math:`-\infty` or fully masked slice gives 0 with
-  gradient 0. A :math:`+\infty` or NaN logit makes the example NaN.
+  gradient 0. A :math:`+\infty` or NaN logit makes the example NaN. A
+  class of weight 0 adds 0, even where its logit is :math:`-\infty` (torch:
+  NaN).
 
   Example:
     >>> import jax.numpy as jnp, numpy as np, jaxsmx
@@ -102,11 +120,18 @@ def softmax_cross_entropy_with_integer_labels(
 
   Notes:
     Gradient: :math:`\partial L/\partial z = a - (1-\alpha)\,\mathrm{onehot}(c)
-    - \alpha/C`, with :math:`a = \mathrm{softmax}(z)`. The cotangent is one
+    - \alpha/C`, with :math:`a = \mathrm{softmax}(z)`; with class weights
+    :math:`a\,W - (1-\alpha) w_c\,\mathrm{onehot}(c) - \alpha w / C`, with
+    :math:`W = (1-\alpha) w_c + \frac{\alpha}{C}\sum_k w_k`, and
+    :math:`\partial L/\partial w_k = (1-\alpha)[k = c](-\log a_c)
+    - \frac{\alpha}{C}\log a_k`. The cotangent is one
     scalar per example, so the forward pass forms this gradient, from its one
     exponential per element, and saves it in place of the logits (same size,
     the logits' dtype), with two per-example flags; no softmax is kept beside
-    the logits, and the backward pass is one multiply.
+    the logits, and the backward pass is one multiply. With
+    ``class_weights`` the forward pass also keeps each element's
+    :math:`\partial L/\partial w_k` (``[..., C]``, in float32 or wider), for
+    the class weights' gradient.
   """
   fn = "softmax_cross_entropy_with_integer_labels"
   logits = _checks.as_inexact(logits, "logits", fn)
@@ -117,9 +142,12 @@ def softmax_cross_entropy_with_integer_labels(
   alpha = _checks.static_fraction(label_smoothing, "label_smoothing", fn)
   ignore_index = _checks.static_index(ignore_index, "ignore_index", fn)
   check = _checks.static_flag(check_labels, "check_labels", fn)
+  num_classes_ = math.prod(logits.shape[a] for a in axes)
+  at = f"logits {logits.shape}, axis {axes[0] if len(axes) == 1 else axes}"
+  cw = _checks.as_class_weights(class_weights, num_classes_, fn, at)
   if len(axes) > 1:
     logits, labels, mask, axes = flat_class_axes(logits, labels, mask, axes)
-  args = (logits, labels, mask, axes, alpha, ignore_index)
+  args = (logits, labels, mask, cw, axes, alpha, ignore_index)
   if not check:
     return _integer_ce_jit(*args)
   if _checks.is_concrete(logits, labels, mask):
@@ -127,10 +155,10 @@ def softmax_cross_entropy_with_integer_labels(
   return _integer_ce_checkify_jit(*args)
 
 
-def _integer_ce_prepared(logits, labels, where, axes, alpha, ignore_index):
+def _integer_ce_prepared(logits, labels, where, cw, axes, alpha, ignore_index):
   """Broadcasts the labels to the batch shape, then the loss."""
   labels = _batch_labels(logits, labels, axes)
-  return _integer_ce(logits, labels, where, axes, alpha, ignore_index)
+  return _integer_ce(logits, labels, where, cw, axes, alpha, ignore_index)
 
 
 def _batch_labels(logits, labels, axes):
@@ -138,11 +166,11 @@ def _batch_labels(logits, labels, axes):
   return jnp.broadcast_to(labels, batch)
 
 
-def _integer_ce_checkify(logits, labels, where, axes, alpha, ignore_index):
+def _integer_ce_checkify(logits, labels, where, cw, axes, alpha, ignore_index):
   """The loss, then checkify.check on its labels (check_labels=True)."""
   labels = _batch_labels(logits, labels, axes)
   # the check comes after the custom_vjp call: see _checks.report_labels
-  out = _integer_ce(logits, labels, where, axes, alpha, ignore_index)
+  out = _integer_ce(logits, labels, where, cw, axes, alpha, ignore_index)
   _report_bad_labels(
     "softmax_cross_entropy_with_integer_labels",
     logits.shape,
@@ -154,7 +182,7 @@ def _integer_ce_checkify(logits, labels, where, axes, alpha, ignore_index):
   return out
 
 
-_integer_ce_checkify_jit = jax.jit(_integer_ce_checkify, static_argnums=(3, 4, 5))
+_integer_ce_checkify_jit = jax.jit(_integer_ce_checkify, static_argnums=(4, 5, 6))
 
 
 def _class_index(shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array:
@@ -213,9 +241,9 @@ def _report_bad_labels(fn, shape, labels, where, axes, ignore_index) -> None:
   )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _integer_ce(logits, labels, where, axes, alpha, ignore_index):
-  return _integer_ce_fwd(logits, labels, where, axes, alpha, ignore_index)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _integer_ce(logits, labels, where, cw, axes, alpha, ignore_index):
+  return _integer_ce_fwd(logits, labels, where, cw, axes, alpha, ignore_index)[0]
 
 
 def _finish(values, void, invalid):
@@ -245,7 +273,15 @@ def _target_logit(z, labels, onehot, axes):
   return jnp.sum(jnp.where(onehot, z, 0.0), axes, keepdims=True)
 
 
-def _integer_ce_fwd(logits, labels, where, axes, alpha, ignore_index):
+def _class_axis(v, z, axes):
+  """The [C] vector v as an array of z's rank, C on the class axis, in z's
+  dtype (the class axes are one axis here: see flat_class_axes)."""
+  shape = [1] * z.ndim
+  shape[axes[0]] = z.shape[axes[0]]
+  return v.astype(z.dtype).reshape(shape)
+
+
+def _integer_ce_fwd(logits, labels, where, cw, axes, alpha, ignore_index):
   z = masked(upcast(logits), where)
   e, s, shift = exp_normalizer(z, axes)
   small = logits.dtype != z.dtype  # 16-bit logits
@@ -256,30 +292,65 @@ def _integer_ce_fwd(logits, labels, where, axes, alpha, ignore_index):
   # (the row is zeroed below), so that no NaN is ever formed
   safe_norm = jnp.where(is_empty(log_norm), 0.0, log_norm)
   loss = (shift - _target_logit(z, labels, onehot, axes)) + safe_norm
+  # w_c: the label's class weight (1 without class weights)
+  w, w_c, nll = None, 1.0, loss
+  if cw is not None:
+    w = _class_axis(cw, z, axes)
+    w_c = jnp.sum(jnp.where(onehot, w, 0.0), axes, keepdims=True)
+    loss = _weighted(w_c, loss)
+  count = num_classes(z.shape, axes, where, z.dtype)
   if alpha:
     lp = log_probs(z, shift, log_norm)
     kept_lp = lp if where is None else jnp.where(where, lp, 0.0)
-    count = num_classes(z.shape, axes, where, z.dtype)
-    mean_nll = -jnp.sum(kept_lp, axes, keepdims=True) / count
+    weighted_lp = kept_lp if w is None else _weighted(w, kept_lp)
+    mean_nll = -jnp.sum(weighted_lp, axes, keepdims=True) / count
     loss = (1.0 - alpha) * loss + alpha * mean_nll
   void = dropped | is_empty(log_norm)
   out = jnp.squeeze(_finish(loss, void, invalid), axes).astype(logits.dtype)
-  # d/dz: a - (1 - alpha) * onehot - alpha / C, formed here from the one exp
-  # per element, as the cotangent is one scalar per example
-  grad = ratio(e, s) - (1.0 - alpha) * onehot.astype(z.dtype)
+  # d/dz: a W - (1 - alpha) w_c onehot - alpha / C w, with the total target
+  # mass W = (1 - alpha) w_c + alpha / C sum(w) (1 without class weights),
+  # formed here from the one exp per element, as the cotangent is one scalar
+  # per example
+  total, target = 1.0, onehot.astype(z.dtype)
+  if w is not None:
+    kept_w = w if where is None else jnp.where(where, w, 0.0)
+    share = jnp.sum(kept_w, axes, keepdims=True) / count
+    total = (1.0 - alpha) * w_c + alpha * share
+    target = jnp.where(onehot, w_c, 0.0)
+  grad = ratio(e, s) * total - (1.0 - alpha) * target
   if alpha:
     spread = alpha / num_classes(z.shape, axes, where, z.dtype)
+    spread = spread if w is None else spread * w
     grad = grad - (spread if where is None else jnp.where(where, spread, 0.0))
+  # d/dw_k: (1 - alpha) [k = c] nll - alpha / C log a_k, per element
+  dw = None
+  if w is not None:
+    dw = (1.0 - alpha) * jnp.where(onehot, nll, 0.0)
+    if alpha:
+      dw = dw - alpha * kept_lp / count
   # saves that gradient [..., C] in the logits' dtype and two per-example
-  # flags; the logits are not kept, and the bwd is one multiply
-  return out, (grad.astype(logits.dtype), void, invalid)
+  # flags (and d/dw [..., C] with class weights); the logits are not kept,
+  # and the bwd is one multiply
+  return out, (grad.astype(logits.dtype), void, invalid, dw, cw)
+
+
+def _weighted(w, x):
+  """w * x, 0 where w = 0 (a class of weight 0 adds 0, even at x = inf)."""
+  return jnp.where(w == 0, 0.0, w * x)
 
 
 def _integer_ce_bwd(axes, alpha, ignore_index, res, g):
-  grad, void, invalid = res
+  grad, void, invalid, dw, cw = res
   dz = jnp.expand_dims(upcast(g), axes) * upcast(grad)
-  return _finish(dz, void, invalid).astype(grad.dtype), None, None
+  dcw = None
+  if dw is not None:
+    # summed over the examples; an invalid label makes all of it NaN
+    g_ = jnp.expand_dims(upcast(g), axes)
+    per_example = _finish(times_cotangent(g_, dw), void, invalid)
+    batch = tuple(d for d in range(dw.ndim) if d not in axes)
+    dcw = jnp.sum(per_example, batch).astype(cw.dtype)
+  return _finish(dz, void, invalid).astype(grad.dtype), None, None, dcw
 
 
 _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
-_integer_ce_jit = jax.jit(_integer_ce_prepared, static_argnums=(3, 4, 5))
+_integer_ce_jit = jax.jit(_integer_ce_prepared, static_argnums=(4, 5, 6))

@@ -212,6 +212,18 @@ def _loss_family() -> list[Case]:
       (True, True),
     ),
   ]
+  cw = np.linspace(0.5, 3.0, C).astype(np.float32)
+  out.append(
+    Case(
+      "integer_ce[class_weights,where,smoothing,ignore_index]",
+      lambda z, c, m, w: ice(
+        z, c, where=m, label_smoothing=0.1, ignore_index=-100, class_weights=w
+      ),
+      (z, np.where(rows, c, -100).astype(np.int32), mask, cw),
+      (0, 3),
+      (True, True, True, False),
+    )
+  )
   if _takes(ice, "check_labels"):
     out.append(
       Case(

@@ -47,6 +47,7 @@ def test_smoke_benchmark_writes_results(tmp_path):
     "kl_divergence_with_log_targets value_and_grad",
     "convex_kl_divergence value_and_grad",
     "sigmoid BCE pos_weight value_and_grad",
+    "integer-label CE class_weights value_and_grad",
     "fused linear CE value_and_grad",
     "reduced linear CE (mean) value_and_grad",
     "MLP sgd step, integer-label CE",

@@ -59,6 +59,7 @@ BY_NAME: dict[str, object] = {
   "where": _MASK,
   "weights": np.ones(B, np.float32),
   "pos_weight": np.ones(C, np.float32),
+  "class_weights": np.ones(C, np.float32),
   "alpha": 0.25,
   "gamma": 2.0,
   "epsilon": 2.0,
