@@ -959,3 +959,74 @@ def test_traced_z_loss_is_refused():
 def test_doctests():
   result = doctest.testmod(_api, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0 and result.failed == 0
+
+
+# ---------------------------------------------------------------------------
+# labels and weights: broadcasting as the integer-label CE, weights as a mask
+
+
+def test_labels_and_weights_broadcast_as_the_integer_label_ce():
+  x, w, b, _, where = data(batch=(3, 4))
+  labels = jnp.asarray([[1, 7, 0, 49]], jnp.int32)  # (1, 4) against (3, 4)
+  omega = jnp.asarray([0.5, 1.0, 2.0, 1.5], jnp.float32)  # (4,)
+  kw = dict(bias=b, where=where, label_smoothing=0.1)
+  dense = lambda x, w: composition(x, w, jnp.broadcast_to(labels, (3, 4)), **kw)
+  # the peer's rule, on the dense logits: (1, 4) labels broadcast to the batch
+  z = cap(jnp.matmul(x, w, precision=HIGHEST) + b, None)
+  peer = jaxsmx.softmax_cross_entropy_with_integer_labels(
+    z, labels, where=jnp.broadcast_to(where, z.shape), label_smoothing=0.1
+  )
+  np.testing.assert_allclose(lce(x, w, labels, **kw), peer, rtol=1e-5)
+  assert_matches(lambda x, w: lce(x, w, labels, **kw), dense, (x, w), 1e-5)
+  for red in ("none", "sum", "mean"):
+    f = lambda x, w, om, red=red: lce(
+      x, w, labels[0], reduction=red, weights=om, chunk_size=CHUNK, **kw
+    )
+    ref = lambda x, w, om, red=red: reduce_dense(
+      dense(x, w), jnp.broadcast_to(labels, (3, 4)), where, None, red, om
+    )
+    assert_matches(f, ref, (x, w, omega), 1e-5)
+  with pytest.raises(ValueError, match=r"labels must have \(or broadcast to\)"):
+    lce(x, w, labels[:, :3])
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_a_weight_of_0_drops_its_example_before_its_label_is_read(reduction):
+  # a loss mask over padding: the padding rows' labels lie outside [0, V)
+  x, w, b, labels, _ = data()
+  pad = np.arange(N) % 4 == 3
+  padded = jnp.where(pad, jnp.asarray([V, -1, 10**6] * 4)[:N], labels)
+  omega = jnp.where(pad, 0.0, jnp.linspace(0.5, 1.5, N)).astype(jnp.float32)
+  keep = np.flatnonzero(~pad)
+  opts = dict(bias=b, label_smoothing=0.1, z_loss=0.01, reduction=reduction)
+
+  def masked(x, w, om):
+    return lce(x, w, padded, weights=om, chunk_size=CHUNK, **opts)
+
+  def sliced(x, w, om):  # the padding rows removed
+    return lce(x[keep], w, labels[keep], weights=om[keep], chunk_size=CHUNK, **opts)
+
+  value, grads = jax.value_and_grad(lambda *a: jnp.sum(masked(*a)), (0, 1, 2))(
+    x, w, omega
+  )
+  want, want_grads = jax.value_and_grad(lambda *a: jnp.sum(sliced(*a)), (0, 1, 2))(
+    x, w, omega
+  )
+  assert np.isfinite(value)
+  np.testing.assert_allclose(value, want, rtol=1e-5)
+  dx, dw, d_omega = grads
+  np.testing.assert_allclose(dx[keep], want_grads[0][keep], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(dx[pad], 0.0)
+  np.testing.assert_allclose(dw, want_grads[1], rtol=1e-5, atol=1e-6)
+  # the weights' gradient: as without the padding, and 0 where a weight is 0
+  np.testing.assert_allclose(d_omega[keep], want_grads[2][keep], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(d_omega[pad], 0.0)
+  if reduction == "none":
+    np.testing.assert_array_equal(masked(x, w, omega)[pad], 0.0)
+  # a weight of 0 is the mask: the same labels with weight 1 are NaN
+  ones = jnp.ones_like(omega)
+  assert np.isnan(jnp.sum(lce(x, w, padded, weights=ones, **opts)))
+  # and check_labels does not report the rows that do not count
+  lce(x, w, padded, weights=omega, check_labels=True, **opts)
+  with pytest.raises(checkify.JaxRuntimeError, match="labels must lie in"):
+    lce(x, w, padded, weights=ones, check_labels=True, **opts)

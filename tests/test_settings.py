@@ -172,6 +172,17 @@ def _linear() -> list[Case]:
         (True, False, False, False, True),
       )
     )
+  out.append(
+    Case(
+      "linear_ce[labels (1,),weights (1,),mean]",
+      lambda x, w, o: jaxsmx.linear_softmax_cross_entropy(
+        x, w, c[2:3], weights=o, reduction="mean"
+      ),
+      (x, w, omega[:1]),
+      (0, 1, 2),
+      (True, False, False),
+    )
+  )
   for dtype in (jnp.bfloat16, jnp.float16):
     out.append(
       Case(

@@ -57,7 +57,8 @@ def linear_softmax_cross_entropy(
     x: ``[..., H]`` features, floating.
     w: ``[H, V]`` projection onto the vocabulary, floating: the logits are
       ``x @ w``.
-    labels: ``[...]`` integer classes in ``[0, V)``, ``x.shape[:-1]``.
+    labels: ``[...]`` integer classes in ``[0, V)``, of ``x.shape[:-1]``
+      or broadcasting to it.
     bias: keyword-only ``[V]`` bias added to the logits, or None.
     where: keyword-only ``[V]`` boolean mask over the vocabulary. Masking
       means slicing the classes: masked classes get probability 0, and an
@@ -86,7 +87,10 @@ def linear_softmax_cross_entropy(
     weights: keyword-only per-example weights :math:`\omega_n` (loss masks,
       token weights), floating, of ``labels``' shape or broadcasting to it;
       None means 1. With ``reduction="none"`` the result is
-      :math:`\omega_n L_n`. Differentiable.
+      :math:`\omega_n L_n`. Differentiable. A weight of 0 drops its example
+      as ``ignore_index`` does (a loss mask): its label is not read, so a
+      padding label outside ``[0, V)`` gives no NaN, and its loss and
+      gradients, the weight's own included, are 0.
     check_labels: keyword-only; ``True`` reports bad labels with
       :func:`jax.experimental.checkify.check`: labels outside ``[0, V)``
       that are not ``ignore_index``, and labels whose class ``where`` masks
@@ -204,11 +208,18 @@ def _arrays(x, w, labels, bias, where):
       f" {labels.dtype} with shape {labels.shape}. For integer labels stored"
       " as floats use labels.astype(jnp.int32)."
     )
-  if labels.shape != batch_shape:
+  try:
+    fits = _checks.broadcast_shapes(labels.shape, batch_shape) == tuple(batch_shape)
+  except ValueError:
+    fits = False
+  if not fits:
     raise ValueError(
-      f"{FN}: labels must have x's shape without its last (feature) axis:"
-      f" x {x.shape} -> expected {batch_shape}, got {labels.shape}."
+      f"{FN}: labels must have (or broadcast to) x's shape without its last"
+      f" (feature) axis: x {x.shape} -> expected {batch_shape}, got"
+      f" {labels.shape}."
     )
+  if labels.shape != batch_shape:
+    labels = jnp.broadcast_to(labels, batch_shape)  # as the integer-label CE
   if bias is not None:
     bias = _checks.as_floating(bias, "bias", FN)
     if bias.shape != (vocab,):
@@ -323,7 +334,7 @@ def _chunk(chunk_size: object, n: int | None, vocab: int) -> int:
 
 def _linear_ce_prepared(x, w, bias, labels, where, weights, opts):
   """The loss of the checked arguments, labels of any integer dtype."""
-  codes = encode(labels, w.shape[1], opts.ignore_index)
+  codes = encode(labels, w.shape[1], opts.ignore_index, weights)
   if not isinstance(w.shape[1], int):  # a symbolic V (jax.export)
     w, bias, where = _tiling.pad_vocabulary(w, bias, where, opts.chunk)
   if opts.reduction != "none":
@@ -339,7 +350,7 @@ def _linear_ce_checkify(x, w, bias, labels, where, weights, opts):
   """The loss, then checkify.check on its labels (check_labels=True)."""
   # the check comes after the custom_vjp call: see _checks.report_labels
   out = _linear_ce_prepared(x, w, bias, labels, where, weights, opts)
-  report_bad_labels(labels, where, w.shape[1], opts.ignore_index)
+  report_bad_labels(labels, where, weights, w.shape[1], opts.ignore_index)
   return out
 
 

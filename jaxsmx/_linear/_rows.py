@@ -43,11 +43,14 @@ class Options(NamedTuple):
   reduction: str = "none"
 
 
-def encode(labels, vocab, ignore_index):
+def encode(labels, vocab, ignore_index, weights=None):
   """Labels of any integer dtype as int32: the class where in [0, V),
-  IGNORED for ignore_index, INVALID otherwise. Compared in their own dtype
+  IGNORED for ignore_index and for a weight of 0 (the example does not count:
+  its label is not read), INVALID otherwise. Compared in their own dtype
   (_checks.label_index), so none wraps or promotes."""
   index, in_range, ignored = _checks.label_index(labels, vocab, ignore_index)
+  if weights is not None:
+    ignored = ignored | (weights == 0)
   return jnp.where(ignored, IGNORED, jnp.where(in_range, index, INVALID))
 
 
@@ -83,9 +86,10 @@ def _at(where, index):
   return where.at[index].get(out_sharding=jax.typeof(index).sharding)
 
 
-def report_bad_labels(labels, where, vocab, ignore_index) -> None:
-  """Out-of-range and masked-out labels (check_labels=True); O(N)."""
-  code = encode(labels, vocab, ignore_index)
+def report_bad_labels(labels, where, weights, vocab, ignore_index) -> None:
+  """Out-of-range and masked-out labels of the examples that count
+  (check_labels=True); O(N)."""
+  code = encode(labels, vocab, ignore_index, weights)
   _, invalid, masked_out = row_flags(code, where, vocab)
   masked_out = None if where is None else masked_out
   _checks.report_labels(FN, labels, vocab, ignore_index, invalid, masked_out)
