@@ -328,6 +328,9 @@ def _integer_ce_fwd(logits, labels, where, cw, axes, alpha, ignore_index):
     dw = (1.0 - alpha) * jnp.where(onehot, nll, 0.0)
     if alpha:
       dw = dw - alpha * kept_lp / count
+    # 0 in dropped rows (their nll is +inf at a masked-out target): no inf
+    # residual, which jax.debug_infs checks in an eager call
+    dw = jnp.where(void, 0.0, dw)
   # saves that gradient [..., C] in the logits' dtype and two per-example
   # flags (and d/dw [..., C] with class weights); the logits are not kept,
   # and the bwd is one multiply

@@ -369,13 +369,16 @@ def _lse_fwd(a, b, where, nan_if_negative):
   value = shift + log_of_sum(jnp.abs(s))
   if nan_if_negative:
     value = value + _nan_where_negative(s)
-  # saves the masked input, b, and per slice the shift and the signed sum
-  return (value, jnp.sign(s)), (masked(a, where), b, shift, s)
+  # saves the input, b, the mask, and per slice the shift and the signed sum
+  # (not the masked input: its -inf would be a residual, which
+  # jax.debug_infs checks in an eager call)
+  return (value, jnp.sign(s)), (a, b, where, shift, s)
 
 
 def _lse_bwd(nan_if_negative, res, cts):
   # d/da: g * b * w;  d/db: g * w, with w = exp(a - shift) / S (0 if S = 0)
-  z, b, shift, s = res
+  a, b, where, shift, s = res
+  z = masked(a, where)
   g = cts[0]
   empty = s == 0.0
   w = jnp.where(empty, 0.0, _exp_from(z, shift) / jnp.where(empty, 1.0, s))

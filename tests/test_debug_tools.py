@@ -11,6 +11,13 @@ whose value and gradient have no NaN, neither tool may raise or report:
 * ``checkify.checkify(..., errors=checkify.float_checks)``, which checks the
   output of every primitive inside the compiled program as well.
 
+``jax.debug_infs(True)`` is quiet too, jitted and in an eager call, on every
+case of ``tests/public_cases.py`` and every edge input whose arguments, value
+and gradient are finite: no rule keeps a -inf (a masked logit, the log of an
+empty sum) in what a compiled call returns, its residuals included. Op by op
+(``jax.disable_jit()``) it is not, nor are the peers: the -inf identity of a
+max reduction is an intermediate there, in ``jax.nn.softmax`` as here.
+
 The rules use the double ``where``: the argument of a log or a division is
 made safe before the operation, not only its result after.
 """
@@ -22,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import checkify
-from public_cases import Case
+from public_cases import CASES, Case
 
 import jaxsmx
 
@@ -304,3 +311,56 @@ def test_the_tools_catch_a_nan_selected_away():
   assert err.get() is not None and "nan" in err.get().lower()
   with jax.debug_nans(True), jax.disable_jit(), pytest.raises(FloatingPointError):
     careless(p)
+
+
+def _finite(tree):
+  return all(
+    np.all(np.isfinite(np.asarray(leaf, np.float64))) for leaf in jax.tree.leaves(tree)
+  )
+
+
+def _all_finite(case):
+  """Finite arguments, value and gradient: log_softmax's -inf at a masked
+  class is its value (as in jax.nn), entropy's +inf at p = 0 its gradient,
+  and debug_infs reports those in any library."""
+  if not _finite(case.args) or not _finite(case.value(*case.args)):
+    return False
+  return _finite(jax.grad(_finite_sum(case), case.diff)(*case.args))
+
+
+FINITE = [c for c in CASES + EDGES if _all_finite(c)]
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+@pytest.mark.parametrize("case", FINITE, ids=repr)
+def test_debug_infs_stays_quiet_on_finite_input(case, jit):
+  f = _value_and_grad(case)
+  assert _finite(f(*case.args)), "the premise: a finite value and gradient"
+  with jax.debug_infs(True):
+    if jit:
+      jax.block_until_ready(jax.jit(f)(*case.args))
+    else:
+      jax.block_until_ready(f(*case.args))
+      jax.block_until_ready(case.value(*case.args))
+
+
+def test_debug_infs_catches_an_inf_residual():
+  # what the test above rules out: a masked logit kept as a residual
+  @jax.custom_vjp
+  def careless(z, m):
+    return jnp.sum(jnp.where(m, z, -jnp.inf), -1)
+
+  def fwd(z, m):
+    kept = jnp.where(m, z, -jnp.inf)
+    return jnp.sum(jnp.where(m, kept, 0.0), -1), (kept, m)
+
+  def bwd(res, g):
+    kept, m = res
+    return jnp.where(m, g[..., None], 0.0) + 0 * jnp.where(m, kept, 0.0), None
+
+  careless.defvjp(fwd, bwd)
+  z, m = jnp.ones((2, 3)), jnp.array([[True, False, True]] * 2)
+  loss = jax.jit(lambda z: jnp.sum(jax.vjp(careless, z, m)[1](jnp.ones(2))[0]))
+  loss(z)
+  with jax.debug_infs(True), pytest.raises(FloatingPointError):
+    jax.vjp(jax.jit(fwd), z, m)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 
 from jaxsmx._linear import _chunked, _paths, _rows
 from jaxsmx._linear._sharding import like
+from jaxsmx._numerics import is_empty
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -28,8 +30,15 @@ def _per_example_fwd(x, w, bias, labels, where, opts):
   out_dtype, _ = _rows.compute_dtype(x, w, bias)
   stats = _chunked.stats(x, w, labels, bias, where, opts)
   loss = _rows.row_losses(stats, labels, where, w.shape[1], opts)
-  # saves x, w, bias, labels, where and shift, log_norm [N]; recomputes z
-  return loss.astype(out_dtype), (x, w, bias, labels, where, *stats[:2])
+  # saves x, w, bias, labels, where and shift, log_norm [N]; recomputes z.
+  # An empty row (every class masked) is saved as a dropped one with a
+  # finite log_norm: no -inf residual, which jax.debug_infs checks eagerly
+  shift, log_norm = stats[:2]
+  _, invalid, _ = _rows.row_flags(labels, where, w.shape[1])
+  empty = is_empty(log_norm) & ~invalid
+  labels = jnp.where(empty, _rows.IGNORED, labels)
+  log_norm = jnp.where(empty, 0.0, log_norm)
+  return loss.astype(out_dtype), (x, w, bias, labels, where, shift, log_norm)
 
 
 def _per_example_bwd(opts, res, g):
