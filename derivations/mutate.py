@@ -8,6 +8,9 @@ and the option, edge and dtype cases of :mod:`derivations.agreement.cases`, for 
 functions whose file the mutation touches (every function for the shared
 numerics). A mutation is caught when a check fails. ``--sample N`` runs the
 first N of a fixed spread; ``--out`` writes the table for the report.
+``--keys K ...`` runs only those mutations and puts their rows into the
+``--out`` table, keeping the rows of the others (for a mutation added or
+changed, without rerunning the whole list).
 
 A mutation whose ``old`` text no longer occurs in its file, or occurs more
 than once, is *stale*: it fails the run (and counts as not caught in the
@@ -845,32 +848,8 @@ def rate(outcomes: list[Outcome]) -> float:
 
 
 def markdown(outcomes: list[Outcome]) -> str:
-  caught = sum(o.status == "caught" for o in outcomes)
-  stale_n = sum(o.status == "stale" for o in outcomes)
-  head = (
-    f"{caught} of {len(outcomes)} mutations caught "
-    f"({100 * rate(outcomes):.0f}%) by the derivation checks alone."
-  )
-  if stale_n:
-    head += f" **{stale_n} stale** (FAIL: fix their text in derivations/mutate.py)."
-  lines = [
-    head,
-    "",
-    "| mutation | kind | bug | caught by |",
-    "|---|---|---|---|",
-  ]
-  for o in outcomes:
-    if o.status == "stale":
-      by = f"**FAIL: stale**, {o.failed[0] if o.failed else 'not applied'}"
-    elif o.status == "survived":
-      by = "**survived**"
-    else:
-      first = o.failed[0]
-      by = f"`{first}`" + (
-        f" and {len(o.failed) - 1} more" if len(o.failed) > 1 else ""
-      )
-    lines.append(f"{row_head(o.mutation)} {by} |")
-  return "\n".join(lines) + "\n"
+  """The table of ``outcomes``, one row each, under a head line with the rate."""
+  return _table([row(o) for o in outcomes])
 
 
 def row_head(m: Mutation) -> str:
@@ -878,27 +857,104 @@ def row_head(m: Mutation) -> str:
   return f"| `{m.key}` | {m.kind} | {m.what} |"
 
 
+def row(o: Outcome) -> str:
+  """``o``'s row: the first failing check (caught), survived or stale."""
+  if o.status == "stale":
+    by = f"**FAIL: stale**, {o.failed[0] if o.failed else 'not applied'}"
+  elif o.status == "survived":
+    by = "**survived**"
+  else:
+    more = len(o.failed) - 1
+    by = f"`{o.failed[0]}`" + (f" and {more} more" if more else "")
+  return f"{row_head(o.mutation)} {by} |"
+
+
+def _caught(rows: list[str]) -> int:
+  # a caught row's last column names its first failing check, in backticks
+  return sum(r.rsplit(" | ", 1)[1].startswith("`") for r in rows)
+
+
+def table_rate(table: str) -> float:
+  """The share of a table's rows that are caught."""
+  rows = [line for line in table.splitlines() if line.startswith("| `")]
+  return _caught(rows) / max(len(rows), 1)
+
+
+def _table(rows: list[str]) -> str:
+  results = [r.rsplit(" | ", 1)[1] for r in rows]
+  caught = _caught(rows)
+  stale_n = sum(r.startswith("**FAIL: stale") for r in results)
+  head = (
+    f"{caught} of {len(rows)} mutations caught "
+    f"({100 * caught / max(len(rows), 1):.0f}%) by the derivation checks alone."
+  )
+  if stale_n:
+    head += f" **{stale_n} stale** (FAIL: fix their text in derivations/mutate.py)."
+  lines = [head, "", "| mutation | kind | bug | caught by |", "|---|---|---|---|"]
+  return "\n".join(lines + rows) + "\n"
+
+
+def merge(table: str, outcomes: list[Outcome], mutations=None) -> tuple[str, list[str]]:
+  """``table`` with the rows of ``outcomes`` put in, in the order of ``mutations``.
+
+  A row of ``table`` is kept where its key, kind and bug still read as in
+  ``mutations`` (default :data:`MUTATIONS`); a mutation that changed, or is
+  new, needs an outcome.
+
+  Returns:
+    The merged table, and the keys of the mutations that have no row (run
+    them).
+  """
+  mutations = MUTATIONS if mutations is None else mutations
+  fresh = {o.mutation.key: row(o) for o in outcomes}
+  old = [line for line in table.splitlines() if line.startswith("| `")]
+  rows, missing = [], []
+  for m in mutations:
+    kept = [line for line in old if line.startswith(row_head(m) + " ")]
+    line = fresh.get(m.key) or (kept[0] if kept else None)
+    if line is None:
+      missing.append(m.key)
+    else:
+      rows.append(line)
+  return _table(rows), missing
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m derivations.mutate")
   parser.add_argument("--sample", type=int, default=0, help="run only N mutations")
+  parser.add_argument(
+    "--keys",
+    nargs="+",
+    default=(),
+    help="run only these mutations and put their rows into the --out table",
+  )
   parser.add_argument("--workers", type=int, default=2)
   parser.add_argument("--out", type=pathlib.Path, help="write the Markdown table here")
   args = parser.parse_args(argv)
+  by_key = {m.key: m for m in MUTATIONS}
   chosen = MUTATIONS
   if args.sample:
-    by_key = {m.key: m for m in MUTATIONS}
     chosen = tuple(by_key[k] for k in SAMPLE[: args.sample])
+  if args.keys:
+    unknown = sorted(set(args.keys) - set(by_key))
+    if unknown:
+      parser.error(f"no mutation named {', '.join(unknown)} in derivations/mutate.py")
+    chosen = tuple(m for m in MUTATIONS if m.key in set(args.keys))
   outcomes = run_all(chosen, args.workers)
-  table = markdown(outcomes)
+  table, missing = markdown(outcomes), []
+  if args.keys and args.out and args.out.exists():
+    table, missing = merge(args.out.read_text(encoding="utf-8"), outcomes)
   print(table)
   if args.out:
     args.out.write_text(table, encoding="utf-8")
   for o in outcomes:
     if o.status == "stale":
       print(f"FAIL stale mutation {o.mutation.key}: {o.failed[0]}", file=sys.stderr)
-  if any(o.status == "stale" for o in outcomes):
+  if missing:
+    print(f"FAIL no row for {' '.join(missing)}: run them with --keys", file=sys.stderr)
+  if missing or any(o.status == "stale" for o in outcomes):
     return 1
-  return 0 if rate(outcomes) >= 0.9 else 1
+  return 0 if table_rate(table) >= 0.9 else 1
 
 
 if __name__ == "__main__":
