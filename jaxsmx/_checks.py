@@ -235,20 +235,6 @@ def one_class_axis(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return x.reshape((*x.shape[: ndim - k], math.prod(x.shape[ndim - k :])))
 
 
-def same_shape(a: jax.Array, b: jax.Array, a_name: str, b_name: str, fn: str) -> None:
-  if a.shape != b.shape:
-    raise ValueError(
-      f"{fn}: {b_name} must have the same shape as {a_name}: {a_name}"
-      f" {a.shape}, {b_name} {b.shape}. For integer class labels use"
-      " softmax_cross_entropy_with_integer_labels; otherwise broadcast"
-      f" explicitly with jnp.broadcast_to({b_name}, {a_name}.shape)."
-      if fn.startswith("softmax_cross_entropy")
-      else f"{fn}: {b_name} must have the same shape as {a_name}: {a_name}"
-      f" {a.shape}, {b_name} {b.shape}. Broadcast explicitly with"
-      f" jnp.broadcast_to({b_name}, {a_name}.shape) if that is what you mean."
-    )
-
-
 def as_mask(
   where: jax.typing.ArrayLike | None,
   shape: tuple[int, ...],

@@ -31,7 +31,7 @@ _SHOULD_BE = (
 
 def array_inputs(f: Callable[_P, _R]) -> Callable[_P, _R]:
   """Decorates a public function: every argument annotated ``ArrayLike`` goes
-  through :func:`array_input` before the body runs, so a non-array gets the
+  through :func:`_array_input` before the body runs, so a non-array gets the
   library's error, naming the function and the argument, before JAX converts
   anything. Arguments annotated ``ArrayLike | None`` may be None.
   """
@@ -50,15 +50,15 @@ def array_inputs(f: Callable[_P, _R]) -> Callable[_P, _R]:
     given = list(args)
     for i, name, optional in by_position:
       if i < len(given):
-        given[i] = array_input(given[i], name, fn, optional)
+        given[i] = _array_input(given[i], name, fn, optional)
     for name in kwargs.keys() & arrays.keys():
-      kwargs[name] = array_input(kwargs[name], name, fn, arrays[name][1])
+      kwargs[name] = _array_input(kwargs[name], name, fn, arrays[name][1])
     return call(*given, **kwargs)
 
   return checked
 
 
-def array_input(value: object, name: str, fn: str, optional: bool = False):
+def _array_input(value: object, name: str, fn: str, optional: bool = False):
   """An array argument as JAX will take it, or the library's error.
 
   Arrays, NumPy scalars and Python numbers pass unchanged (jit converts them);

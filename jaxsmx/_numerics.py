@@ -165,7 +165,7 @@ def as_array(x):
   return jnp.asarray(x) if isinstance(x, (list, tuple)) else x
 
 
-def to_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+def _to_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """x with the class axes moved to the end, in the order given, as one axis.
 
   Every function reduces over that one axis, so that a tuple `axis` gives, to
@@ -179,7 +179,7 @@ def to_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 
 
 def from_last(y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array:
-  """The inverse of `to_last`, for a result of the input's `shape`."""
+  """The inverse of `_to_last`, for a result of the input's `shape`."""
   n, k = len(shape), len(axes)
   moved = [d for i, d in enumerate(shape) if i not in axes] + [shape[a] for a in axes]
   y = y.reshape(moved)
@@ -189,7 +189,7 @@ def from_last(y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...]) -> ja
 def batch_result(
   y: jax.Array, shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool = False
 ) -> jax.Array:
-  """A per-slice result of `to_last` ([..., 1]) in the shape without `axes`."""
+  """A per-slice result of `_to_last` ([..., 1]) in the shape without `axes`."""
   batch = tuple(d for i, d in enumerate(shape) if i not in axes)
   y = y.reshape(batch)
   return jnp.expand_dims(y, tuple(sorted(axes))) if keepdims else y
@@ -235,7 +235,7 @@ def broadcast_shape(fn: str, **arrays) -> tuple[int, ...]:
     ) from None
 
 
-def elementwise_mask(
+def _elementwise_mask(
   fn: str, where, shape: tuple[int, ...], axes: tuple[int, ...]
 ) -> jax.Array | None:
   """A boolean `where` that broadcasts to `shape` as NumPy broadcasts (its
@@ -266,14 +266,14 @@ def elementwise_mask(
 
 def flat_inputs(shape, axes, compute, *arrays):
   """Each array (None passes) in the compute dtype, broadcast to `shape`, its
-  class axes flattened to the last one (`to_last`), all of one varying type
+  class axes flattened to the last one (`_to_last`), all of one varying type
   under shard_map. Differentiating through this rounds each gradient once, to
   its input's dtype, after its broadcast axes are summed in `compute`."""
   out = []
   for x in arrays:
     if x is not None:
       x = x.astype(compute) if jnp.issubdtype(x.dtype, jnp.floating) else x
-      x = to_last(jnp.broadcast_to(x, shape), axes)
+      x = _to_last(jnp.broadcast_to(x, shape), axes)
     out.append(x)
   return same_varying_axes(*out)
 
@@ -319,7 +319,7 @@ def prepare_inputs(fn, axis, where, **arrays):
   xs = [_checks.as_inexact(x, name, fn) for name, x in arrays.items()]
   shape = broadcast_shape(fn, **dict(zip(arrays, xs, strict=True)))
   axes = _checks.canonical_axes(axis, len(shape), fn)
-  mask = elementwise_mask(fn, where, shape, axes)
+  mask = _elementwise_mask(fn, where, shape, axes)
   dtype = jnp.result_type(*xs)
   flat = flat_inputs(shape, axes, _checks.compute_dtype(dtype), *xs, mask)
 

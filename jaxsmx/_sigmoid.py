@@ -145,7 +145,7 @@ def _sigmoid_bce_prepared(logits, labels, pos_weight):
   return _sigmoid_bce(*same_varying_axes(logits, labels, pos_weight))
 
 
-def bce_terms(z, y_pos, y_neg):
+def _bce_terms(z, y_pos, y_neg):
   """-y_pos log sigma(z) - y_neg log sigma(-z); a term of weight 0 is 0.
 
   A term of weight 0 costs 0 whatever z: the log's argument is replaced
@@ -165,10 +165,10 @@ def _sigmoid_bce(logits, labels, pos_weight):
 def _sigmoid_bce_fwd(logits, labels, pos_weight):
   if pos_weight is None:
     z, y = in_compute_dtype(logits, labels)
-    loss = bce_terms(z, y, 1.0 - y)
+    loss = _bce_terms(z, y, 1.0 - y)
   else:
     z, y, w = in_compute_dtype(logits, labels, pos_weight)
-    loss = bce_terms(z, w * y, 1.0 - y)
+    loss = _bce_terms(z, w * y, 1.0 - y)
   # optax's dtype: it converts the labels to the logits' dtype
   out = loss.astype(logits.dtype)
   # saves the inputs
@@ -187,8 +187,8 @@ def _sigmoid_bce_bwd(res, g):
   # log sigma(-z);  d/dw: -y log sigma(z) (a zero factor is 0 at z = -inf)
   z, y, w, g = in_compute_dtype(logits, labels, pos_weight, g)
   dz = g * ((1.0 - y) * jax.nn.sigmoid(z) - w * y * jax.nn.sigmoid(-z))
-  dy = times_cotangent(g, bce_terms(z, w, 0.0) - bce_terms(z, 0.0, 1.0))
-  dw = times_cotangent(g, bce_terms(z, y, 0.0))
+  dy = times_cotangent(g, _bce_terms(z, w, 0.0) - _bce_terms(z, 0.0, 1.0))
+  dw = times_cotangent(g, _bce_terms(z, y, 0.0))
   return (
     dz.astype(logits.dtype),
     dy.astype(labels.dtype),
@@ -347,7 +347,7 @@ def _focal_parts(z, y, gamma):
   """
   lp, lq = jax.nn.log_sigmoid(z), jax.nn.log_sigmoid(-z)
   p, q = jnp.exp(lp), jnp.exp(lq)
-  c = bce_terms(z, y, 1.0 - y)
+  c = _bce_terms(z, y, 1.0 - y)
   u = (1.0 - y) * p + y * q
   one, zero = y == 1, y == 0
   soft = ~(one | zero) & (u > 0)

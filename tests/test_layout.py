@@ -125,3 +125,39 @@ def test_the_naming_check_sees_a_decorator_and_a_checked_name():
   assert len(problems) == 3, problems
   assert "_f_checkify" in problems[0] and "jit by assignment" in problems[1]
   assert "name it _g_jit" in problems[2]
+
+
+def _unshared(trees: dict[str, ast.Module], exported: set[str]) -> list[str]:
+  """Module-level functions named without an underscore that are neither
+  exported nor imported by another module: ``module.name`` each."""
+  imported = set()  # `from .m import name` and `m.name`
+  for tree in trees.values():
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom):
+        imported |= {alias.name for alias in node.names}
+      elif isinstance(node, ast.Attribute):
+        imported.add(node.attr)
+  return [
+    f"{module}.{node.name}"
+    for module, tree in trees.items()
+    for node in tree.body
+    if isinstance(node, ast.FunctionDef)
+    and not node.name.startswith("_")
+    and node.name not in exported | imported
+  ]
+
+
+def test_a_name_without_an_underscore_is_exported_or_shared():
+  # inside a private module, a plain name says "used elsewhere": the public
+  # API (jaxsmx.__all__) or a helper another module imports
+  trees = {_name(p): ast.parse(p.read_text(encoding="utf-8")) for p in SOURCES}
+  unshared = _unshared(trees, set(jaxsmx.__all__))
+  assert not unshared, f"{unshared}: prefix a module-local helper with _"
+
+
+def test_the_sharing_check_sees_a_local_helper():
+  trees = {
+    "local": ast.parse("def helper(x):\n  return x\n\n\ndef _fine(x):\n  return x\n"),
+    "user": ast.parse("import local\n\n\ndef api(x):\n  return local._fine(x)\n"),
+  }
+  assert _unshared(trees, {"api"}) == ["local.helper"]

@@ -325,7 +325,7 @@ def test_one_pass_row_blocks_change_nothing(case, block, monkeypatch):
   jax.clear_caches()
   try:
     f, dense, args = reduced_problem(OPTIONS[case], "mean", True)
-    assert _reduced.one_pass_applies(args[0], args[1], None, None)
+    assert _reduced._one_pass_applies(args[0], args[1], None, None)
     assert_matches(f, dense, args, RTOL[np.float32])
   finally:
     jax.clear_caches()
@@ -343,12 +343,12 @@ def test_row_block_rule():
 def test_one_pass_only_where_its_row_blocks_are_long():
   """A wide vocabulary (blocks under 128 rows) takes the chunked kernel."""
   x = jnp.zeros((4096, 8), jnp.float32)
-  assert _reduced.one_pass_applies(x, jnp.zeros((8, 32768), jnp.float32), None, None)
-  assert not _reduced.one_pass_applies(
+  assert _reduced._one_pass_applies(x, jnp.zeros((8, 32768), jnp.float32), None, None)
+  assert not _reduced._one_pass_applies(
     x, jnp.zeros((8, 131072), jnp.float32), None, None
   )
   # a batch that fits in one block
-  assert _reduced.one_pass_applies(
+  assert _reduced._one_pass_applies(
     x[:64], jnp.zeros((8, 65536), jnp.float32), None, None
   )
 

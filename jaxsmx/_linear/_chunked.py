@@ -88,7 +88,7 @@ def _grads_local(x, w, labels, shift, *coefs, opts, offset):
     wc, z, t, mask = _rows.chunk_logits(xc, w, bias, where, start, size, opts)
     e = jnp.exp(z - shift[:, None])
     d = _rows.chunk_gradient(e, coef, lab, start, mask, t)
-    parts = split_16(d, x.dtype) if narrow else (d,)
+    parts = _split_16(d, x.dtype) if narrow else (d,)
     dx = _add_rows(dx, parts, wc.astype(parts[0].dtype), mm)
     dw = _tiling.put(dw, _x_t_d(xc, parts, start, mm).astype(dw.dtype), start)
     if db is not None:
@@ -123,7 +123,7 @@ GRADS = Kernel(
 )
 
 
-def split_16(d, dtype):
+def _split_16(d, dtype):
   """d (float32) as (hi, lo) in the 16-bit `dtype`, hi + lo ~ d: products of
   each part with 16-bit x and w are exact in float32."""
   hi = d.astype(dtype)

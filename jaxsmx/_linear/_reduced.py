@@ -35,7 +35,7 @@ def _reduced_fwd(x, w, bias, labels, where, weights, opts):
   out_dtype, ct = _rows.compute_dtype(x, w, bias)
   vocab = w.shape[1]
   r, counted, denom = _rows.row_weights(labels, where, weights, vocab, opts, ct)
-  if one_pass_applies(x, w, bias, weights):
+  if _one_pass_applies(x, w, bias, weights):
     stats, (dx, dw, db) = _one_pass(x, w, bias, labels, where, r, opts)
   else:
     _paths.take("reduced_chunked")
@@ -69,7 +69,7 @@ def _reduced_bwd(opts, res, g):
 reduced_loss.defvjp(_reduced_fwd, _reduced_bwd)
 
 
-def one_pass_applies(x, w, bias, weights) -> bool:
+def _one_pass_applies(x, w, bias, weights) -> bool:
   """True where the one-pass kernel applies and pays: 32- or 64-bit x and w
   (it multiplies by all of w, which a 16-bit w would widen whole), a static
   N, row blocks of at least 128 rows (or all rows: shorter blocks make the

@@ -109,7 +109,7 @@ def num_classes(where, vocab, dtype):
   return jnp.maximum(jnp.sum(where, dtype=dtype), 1)
 
 
-def poisoned(values, invalid):
+def _poisoned(values, invalid):
   """values [N], NaN in the rows with an invalid label. The NaN is log(-1),
   formed only in those rows: no NaN constant, so jax.debug_nans (op by op
   too) and checkify stay quiet on valid labels."""
@@ -160,7 +160,7 @@ def row_losses(stats, labels, where, vocab, opts):
     loss = (1.0 - opts.alpha) * loss + opts.alpha * ((shift - mean_z) + log_norm)
   if opts.z_loss:
     loss = loss + opts.z_loss * lse * lse
-  return poisoned(jnp.where(off, 0.0, loss), invalid)
+  return _poisoned(jnp.where(off, 0.0, loss), invalid)
 
 
 def row_weights(labels, where, weights, vocab, opts, ct):
@@ -201,7 +201,7 @@ def coefficients(g, shift, log_norm, labels, where, vocab, opts) -> Coefficients
   live_norm = jnp.where(empty, 0.0, log_norm)
 
   def per_row(coef):
-    return poisoned(jnp.where(dropped | empty, 0.0, coef), invalid)
+    return _poisoned(jnp.where(dropped | empty, 0.0, coef), invalid)
 
   g_a = g
   if opts.z_loss:
