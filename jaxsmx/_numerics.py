@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import AxisType
 
 from jaxsmx import _checks
 
@@ -203,14 +204,21 @@ def varying_axes(a) -> frozenset:
 
 
 def same_varying_axes(*arrays):
-  """The arrays, each marked as varying over every manual mesh axis that any
-  of them varies over (inside a user's shard_map; a no-op outside).
+  """The arrays of one type, as a custom_vjp rule takes them, so that each
+  cotangent it forms matches its input's type:
 
-  A custom_vjp rule takes its differentiable inputs with one varying type, so
-  that its cotangents match them. The transpose of this cast is a psum: the
-  cotangent of an input that is invariant along a mesh axis is summed over
-  that axis, as for JAX's own implicit broadcasting. None entries pass.
+  * inside a user's shard_map, each marked as varying over every manual mesh
+    axis that any of them varies over. The transpose of this cast is a psum:
+    the cotangent of an input that is invariant along a mesh axis is summed
+    over that axis, as for JAX's own implicit broadcasting;
+  * under explicit sharding, those of the first array's shape resharded to
+    its sharding (a target replicated or split over other axes than the
+    logits). The transpose of the reshard brings each cotangent back to its
+    input's sharding.
+
+  A no-op otherwise. None entries pass.
   """
+  arrays = _same_sharding(arrays)
   present = [a for a in arrays if a is not None]
   axes = frozenset().union(*(varying_axes(a) for a in present))
   if not axes:
@@ -219,6 +227,38 @@ def same_varying_axes(*arrays):
   for a in arrays:
     missing = () if a is None else tuple(sorted(axes - varying_axes(a)))
     out.append(lax.pcast(a, missing, to="varying") if missing else a)
+  return tuple(out)
+
+
+def explicit_sharding(a):
+  """a's NamedSharding if its type carries one over a mesh with explicit axes
+  (under jax.set_mesh), else None."""
+  sharding = getattr(jax.typeof(a), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.empty or AxisType.Explicit not in mesh.axis_types:
+    return None
+  return sharding
+
+
+def _full_spec(spec, ndim: int) -> tuple:
+  return tuple(spec) + (None,) * (ndim - len(spec))
+
+
+def _same_sharding(arrays):
+  """Under explicit sharding, the arrays of the first one's shape with its
+  sharding (see same_varying_axes)."""
+  first = arrays[0] if arrays else None
+  target = None if first is None else explicit_sharding(first)
+  if target is None:
+    return arrays
+  spec = _full_spec(target.spec, first.ndim)
+  out = []
+  for a in arrays:
+    if a is not None and a is not first and a.shape == first.shape:
+      own = explicit_sharding(a)
+      if own is None or _full_spec(own.spec, a.ndim) != spec:
+        a = jax.sharding.reshard(a, jax.sharding.PartitionSpec(*spec))
+    out.append(a)
   return tuple(out)
 
 

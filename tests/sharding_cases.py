@@ -297,6 +297,125 @@ def _cases(jax, jnp, np, jaxsmx, P):
   ]
 
 
+def _mismatched_cases(jax, jnp, np, jaxsmx, P):
+  """Explicit sharding with the other inputs sharded unlike the logits (a
+  target replicated or split over the rows only, as one_hot of data-sharded
+  labels is; a replicated bias or weights beside a vocabulary-sharded w; a
+  replicated input under a sharded mask): each gradient must come back with
+  its primal's sharding. Same tuples as _cases."""
+  rng = np.random.default_rng(3)
+  n, c, h, v = 16, 64, 8, 128
+  z = (2.0 * rng.standard_normal((n, c))).astype(np.float32)
+  y = np.asarray(jax.nn.softmax(rng.standard_normal((n, c))), np.float32)
+  q = np.asarray(jax.nn.softmax(rng.standard_normal((n, c))), np.float32)
+  bz = rng.uniform(0.1, 2.0, (n, c)).astype(np.float32)
+  labels = rng.integers(0, c, n).astype(np.int32)
+  mask = rng.random((n, c)) > 0.2
+  mask[:, 0] = True
+  x, w = rng.standard_normal((n, h)).astype(np.float32), rng.standard_normal((h, v))
+  w = (0.5 * w).astype(np.float32)
+  b = rng.standard_normal(v).astype(np.float32)
+  vlab = rng.integers(0, v, n).astype(np.int32)
+  omega = rng.uniform(0.5, 2.0, n).astype(np.float32)
+  nc, rows, rep, n_ = P("data", "model"), P("data", None), P(), P("data")
+  out = []
+  for tag, ts in (("rows", rows), ("replicated", rep)):
+    out += [
+      (
+        f"softmax_cross_entropy[labels {tag}]",
+        jaxsmx.softmax_cross_entropy,
+        [(z, nc), (y, ts)],
+        [],
+        n_,
+      ),
+      (
+        f"softmax_cross_entropy[labels {tag}, d/dlogits only]",
+        jaxsmx.softmax_cross_entropy,
+        [(z, nc)],
+        [(y, ts)],
+        n_,
+      ),
+      (
+        f"sigmoid_binary_cross_entropy[labels {tag}]",
+        jaxsmx.sigmoid_binary_cross_entropy,
+        [(z, nc), (y, ts)],
+        [],
+        nc,
+      ),
+      (
+        f"kl_divergence[targets {tag}]",
+        jaxsmx.kl_divergence,
+        [(np.log(q), nc), (y, ts)],
+        [],
+        n_,
+      ),
+      (f"cross_entropy[q {tag}]", jaxsmx.cross_entropy, [(y, nc), (q, ts)], [], n_),
+      (
+        f"logsumexp[b {tag}]",
+        lambda a, b: jaxsmx.logsumexp(a, axis=-1, b=b),
+        [(z, nc), (bz, ts)],
+        [],
+        n_,
+      ),
+      (
+        f"softmax_cross_entropy_with_integer_labels[where {tag}]",
+        lambda z, lab, m: jaxsmx.softmax_cross_entropy_with_integer_labels(
+          z, lab, where=m
+        ),
+        [(z, nc)],
+        [(labels, rep if tag == "replicated" else n_), (mask, ts)],
+        n_,
+      ),
+    ]
+  for name, f in (("softmax", jaxsmx.softmax), ("log_softmax", jaxsmx.log_softmax)):
+    out.append(
+      (
+        f"{name}[input replicated, where sharded]",
+        lambda a, m, f=f: jnp.where(m, f(a, where=m), 0.0),
+        [(z, rep)],
+        [(mask, nc)],
+        nc,  # the outer where's
+      )
+    )
+  out.append(
+    (
+      "logsumexp[input replicated, where sharded]",
+      lambda a, m: jaxsmx.logsumexp(a, axis=-1, where=m),
+      [(z, rep)],
+      [(mask, nc)],
+      rep,
+    )
+  )
+  lce = jaxsmx.linear_softmax_cross_entropy
+  ws = P(None, "model")
+  for reduction in ("none", "sum", "mean"):
+    o = n_ if reduction == "none" else P()
+    out += [
+      (
+        f"linear_softmax_cross_entropy[bias replicated,{reduction}]",
+        lambda x, w, b, lab, r=reduction: lce(x, w, lab, bias=b, reduction=r),
+        [(x, rows), (w, ws), (b, rep)],
+        [(vlab, n_)],
+        o,
+      ),
+      (
+        f"linear_softmax_cross_entropy[weights replicated,{reduction}]",
+        lambda x, w, om, lab, r=reduction: lce(x, w, lab, weights=om, reduction=r),
+        [(x, rows), (w, ws), (omega, rep)],
+        [(vlab, n_)],
+        o,
+      ),
+      (
+        f"linear_softmax_cross_entropy[x and labels replicated,{reduction}]",
+        lambda x, w, lab, r=reduction: lce(x, w, lab, reduction=r),
+        [(x, rep), (w, ws)],
+        [(vlab, rep)],
+        P() if reduction != "none" else rep,
+      ),
+    ]
+  return out
+
+
 def _mixed_cases(jax, jnp, np, jaxsmx, P):
   """Inside a user's shard_map, differentiable inputs that vary over different
   mesh axes: (name, fn, [(array, in_spec)], out_spec). Each cotangent must
@@ -622,6 +741,17 @@ def main(argv: list[str]) -> int:
             f"shard_map: {name}",
             _check_in_shard_map,
             *(jax, np, mesh, put, fn, diff, other, out_spec, ref),
+          )
+      if mode == "explicit":
+        for name, fn, diff, other, out_spec in _mismatched_cases(
+          jax, jnp, np, jaxsmx, P
+        ):
+          ref = _Reference(jax, np, fn, diff, other, references, name)
+          _run(
+            checks,
+            f"explicit mismatched shardings: {name}",
+            _check_case,
+            *(jax, np, mesh, put, context, fn, diff, other, out_spec, ref),
           )
       if mode == "auto":
         for name, fn, diff, out_spec in _mixed_cases(jax, jnp, np, jaxsmx, P):

@@ -15,6 +15,11 @@ What the subprocess checks, on a 2 x 4 ("data", "model") mesh, in JAX's
 * every public function inside a user's ``jax.shard_map`` (rows split over
   "data", ``w`` and the vocabulary-sized arrays invariant): the same values
   and VJPs;
+* under explicit sharding, each function with its other inputs sharded
+  unlike the logits (a target replicated or split over the rows only, a
+  replicated bias or weights beside a vocabulary-sharded ``w``, a replicated
+  input under a sharded mask): the same values and VJPs, and each gradient
+  with its primal's sharding;
 * every function with two differentiable inputs inside ``jax.shard_map``
   with those inputs varying over different mesh axes (per-device logits
   against a replicated target distribution, or one per "model" index): the
@@ -96,6 +101,23 @@ def test_every_function_sharded_on_8_simulated_devices():
   assert (
     "shard_map mixed varying axes: checker rejects a rule without the cast" in names
   )
+  # explicit sharding with targets, masks, bias and weights sharded unlike
+  # the logits: every gradient has its primal's sharding
+  for key in (
+    "softmax_cross_entropy[labels rows",
+    "softmax_cross_entropy[labels replicated",
+    "sigmoid_binary_cross_entropy[labels replicated",
+    "kl_divergence[targets rows",
+    "cross_entropy[q replicated",
+    "logsumexp[b rows",
+    "softmax[input replicated, where sharded",
+    "logsumexp[input replicated, where sharded",
+    "linear_softmax_cross_entropy[bias replicated,mean",
+    "linear_softmax_cross_entropy[weights replicated,sum",
+  ):
+    assert any(n.startswith(f"explicit mismatched shardings: {key}") for n in names), (
+      key
+    )
   # the fused loss's reduced modes (once in the test_linear module's own
   # process, now here: one 8-device process for the whole suite)
   for reduction in ("sum", "mean"):

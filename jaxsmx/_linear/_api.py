@@ -16,6 +16,7 @@ from jaxsmx._linear import _tiling
 from jaxsmx._linear._per_example import per_example_loss
 from jaxsmx._linear._reduced import reduced_loss
 from jaxsmx._linear._rows import FN, Options, compute_dtype, encode, report_bad_labels
+from jaxsmx._linear._sharding import aligned
 
 
 @array_inputs
@@ -334,6 +335,7 @@ def _chunk(chunk_size: object, n: int | None, vocab: int) -> int:
 
 def _linear_ce_prepared(x, w, bias, labels, where, weights, opts):
   """The loss of the checked arguments, labels of any integer dtype."""
+  labels, bias, where, weights = aligned(x, w, labels, bias, where, weights)
   codes = encode(labels, w.shape[1], opts.ignore_index, weights)
   if not isinstance(w.shape[1], int):  # a symbolic V (jax.export)
     w, bias, where = _tiling.pad_vocabulary(w, bias, where, opts.chunk)

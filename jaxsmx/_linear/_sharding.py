@@ -28,7 +28,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxsmx._numerics import varying_axes
+from jaxsmx._numerics import explicit_sharding, varying_axes
 
 
 class Layout(NamedTuple):
@@ -169,10 +169,26 @@ def is_distributed(x, w, *others) -> bool:
 
 def _reshard(a, spec):
   """a resharded to `spec` (explicit sharding), if it is not already."""
-  current = explicit_spec(a)
-  if current is not None and P(*current) == P(*spec):
+  current = explicit_sharding(a)
+  full = lambda s: tuple(s) + (None,) * (a.ndim - len(s))
+  if current is not None and full(current.spec) == full(spec):
     return a
   return jax.sharding.reshard(a, spec)
+
+
+def aligned(x, w, labels, bias, where, weights):
+  """Under explicit sharding, the per-row arrays (labels, weights) split as
+  the rows of x, and the per-class ones (bias, where) as the columns of w,
+  whatever their own shardings (replicated, or split over other axes). The
+  transpose of each reshard brings its cotangent back to its own sharding."""
+  xs, ws = explicit_sharding(x), explicit_sharding(w)
+  if xs is None and ws is None:
+    return labels, bias, where, weights
+  first = lambda s, d: (*tuple(s), None, None)[d] if s is not None else None
+  rows = P(first(xs.spec if xs else None, 0))
+  cols = P(first(ws.spec if ws else None, 1))
+  move = lambda a, spec: None if a is None else _reshard(a, spec)
+  return move(labels, rows), move(bias, cols), move(where, cols), move(weights, rows)
 
 
 def like(cotangent, primal):
@@ -185,8 +201,8 @@ def like(cotangent, primal):
   extra = varying_axes(cotangent) - varying_axes(primal)
   if extra:
     cotangent = lax.psum(cotangent, tuple(sorted(extra)))
-  spec = explicit_spec(primal)
-  return cotangent if spec is None else _reshard(cotangent, spec)
+  target = explicit_sharding(primal)  # replicated ones included
+  return cotangent if target is None else _reshard(cotangent, target.spec)
 
 
 def varying(carry, *arrays):
