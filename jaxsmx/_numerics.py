@@ -248,13 +248,12 @@ def _same_sharding(arrays):
   """Under explicit sharding, the arrays of the first one's shape with its
   sharding (see same_varying_axes)."""
   first = arrays[0] if arrays else None
-  target = None if first is None else explicit_sharding(first)
-  if target is None:
+  if first is None or (target := explicit_sharding(first)) is None:
     return arrays
-  spec = _full_spec(target.spec, first.ndim)
+  shape, spec = first.shape, _full_spec(target.spec, first.ndim)
   out = []
   for a in arrays:
-    if a is not None and a is not first and a.shape == first.shape:
+    if a is not None and a is not first and a.shape == shape:
       own = explicit_sharding(a)
       if own is None or _full_spec(own.spec, a.ndim) != spec:
         a = jax.sharding.reshard(a, jax.sharding.PartitionSpec(*spec))
