@@ -22,7 +22,7 @@ API = {
   ),
   "softmax_cross_entropy_with_integer_labels": (
     "(logits, labels, axis=-1, where=None, *, label_smoothing=0.0, ignore_index=None,"
-    " check_labels=False)"
+    " class_weights=None, check_labels=False)"
   ),
   "kl_divergence": "(log_predictions, targets, axis=-1, where=None)",
   "kl_divergence_with_log_targets": (
