@@ -12,11 +12,14 @@ The weights' gradient is the sum over the examples of each example's
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import sympy as sp
 
 from .agreement.cases import (
   CLASSES,
+  NO_CAP,
   ROWS,
   Case,
   Problem,
@@ -25,6 +28,7 @@ from .agreement.cases import (
   logits,
   row_mask,
   sliced,
+  sliced_value,
   term,
   with_dtypes,
 )
@@ -48,6 +52,7 @@ from .engine import (
   label,
   n,
   summation,
+  u,
   vec,
   vjp_check,
   y,
@@ -306,3 +311,73 @@ def cases(by_key) -> list[Case]:
       )
   plain = ("class_weights", "class_weights, label_smoothing")
   return out + with_dtypes(out, plain)
+
+
+# ---------------------------------------------------------------------------
+# The fused loss with class weights: its expected value and gradients.
+
+
+def linear_reference(by_key, setup, prob: Problem) -> dict[str, np.ndarray]:
+  """The expected value and gradients of one fused-loss problem with class
+  weights (derivations.linear's cases): this section's closed forms on the
+  capped logits z = cap(x w + b), times the cap's derivative, plus the
+  z-loss's terms (the fused loss's closed forms at λ less those at λ = 0),
+  then the reduction, whose "mean" divides by the counted labels' weights
+  (the quotient rule gives the class weights a second term)."""
+  d, lin = by_key["class_weights"], by_key["linear_softmax_cross_entropy"]
+  x, wm, cw = prob.args["x"], prob.args["w"], prob.args["class_weights"]
+  n = x.shape[0]
+  u_ = x @ wm + prob.args.get("bias", np.zeros(wm.shape[1]))
+  c = setup.softcap
+  z_ = u_ if c is None else c * np.tanh(u_ / c)
+  slope = 1.0 if c is None else 1.0 - (z_ / c) ** 2
+  on_z = Problem(
+    {"z": z_, "class_weights": cw},
+    {},
+    np.ones(n),
+    keep=prob.keep,
+    zero=prob.zero,
+    ell=prob.ell,
+  )
+  inputs = ((z, "z"), (w, "class_weights"), (gs, "cot"))
+  a_ = setup.smooth
+  dl_du = slope * sliced(term(d, "vjp_z", *inputs, alpha=a_), on_z)
+  dl_dw = sliced(term(d, "vjp_w", *inputs, alpha=a_), on_z)
+  losses = sliced_value(term(d, "value", *inputs[:2], index=None, alpha=a_), on_z)
+  if setup.zl:
+    on_u = dataclasses.replace(on_z, args={"u": u_})
+    cap_ = c or NO_CAP
+    for lam_, sign in ((setup.zl, 1.0), (0.0, -1.0)):
+      grad = term(lin, "grad_u", (u, "u"), alpha=0.0, lam=lam_, cap=cap_)
+      value = term(lin, "value", (u, "u"), index=None, alpha=0.0, lam=lam_, cap=cap_)
+      dl_du = dl_du + sign * sliced(grad, on_u)
+      losses = losses + sign * sliced_value(value, on_u)
+  omega = prob.args.get("weights", np.ones(n))
+  counted = ~np.asarray(prob.zero)
+  w_t = np.where(counted, cw[prob.ell], 0.0)
+  if setup.reduction == "none":
+    r, out, d_omega = prob.cot * omega, omega * losses, prob.cot * losses
+    d_cw = r @ dl_dw
+  else:
+    cot = float(prob.cot)
+    mean = setup.reduction == "mean"
+    total = float(np.sum(omega * w_t)) or 1.0 if mean else 1.0
+    value_ = float(np.sum(omega * losses)) / total
+    r = cot * omega / total
+    out = np.asarray(value_)
+    d_omega = cot * (losses - (w_t * value_ if mean else 0.0)) / total
+    # d/dw_k of Σ ω L / D, D = Σ_counted ω w_t: Σ r ∂L/∂w_k - (M/D) Σ_{t=k} ω
+    d_cw = r @ dl_dw
+    if mean:
+      by_label = np.bincount(prob.ell[counted], omega[counted], cw.shape[0])
+      d_cw = d_cw - cot * value_ / total * by_label
+  ubar = r[:, None] * dl_du
+  return {
+    "value": out,
+    "ubar": ubar,
+    "x": ubar @ wm.T,
+    "w": x.T @ ubar,
+    "bias": ubar.sum(0),
+    "weights": d_omega,
+    "class_weights": d_cw,
+  }

@@ -27,6 +27,7 @@ from .agreement.cases import (
   with_dtypes,
 )
 from .agreement.numeric import LOGITS, Numeric
+from .class_weights import linear_reference
 from .engine import (
   Chain,
   Concrete,
@@ -378,6 +379,7 @@ class Setup:
   labels: tuple[str, tuple[int, ...]] | None = None  # (dtype, values)
   cancel: bool = False  # w with a common part per row: x̄ = ū Wᵀ cancels
   x_scale: float = 0.5  # x's entries times this (small for a wide x)
+  class_weights: bool = False  # one weight per class (torch's weight=)
 
 
 def _build(setup: Setup):
@@ -417,6 +419,8 @@ def _build(setup: Setup):
       zero[2] = True
     if setup.weights:
       args["weights"] = rng.uniform(0.5, 2.0, n)
+    if setup.class_weights:
+      args["class_weights"] = rng.uniform(0.2, 3.0, v)
     dtype = np.int32 if setup.labels is None else setup.labels[0]
     kw["labels"] = lab.astype(dtype)
     if setup.reduction == "none":
@@ -515,7 +519,10 @@ def _cases_of(by_key, option: str, setup: Setup, wrts=None, **extra) -> list[Cas
     wrts = ("x", "w") + (("bias",) if setup.bias else ())
     if setup.weights and setup.reduction != "none":
       wrts += ("weights",)
-  reference = functools.partial(_reference, by_key, setup)
+    if setup.class_weights:
+      wrts += ("class_weights",)
+  of = linear_reference if setup.class_weights else _reference
+  reference = functools.partial(of, by_key, setup)
   out = []
   for wrt in wrts:
     expect = functools.partial(_pick, reference, wrt)
@@ -622,9 +629,37 @@ def _sixteen_bit_cases(by_key) -> list[Case]:
   return out
 
 
+def _class_weight_cases(by_key) -> list[Case]:
+  """Class weights (torch's weight=) with smoothing, masks, ignored labels,
+  per-example weights, the z-loss and soft cap, under every reduction and
+  on every kernel path."""
+  every = dict(where=True, ignore=True, smooth=0.2, weights=True, class_weights=True)
+  out = []
+  for reduction in ("none", "sum", "mean"):
+    for option, setup in (
+      ("class_weights", Setup(chunk=3, class_weights=True)),
+      ("class_weights, smoothing, where, ignore_index", Setup(chunk=3, **every)),
+      ("class_weights, all options", Setup(chunk=2, zl=0.05, softcap=2.0, **every)),
+    ):
+      setup = dataclasses.replace(setup, reduction=reduction)
+      path = "per_example" if reduction == "none" else "reduced_one_pass"
+      out += _cases_of(by_key, f"{option}, reduction {reduction}", setup, path=path)
+  # the one-pass kernel's row blocks, and the chunked reduced kernel (16-bit
+  # x and w; the class weights' gradient there is the per-example kernel's)
+  blocks = Setup(rows=300, vocab=5, reduction="mean", **every)
+  option = "class_weights, N = 300, mean"
+  out += _cases_of(by_key, option, blocks, path="row_block_tail")
+  sixteen = Setup(rows=8, vocab=11, chunk=4, reduction="mean", **every)
+  option = "class_weights, bfloat16 beside float32, mean"
+  wrts = ("x", "w", "bias")
+  for case in _cases_of(by_key, option, sixteen, wrts, path="reduced_chunked"):
+    out.append(dataclasses.replace(case, dtype="float32", other_dtype="bfloat16"))
+  return out
+
+
 def cases(by_key) -> list[Case]:
   """The fused loss under every option, chunking, reduction, path and dtype."""
-  base = _option_cases(by_key) + _reduction_cases(by_key)
+  base = _option_cases(by_key) + _reduction_cases(by_key) + _class_weight_cases(by_key)
   return (
     base
     + with_dtypes(base, ("one chunk", "chunks of 2, V = 7"))

@@ -438,8 +438,8 @@ def _wrong_mean_normaliser():
   """The reduced rule with a deliberately wrong normaliser: every row counts."""
   real = _rows.row_weights
 
-  def wrong(labels, where, weights, vocab, opts, ct):
-    r, counted, denom = real(labels, where, weights, vocab, opts, ct)
+  def wrong(labels, where, weights, vocab, opts, ct, cwt=None):
+    r, counted, denom = real(labels, where, weights, vocab, opts, ct, cwt)
     if denom is None:
       return r, counted, denom
     n = jnp.asarray(labels.shape[0], ct)
@@ -888,9 +888,9 @@ def test_gemma_scale_memory_has_no_copy_of_w(dtype, reduction):
 def _without_z_loss_in_bwd():
   """_linear_ce with a deliberately wrong bwd: the z-loss term is dropped."""
 
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-  def wrong(x, w, bias, labels, where, opts):
-    return _per_example._per_example_fwd(x, w, bias, labels, where, opts)[0]
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+  def wrong(x, w, bias, labels, where, cw, opts):
+    return _per_example._per_example_fwd(x, w, bias, labels, where, cw, opts)[0]
 
   def bwd(opts, res, g):
     return _per_example._per_example_bwd(opts._replace(z_loss=0.0), res, g)
@@ -909,8 +909,10 @@ def test_a_wrong_bwd_is_caught():
     chunk=CHUNK,
     precision=None,
   )
-  right = lambda x, w: _per_example.per_example_loss(x, w, None, labels, None, opts)
-  wrong = lambda x, w: _without_z_loss_in_bwd()(x, w, None, labels, None, opts)
+  right = lambda x, w: _per_example.per_example_loss(
+    x, w, None, labels, None, None, opts
+  )
+  wrong = lambda x, w: _without_z_loss_in_bwd()(x, w, None, labels, None, None, opts)
   ref = lambda x, w: composition(x, w, labels, z_loss=0.05)
   assert_matches(right, ref, (x, w), RTOL[np.float32])
   with pytest.raises(AssertionError, match="cotangent"):

@@ -35,6 +35,7 @@ def linear_softmax_cross_entropy(
   precision: lax.PrecisionLike = None,
   reduction: str = "none",
   weights: jax.typing.ArrayLike | None = None,
+  class_weights: jax.typing.ArrayLike | None = None,
   check_labels: bool = False,
 ) -> jax.Array:
   r"""Softmax cross-entropy of the logits ``x @ w + bias``, never materialised.
@@ -52,7 +53,13 @@ def linear_softmax_cross_entropy(
   That is exactly ``softmax_cross_entropy_with_integer_labels(cap(x @ w + b),
   labels, where=where[None], label_smoothing=alpha, ignore_index=...)`` plus
   the z-loss :math:`\lambda \ell^2` (PaLM), with every rule of that function,
-  but computed chunk by chunk over the vocabulary.
+  but computed chunk by chunk over the vocabulary. With class weights
+  :math:`w_k` (torch's ``weight=``), as in that function, the label's term
+  is weighted by :math:`w_t` and each class's smoothing term by :math:`w_k`:
+
+  .. math::
+    L = (1-\alpha)\,w_t(\ell - z_t) + \frac{\alpha}{C}\sum_{k\,:\,m_k}
+      w_k(\ell - z_k) + \lambda\,\ell^2 .
 
   Args:
     x: ``[..., H]`` features, floating.
@@ -79,10 +86,12 @@ def linear_softmax_cross_entropy(
       :func:`jax.lax.dot_general`.
     reduction: keyword-only ``"none"`` (the default: one loss per example),
       ``"sum"`` or ``"mean"``. ``"sum"`` gives :math:`\sum_n \omega_n L_n`;
-      ``"mean"`` divides that by :math:`\sum_n \omega_n` over the examples
-      that count, which excludes ignored examples (``ignore_index``) and
-      dropped ones (target class masked out), as
-      ``torch.nn.functional.cross_entropy`` does with ``ignore_index``. When no
+      ``"mean"`` divides that by :math:`\sum_n \omega_n w_{t_n}` (the
+      class weight of each label, 1 without ``class_weights``) over the
+      examples that count, which excludes ignored examples (``ignore_index``)
+      and dropped ones (target class masked out), as
+      ``torch.nn.functional.cross_entropy`` does with ``ignore_index`` and
+      ``weight``. When no
       example counts (all ignored, all weights 0, or every class masked) the
       mean is 0 with gradient 0, where torch gives NaN.
     weights: keyword-only per-example weights :math:`\omega_n` (loss masks,
@@ -92,6 +101,12 @@ def linear_softmax_cross_entropy(
       as ``ignore_index`` does (a loss mask): its label is not read, so a
       padding label outside ``[0, V)`` gives no NaN, and its loss and
       gradients, the weight's own included, are 0.
+    class_weights: keyword-only ``[V]`` weight :math:`w_k` of each class
+      (torch's ``weight``), floating, or None for 1: the label's term is
+      weighted by its class's weight, each class's smoothing term by its own
+      (as torch), and ``"mean"`` divides by the summed weights of the counted
+      labels. The z-loss is not weighted. Differentiable (torch refuses its
+      gradient).
     check_labels: keyword-only; ``True`` reports bad labels with
       :func:`jax.experimental.checkify.check`: labels outside ``[0, V)``
       that are not ``ignore_index``, and labels whose class ``where`` masks
@@ -149,15 +164,21 @@ def linear_softmax_cross_entropy(
 
   Notes:
     Gradient: with :math:`a = \mathrm{softmax}(z)` and :math:`u = xW + b`,
-    :math:`\partial L/\partial z = a(1 + 2\lambda\ell) - (1-\alpha)\,
-    \mathrm{onehot}(t) - \frac{\alpha}{C} m` and :math:`\partial L/\partial u
+    :math:`\partial L/\partial z = a(W + 2\lambda\ell) - (1-\alpha)\,w_t\,
+    \mathrm{onehot}(t) - \frac{\alpha}{C} w \odot m`, with
+    :math:`W = (1-\alpha)w_t + \frac{\alpha}{C}\sum_k m_k w_k` (1 and
+    :math:`w = 1` without class weights), and :math:`\partial L/\partial u
     = \partial L/\partial z \cdot (1 - \tanh^2(u/c))`, then
     :math:`dx = \delta W^\top`, :math:`dW = x^\top \delta`,
     :math:`db = \sum_n \delta_n`. A reduced loss :math:`\sum_n r_n L_n`, with
     :math:`r_n = \omega_n` (sum) or :math:`\omega_n / D` (mean, :math:`D`
     the total counted weight), has the weighted sum of these per-example
     gradients, :math:`\delta \to r \odot \delta`; its weights' gradient is
-    :math:`L_n` (sum) or :math:`(L_n - [n \text{ counts}]\,M)/D` (mean).
+    :math:`L_n` (sum) or :math:`(L_n - [n \text{ counts}]\,w_{t_n} M)/D`
+    (mean). The class weights' gradient is :math:`\sum_n r_n \partial
+    L_n/\partial w_k`, with :math:`\partial L/\partial w_k = (1-\alpha)
+    [k = t](\ell - z_t) + \frac{\alpha}{C} m_k (\ell - z_k)`, less
+    :math:`M \sum_{n\,\text{counted},\,t_n = k} r_n` under "mean".
 
     How the kernels tile the work, and what they keep, is described in the
     documentation's "Internals" page.
@@ -171,6 +192,8 @@ def linear_softmax_cross_entropy(
   hidden, vocab = w.shape
   batch_shape = x.shape[:-1]
   omega = _weights(weights, batch_shape)
+  where_from = f"w {w.shape} (V = {vocab})"
+  cw = _checks.as_class_weights(class_weights, vocab, FN, where_from)
   opts = _options(
     label_smoothing, z_loss, softcap, ignore_index, chunk_size, precision, reduction
   )
@@ -178,10 +201,10 @@ def linear_softmax_cross_entropy(
   x2 = x.reshape(math.prod(batch_shape), hidden)  # -1 is ambiguous when H = 0
   lab = labels.reshape(-1)
   omega = None if omega is None else omega.reshape(-1)
-  args = (x2, w, bias, lab, mask, omega, opts)
+  args = (x2, w, bias, lab, mask, omega, cw, opts)
   if not _checks.static_flag(check_labels, "check_labels", FN):
     out = _linear_ce_jit(*args)
-  elif _checks.is_concrete(x2, w, bias, lab, mask, omega):
+  elif _checks.is_concrete(x2, w, bias, lab, mask, omega, cw):
     out = _linear_ce_checkify(*args)  # eager: a failed check raises here
   else:
     out = _linear_ce_checkify_jit(*args)
@@ -333,33 +356,33 @@ def _chunk(chunk_size: object, n: int | None, vocab: int) -> int:
   return min(chunk_size, vocab) if isinstance(vocab, int) else chunk_size
 
 
-def _linear_ce_prepared(x, w, bias, labels, where, weights, opts):
+def _linear_ce_prepared(x, w, bias, labels, where, weights, cw, opts):
   """The loss of the checked arguments, labels of any integer dtype."""
   labels, bias, where, weights = aligned(x, w, labels, bias, where, weights)
   codes = encode(labels, w.shape[1], opts.ignore_index, weights)
   if not isinstance(w.shape[1], int):  # a symbolic V (jax.export)
-    w, bias, where = _tiling.pad_vocabulary(w, bias, where, opts.chunk)
+    w, bias, where, cw = _tiling.pad_vocabulary(w, bias, where, cw, opts.chunk)
   if opts.reduction != "none":
-    return reduced_loss(x, w, bias, codes, where, weights, opts)
-  out = cast(jax.Array, per_example_loss(x, w, bias, codes, where, opts))
+    return reduced_loss(x, w, bias, codes, where, weights, cw, opts)
+  out = cast(jax.Array, per_example_loss(x, w, bias, codes, where, cw, opts))
   if weights is None:
     return out
   _, ct = compute_dtype(x, w, bias)
   return (out.astype(ct) * weights.astype(ct)).astype(out.dtype)
 
 
-def _linear_ce_checkify(x, w, bias, labels, where, weights, opts):
+def _linear_ce_checkify(x, w, bias, labels, where, weights, cw, opts):
   """The loss, then checkify.check on its labels (check_labels=True)."""
   # the check comes after the custom_vjp call: see _checks.report_labels
-  out = _linear_ce_prepared(x, w, bias, labels, where, weights, opts)
+  out = _linear_ce_prepared(x, w, bias, labels, where, weights, cw, opts)
   report_bad_labels(labels, where, weights, w.shape[1], opts.ignore_index)
   return out
 
 
 # Checked arguments go through one compiled call, as in jax.nn: eager calls
 # then cost one dispatch instead of one per primitive.
-_linear_ce_jit = jax.jit(_linear_ce_prepared, static_argnums=(6,))
-_linear_ce_checkify_jit = jax.jit(_linear_ce_checkify, static_argnums=(6,))
+_linear_ce_jit = jax.jit(_linear_ce_prepared, static_argnums=(7,))
+_linear_ce_checkify_jit = jax.jit(_linear_ce_checkify, static_argnums=(7,))
 
 
 def clear_caches() -> None:

@@ -18,10 +18,11 @@ from jaxsmx._linear import _paths, _rows, _tiling
 from jaxsmx._linear._sharding import Kernel, Layout, run, varying
 
 
-def _stats_local(x, w, labels, bias, where, *, opts, offset):
+def _stats_local(x, w, labels, bias, where, cw, *, opts, offset):
   """Per-row running max, sum of exp (online logsumexp), target logit and
-  sum of the unmasked logits [N], over the columns of w, which are the
-  classes [offset, offset + V) of labels."""
+  sum of the unmasked logits [N] (each times its class weight with class
+  weights cw), over the columns of w, which are the classes [offset, offset
+  + V) of labels."""
   _, ct = _rows.compute_dtype(x, w, bias)
   n, vocab = x.shape[0], w.shape[1]
   xc = x if x.dtype == w.dtype else x.astype(ct)  # see _rows.chunk_logits
@@ -41,11 +42,14 @@ def _stats_local(x, w, labels, bias, where, *, opts, offset):
     )[:, 0]
     z_t = z_t + jnp.where((local >= 0) & (local < size), picked, 0.0)
     if opts.alpha:
-      z_sum = z_sum + jnp.sum(z if mask is None else jnp.where(mask, z, 0.0), axis=1)
+      kept = z if mask is None else jnp.where(mask, z, 0.0)
+      if cw is not None:
+        kept = kept * _tiling.take(cw, start, size)[None, :]
+      z_sum = z_sum + jnp.sum(kept, axis=1)
     return m_new, s, z_t, z_sum
 
   init = (jnp.full((n,), -jnp.inf, ct), *(jnp.zeros((n,), ct) for _ in range(3)))
-  init = varying(init, x, w, labels, bias, where)
+  init = varying(init, x, w, labels, bias, where, cw)
   return _tiling.over_chunks(body, init, vocab, opts.chunk)
 
 
@@ -62,15 +66,17 @@ def _stats_combine(stats, layout: Layout):
   return jnp.where(m == -jnp.inf, 0.0, m), jnp.log(s), z_t, z_sum
 
 
-STATS = Kernel("stats", _stats_local, lambda has_bias: ("n",) * 4, _stats_combine)
+STATS = Kernel("stats", _stats_local, lambda present: ("n",) * 4, _stats_combine)
 
 
 def _grads_local(x, w, labels, shift, *coefs, opts, offset):
-  """dx, dw and dbias over the columns of w, which are the classes [offset,
+  """dx, dw, dbias and the class weights' part (chunk_class_weight_part, with
+  class weights cw) over the columns of w, which are the classes [offset,
   offset + V) of labels, and over these rows; `coefs` are the per-row
-  Coefficients (a, t[, s]) then bias and where. On several devices dx is
-  partial (a sum over the vocabulary) and so are dw, dbias (over rows)."""
-  *coefs, bias, where = coefs
+  Coefficients (a, t[, s]) then bias, where and cw. On several devices dx is
+  partial (a sum over the vocabulary) and so are dw, dbias and the part
+  (over rows)."""
+  *coefs, bias, where, cw = coefs
   coef = _rows.Coefficients(coefs[0], coefs[1], coefs[2] if len(coefs) > 2 else None)
   _, ct = _rows.compute_dtype(x, w, bias)
   # 16-bit x and w stay 16-bit (docs/internals.md, "16-bit backward")
@@ -84,41 +90,49 @@ def _grads_local(x, w, labels, shift, *coefs, opts, offset):
   lab = labels - offset
 
   def body(carry, start, size):
-    dx, dw, db = carry
+    dx, dw, db, part = carry
     wc, z, t, mask = _rows.chunk_logits(xc, w, bias, where, start, size, opts)
     e = jnp.exp(z - shift[:, None])
-    d = _rows.chunk_gradient(e, coef, lab, start, mask, t)
+    cwc = None if cw is None else _tiling.take(cw, start, size)
+    d = _rows.chunk_gradient(e, coef, lab, start, mask, t, cwc)
     parts = _split_16(d, x.dtype) if narrow else (d,)
     dx = _add_rows(dx, parts, wc.astype(parts[0].dtype), mm)
     dw = _tiling.put(dw, _x_t_d(xc, parts, start, mm).astype(dw.dtype), start)
     if db is not None:
       db = _tiling.put(db, jnp.sum(d, axis=0).astype(db.dtype), start)
-    return dx, dw, db
+    if part is not None:
+      chunk = _rows.chunk_class_weight_part(coef, shift, z, mask)
+      part = _tiling.put(part, chunk.astype(part.dtype), start)
+    return dx, dw, db, part
 
   init = (
     jnp.zeros(xc.shape, ct),
     jnp.zeros(w.shape, w.dtype),
     None if bias is None else jnp.zeros(bias.shape, bias.dtype),
+    None if cw is None else jnp.zeros(cw.shape, ct),
   )
-  init = varying(init, x, w, labels, shift, *coefs, bias, where)
-  dx, dw, db = _tiling.over_chunks(body, init, w.shape[1], opts.chunk, narrow)
-  return dx.astype(x.dtype), dw, db
+  init = varying(init, x, w, labels, shift, *coefs, bias, where, cw)
+  dx, dw, db, part = _tiling.over_chunks(body, init, w.shape[1], opts.chunk, narrow)
+  return dx.astype(x.dtype), dw, db, part
 
 
 def _grads_combine(grads, layout: Layout):
-  """dx summed over the vocabulary's axes; dw and dbias over the rows'."""
-  dx, dw, db = grads
+  """dx summed over the vocabulary's axes; dw, dbias and the class weights'
+  part over the rows'."""
+  dx, dw, db, part = grads
   if layout.vocab:
     dx = lax.psum(dx, layout.vocab)
   if layout.rows:
-    dw, db = lax.psum((dw, db), layout.rows)
-  return (dx, dw) if db is None else (dx, dw, db)
+    dw, db, part = lax.psum((dw, db, part), layout.rows)
+  return tuple(a for a in (dx, dw, db, part) if a is not None)
 
 
 GRADS = Kernel(
   "grads",
   _grads_local,
-  lambda has_bias: ("n h", "h v") + (("v",) if has_bias else ()),
+  lambda present: (
+    ("n h", "h v") + (("v",) if present[0] else ()) + (("v",) if present[2] else ())
+  ),
   _grads_combine,
 )
 
@@ -160,18 +174,30 @@ def _x_t_d(xc, parts, start, mm):
   return _tiling.in_loop(lambda a: a.T, start, product)
 
 
-def stats(x, w, labels, bias, where, opts):
+def smoothing_weights(cwt, opts):
+  """The class weights the kernels need, [V], or None: only label smoothing
+  reads a class's weight per column (the label's weight is per row)."""
+  return None if cwt is None or not opts.alpha else cwt.w
+
+
+def stats(x, w, labels, bias, where, opts, cwt=None):
   """(shift, log_norm, z_t, z_sum) [N] of every row, over all of V."""
-  return run(STATS, opts, (x, w, labels), (bias, where))
+  cw = smoothing_weights(cwt, opts)
+  return run(STATS, opts, (x, w, labels), (bias, where, cw))
 
 
-def gradients(x, w, bias, labels, where, shift, log_norm, g, opts) -> tuple:
-  """(dx, dw, dbias) of sum_n g_n L_n, in the primals' dtypes, for rows with
-  normaliser (shift, log_norm)."""
+def gradients(x, w, bias, labels, where, shift, log_norm, g, opts, cwt=None):
+  """(dx, dw, dbias, part) of sum_n g_n L_n, in the primals' dtypes, for rows
+  with normaliser (shift, log_norm); part is the class weights' part summed
+  over the rows (None unless class weights meet smoothing)."""
   _, ct = _rows.compute_dtype(x, w, bias)
   coef = _rows.coefficients(
-    g.astype(ct), shift, log_norm, labels, where, w.shape[1], opts
+    g.astype(ct), shift, log_norm, labels, where, w.shape[1], opts, cwt
   )
   per_row = tuple(c for c in coef if c is not None)
-  dx, dw, *db = run(GRADS, opts, (x, w, labels, shift, *per_row), (bias, where))
-  return dx, dw, db[0] if db else None
+  cw = smoothing_weights(cwt, opts)
+  out = list(run(GRADS, opts, (x, w, labels, shift, *per_row), (bias, where, cw)))
+  dx, dw = out[:2]
+  db = out.pop(2) if bias is not None else None
+  part = out[2] if cw is not None else None
+  return dx, dw, db, part

@@ -5,10 +5,12 @@ the online-logsumexp statistics, the rows' weights of a reduced loss, and the
 one formula for the gradient of a chunk of logits:
 
 .. math::
-  \frac{\partial L}{\partial u} = \Big(a\,(1 + 2\lambda\ell)
-    - (1-\alpha)\,\mathrm{onehot}(t) - \frac{\alpha}{C}\,m\Big)
+  \frac{\partial L}{\partial u} = \Big(a\,(W + 2\lambda\ell)
+    - (1-\alpha)\,w_t\,\mathrm{onehot}(t) - \frac{\alpha}{C}\,w \odot m\Big)
     \odot (1 - \tanh^2(u/c)),
 
+with class weights :math:`w` (1 without them), the label's weight
+:math:`w_t` and :math:`W = (1-\alpha) w_t + \frac{\alpha}{C}\sum_k m_k w_k`,
 scaled per row by the cotangent (per-example mode) or by the row's weight
 (reduced modes).
 """
@@ -95,6 +97,36 @@ def report_bad_labels(labels, where, weights, vocab, ignore_index) -> None:
   _checks.report_labels(FN, labels, vocab, ignore_index, invalid, masked_out)
 
 
+class ClassWeights(NamedTuple):
+  """The class weights and what the rows need of them: w [V] in the compute
+  dtype, target [N] the weight of each row's label (any value in rows that
+  give 0 or NaN), share the mean weight of the unmasked classes,
+  sum_k m_k w_k / C (a scalar)."""
+
+  w: jax.Array
+  target: jax.Array
+  share: jax.Array
+
+
+def class_weights_of(cw, labels, where, vocab, ct) -> ClassWeights | None:
+  """The rows' view of the [V] class weights (None without them)."""
+  if cw is None:
+    return None
+  w = cw.astype(ct)
+  if w.shape[0] == 0:  # an empty vocabulary: every row is dropped
+    target = jnp.zeros(labels.shape, ct)
+  else:
+    target = _at(w, jnp.clip(labels, 0, vocab - 1))
+  kept = w if where is None else jnp.where(where, w, 0.0)
+  share = jnp.sum(kept) / num_classes(where, vocab, ct)
+  return ClassWeights(w, target, share)
+
+
+def _weighted(w, x):
+  """w * x, 0 where w = 0: a class of weight 0 adds 0, even at x = inf."""
+  return jnp.where(w == 0, 0.0, w * x)
+
+
 def compute_dtype(x, w, bias):
   """(the result's dtype, the dtype computed in)."""
   dtype = jnp.result_type(x, w) if bias is None else jnp.result_type(x, w, bias)
@@ -143,10 +175,11 @@ def cap_and_mask(z, bias, where, start, opts):
   return z, t, m
 
 
-def row_losses(stats, labels, where, vocab, opts):
+def row_losses(stats, labels, where, vocab, opts, cwt=None):
   """Per-example losses [N] in the compute dtype from (shift, log_norm, z_t,
   z_sum): 0 for dropped and empty rows, NaN for invalid labels. No NaN or
-  inf - inf is formed on the way (a masked target logit is -inf)."""
+  inf - inf is formed on the way (a masked target logit is -inf). With
+  class weights (cwt), z_sum is the weighted sum sum_k m_k w_k z_k."""
   shift, log_norm, z_t, z_sum = stats
   dropped, invalid, _ = row_flags(labels, where, vocab)
   off = dropped | is_empty(log_norm)
@@ -155,25 +188,34 @@ def row_losses(stats, labels, where, vocab, opts):
   lse = shift + log_norm
   # (shift - z_t) + log_norm, not lse - z_t: exact for logits near 1e30
   loss = (shift - z_t) + log_norm
+  if cwt is not None:
+    loss = _weighted(cwt.target, loss)
   if opts.alpha:
     mean_z = jnp.where(off, shift, z_sum / num_classes(where, vocab, z_sum.dtype))
-    loss = (1.0 - opts.alpha) * loss + opts.alpha * ((shift - mean_z) + log_norm)
+    if cwt is None:
+      smooth = (shift - mean_z) + log_norm
+    else:  # sum_k m_k w_k (lse - z_k) / C
+      smooth = (cwt.share * shift - mean_z) + cwt.share * log_norm
+    loss = (1.0 - opts.alpha) * loss + opts.alpha * smooth
   if opts.z_loss:
     loss = loss + opts.z_loss * lse * lse
   return _poisoned(jnp.where(off, 0.0, loss), invalid)
 
 
-def row_weights(labels, where, weights, vocab, opts, ct):
+def row_weights(labels, where, weights, vocab, opts, ct, cwt=None):
   """(r, counted, denominator): loss = sum_n r_n L_n, counted 1 or 0 per row
-  in `ct`. For 'mean', r_n = omega_n / D with D the total weight of the
-  counted rows (1 when D = 0, so that a batch of which nothing counts gives
-  0)."""
+  in `ct` (times the label's class weight with class weights, cwt). For
+  'mean', r_n = omega_n / D with D the total weight of the counted rows, each
+  times its label's class weight as in torch (1 when D = 0, so that a batch
+  of which nothing counts gives 0)."""
   dropped, _, _ = row_flags(labels, where, vocab)
   omega = jnp.ones(labels.shape, ct) if weights is None else weights.astype(ct)
   counted = (~dropped).astype(ct)
+  if cwt is not None:
+    counted = jnp.where(dropped, 0.0, cwt.target)
   if opts.reduction == "sum":
     return omega, counted, None
-  total = jnp.sum(jnp.where(dropped, 0.0, omega))
+  total = jnp.sum(jnp.where(dropped, 0.0, omega * counted))
   denom = jnp.where(total == 0, 1.0, total)
   return omega / denom, counted, denom
 
@@ -183,19 +225,23 @@ def row_weights(labels, where, weights, vocab, opts, ct):
 
 
 class Coefficients(NamedTuple):
-  """Per-row factors [N] of the chunk gradient d = e * a - onehot * t - m * s,
-  with e = exp(z - shift): a = g (1 + 2 lambda lse) / sum(e), t = g (1 -
-  alpha), s = g alpha / C (None without smoothing). 0 in dropped and empty
-  rows, NaN in rows with an invalid label."""
+  """Per-row factors [N] of the chunk gradient d = e * a - onehot * t - m * w
+  * s, with e = exp(z - shift): a = g (W + 2 lambda lse) / sum(e), t = g (1 -
+  alpha) w_t, s = g alpha / C (None without smoothing), W = (1 - alpha) w_t +
+  alpha sum_k m_k w_k / C (w = 1 without class weights: W = 1). 0 in dropped
+  and empty rows, NaN in rows with an invalid label."""
 
   a: jax.Array
   t: jax.Array
   s: jax.Array | None
 
 
-def coefficients(g, shift, log_norm, labels, where, vocab, opts) -> Coefficients:
+def coefficients(
+  g, shift, log_norm, labels, where, vocab, opts, cwt=None
+) -> Coefficients:
   """The per-row factors of sum_n g_n L_n's gradient, for rows with
-  normaliser (shift, log_norm) and encoded labels; g, shift, log_norm [N]."""
+  normaliser (shift, log_norm) and encoded labels; g, shift, log_norm [N];
+  cwt the class weights (ClassWeights) or None."""
   dropped, invalid, _ = row_flags(labels, where, vocab)
   empty = is_empty(log_norm)
   live_norm = jnp.where(empty, 0.0, log_norm)
@@ -203,27 +249,72 @@ def coefficients(g, shift, log_norm, labels, where, vocab, opts) -> Coefficients
   def per_row(coef):
     return _poisoned(jnp.where(dropped | empty, 0.0, coef), invalid)
 
-  g_a = g
+  # the target's mass W (1 without class weights) and the label's weight
+  mass, g_t = 1.0, g
+  if cwt is not None:
+    mass = (1.0 - opts.alpha) * cwt.target + opts.alpha * cwt.share
+    g_t = g * cwt.target
+  g_a = g * mass
   if opts.z_loss:
-    g_a = g * (1.0 + 2.0 * opts.z_loss * (shift + live_norm))
+    g_a = g * (mass + 2.0 * opts.z_loss * (shift + live_norm))
   spread = None
   if opts.alpha:
     spread = per_row(g * (opts.alpha / num_classes(where, vocab, g.dtype)))
   return Coefficients(
-    per_row(g_a * jnp.exp(-live_norm)), per_row(g * (1.0 - opts.alpha)), spread
+    per_row(g_a * jnp.exp(-live_norm)), per_row(g_t * (1.0 - opts.alpha)), spread
   )
 
 
-def chunk_gradient(e, coef: Coefficients, labels, start, mask, t):
+def chunk_gradient(e, coef: Coefficients, labels, start, mask, t, cw=None):
   """dL/du [N, size] of the chunk at `start` (classes start..start+size of
-  the [N] labels), from e = exp(z - shift) [N, size], the chunk's mask and
-  tanh(u/c) (None when off)."""
-  # d/dz: a (1 + 2 z_loss lse) - (1 - alpha) onehot - alpha / C * mask
+  the [N] labels), from e = exp(z - shift) [N, size], the chunk's mask,
+  tanh(u/c) (None when off) and the chunk's class weights (None without)."""
+  # d/dz: a (W + 2 z_loss lse) - (1 - alpha) w_t onehot - alpha / C * w * mask
   cols = start + lax.broadcasted_iota(labels.dtype, (1, e.shape[1]), 1)
   d = e * coef.a[:, None] - jnp.where(cols == labels[:, None], coef.t[:, None], 0.0)
   if coef.s is not None:
-    s = coef.s[:, None]
+    s = coef.s[:, None] if cw is None else coef.s[:, None] * cw[None, :]
     d = d - (s if mask is None else jnp.where(mask, s, 0.0))
   if t is not None:
     d = d * (1.0 - t * t)  # d/du = d/dz * (1 - tanh^2(u / c))
   return d
+
+
+def chunk_class_weight_part(coef: Coefficients, shift, z, mask):
+  """sum_n s_n (shift_n - z_nk) [size] over the rows, for the chunk's
+  unmasked classes (0 for masked ones): the smoothing part of the class
+  weights' gradient, less its per-row log_norm (class_weight_gradient)."""
+  assert coef.s is not None
+  gap = shift[:, None] - z
+  gap = gap if mask is None else jnp.where(mask, gap, 0.0)
+  return jnp.sum(coef.s[:, None] * gap, axis=0)
+
+
+def by_class(values, labels, skip, vocab):
+  """sum_n values_n at each row's label, over the rows not skipped: [V]."""
+  index = jnp.where(skip, 0, labels)
+  out = jnp.zeros((vocab,), values.dtype)
+  return out.at[index].add(jnp.where(skip, 0.0, values), mode="drop")
+
+
+def class_weight_gradient(g, stats, labels, where, vocab, opts, part):
+  """d/dw [V] of sum_n g_n L_n, for rows with statistics (shift, log_norm,
+  z_t, ...) and the kernels' chunk_class_weight_part summed over the
+  vocabulary (None without smoothing):
+
+  d/dw_k = (1 - alpha) sum_{n : t_n = k} g_n (lse_n - z_t,n)
+           + alpha / C m_k sum_n g_n (lse_n - z_nk),
+
+  0 from dropped and empty rows, NaN everywhere if a label is invalid."""
+  shift, log_norm, z_t = stats[0], stats[1], stats[2]
+  dropped, invalid, _ = row_flags(labels, where, vocab)
+  off = dropped | is_empty(log_norm)
+  live_norm = jnp.where(off, 0.0, log_norm)
+  # a dropped row's target logit may be -inf (masked): shift there, no inf
+  nll = (shift - jnp.where(off, shift, z_t)) + live_norm
+  dw = by_class((1.0 - opts.alpha) * g * nll, labels, off | invalid, vocab)
+  if part is not None:
+    s = jnp.where(off, 0.0, g) * (opts.alpha / num_classes(where, vocab, g.dtype))
+    norm = jnp.sum(s * live_norm)
+    dw = dw + (part + (norm if where is None else jnp.where(where, norm, 0.0)))
+  return _poisoned(dw, jnp.any(invalid))

@@ -41,17 +41,18 @@ class Layout(NamedTuple):
 class Kernel(NamedTuple):
   """A loop over the vocabulary on one device's block, and its collectives.
 
-  local(x, w, *per_row, bias, where, opts=, offset=) runs the loop over the
-  columns of w (the classes [offset, offset + V) of the labels);
-  results(has_bias) names each result's dimensions ("n" rows, "h" features,
-  "v" vocabulary); combine(out, layout) merges the blocks' results over the
-  layout's axes. Operands are x "n h", w "h v", the per-row arrays "n", and
-  bias, where "v" when present.
+  local(x, w, *per_row, bias, where, class_weights, opts=, offset=) runs
+  the loop over the columns of w (the classes [offset, offset + V) of the
+  labels); results(present) names each result's dimensions ("n" rows, "h"
+  features, "v" vocabulary), given which of the optional column operands
+  (bias, where, class_weights) are present; combine(out, layout) merges the
+  blocks' results over the layout's axes. Operands are x "n h", w "h v", the
+  per-row arrays "n", and bias, where, class_weights "v" when present.
   """
 
   name: str
   local: Callable
-  results: Callable[[bool], tuple[str, ...]]
+  results: Callable[[tuple[bool, ...]], tuple[str, ...]]
   combine: Callable
 
 
@@ -82,12 +83,11 @@ def _local(kernel: Kernel, opts, layout: Layout, present):
 
   def block(*arrays):
     rest = list(arrays)
-    where = rest.pop() if present[1] else None
-    bias = rest.pop() if present[0] else None
+    cols = [rest.pop() if p else None for p in reversed(present)][::-1]
     offset = 0
     if layout.vocab:
       offset = lax.axis_index(layout.vocab) * rest[1].shape[1]
-    out = kernel.local(*rest, bias, where, opts=opts, offset=offset)
+    out = kernel.local(*rest, *cols, opts=opts, offset=offset)
     return kernel.combine(out, layout)
 
   return block
@@ -123,13 +123,13 @@ def _operand_specs(layout: Layout, n_args: int, present):
 
 
 def _result_specs(kernel: Kernel, layout: Layout, present):
-  return tuple(_spec(f, layout) for f in kernel.results(present[0]))
+  return tuple(_spec(f, layout) for f in kernel.results(present))
 
 
 def _rule(kernel: Kernel, n_args: int, present) -> str:
   """The Shardy rule: n rows, h features, v vocabulary."""
   operands = ", ".join(_operand_factors(n_args, present))
-  return operands + " -> " + ", ".join(kernel.results(present[0]))
+  return operands + " -> " + ", ".join(kernel.results(present))
 
 
 def explicit_spec(a):
@@ -264,7 +264,7 @@ def _partitioned(kernel: Kernel, opts, n_args: int, present):
 def _vmap_rule(batched, kernel: Kernel, n_args, axis_size, in_batched, *arrays):
   """Per-row results with an unbatched w: the mapped axis joins the rows;
   otherwise (per-example dw) one call per element of the mapped axis."""
-  per_row_only = all(f == "n" for f in kernel.results(False))
+  per_row_only = all(f == "n" for f in kernel.results((False,) * 3))
   if per_row_only and not in_batched[1] and not any(in_batched[n_args:]):
 
     def rows(a, b):

@@ -109,12 +109,12 @@ def _over_symbolic_chunks(body, carry, vocab, chunk):
   return lax.fori_loop(0, full, lambda j, c: body(c, j * chunk, chunk), carry)
 
 
-def pad_vocabulary(w, bias, where, chunk):
-  """w [H, V], bias and the mask, for a symbolic V (jax.export), padded to a
-  whole number of chunks: a loop slices chunks of a static size, which a
-  vocabulary of unknown size may not hold. The padding is masked out (its
-  logits are -inf), so no value changes, and the padded columns' gradient is
-  dropped by the autodiff of the padding."""
+def pad_vocabulary(w, bias, where, cw, chunk):
+  """w [H, V], bias, the mask and the class weights, for a symbolic V
+  (jax.export), padded to a whole number of chunks: a loop slices chunks of a
+  static size, which a vocabulary of unknown size may not hold. The padding
+  is masked out (its logits are -inf), so no value changes, and the padded
+  columns' gradient is dropped by the autodiff of the padding."""
   vocab = w.shape[1]
   extra = chunk * ((vocab - 1) // chunk + 1) - vocab
 
@@ -123,7 +123,8 @@ def pad_vocabulary(w, bias, where, chunk):
     return jnp.concatenate([a, zeros], axis=-1)
 
   mask = jnp.ones((vocab,), bool) if where is None else where
-  return pad(w), None if bias is None else pad(bias), pad(mask)
+  maybe = lambda a: None if a is None else pad(a)
+  return pad(w), maybe(bias), pad(mask), maybe(cw)
 
 
 def over_row_blocks(body, carry, n, block, path):
