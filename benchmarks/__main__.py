@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{r.case:34s} {r.size:12s} vs {r.peer:36s} ratio {r.ratio:6.2f}", flush=True
         )
   for n, h, v in linear:
-    new = _cases.linear_ce_vag(n, h, v, runs) + _cases.linear_ce_reduced_vag(
-      n, h, v, runs
+    new = (
+      _cases.linear_ce_vag(n, h, v, runs)
+      + _cases.linear_ce_reduced_vag(n, h, v, runs)
+      + _cases.linear_ce_class_weights_vag(n, h, v, runs)
     )
     rows += new
     for r in new:

@@ -580,6 +580,53 @@ FAMILY = (
 )
 
 
+def linear_ce_class_weights_vag(n: int, h: int, v: int, runs: int) -> list[Row]:
+  """The reduced mode with class weights and smoothing (torch's weighted
+  mean): ours against dense autodiff of the formula on x @ w, and torch."""
+  k1, k2 = jax.random.split(jax.random.key(4))
+  x = jax.random.normal(k1, (n, h), jnp.float32)
+  w = jax.random.normal(k2, (h, v), jnp.float32) / np.sqrt(h)
+  y = _labels(n, v)
+  cw = jnp.linspace(0.5, 2.0, v, dtype=jnp.float32)
+  alpha, both = 0.1, (0, 1)
+
+  def ours(x, w, y, cw):
+    return jaxsmx.linear_softmax_cross_entropy(
+      x, w, y, reduction="mean", label_smoothing=alpha, class_weights=cw
+    )
+
+  def dense(x, w, y, cw):
+    lp = jax.nn.log_softmax(x @ w)
+    nll = -jnp.take_along_axis(lp, y[:, None], 1)[:, 0] * cw[y]
+    smooth = -jnp.sum(lp * cw, -1) / v
+    return jnp.sum((1 - alpha) * nll + alpha * smooth) / jnp.sum(cw[y])
+
+  peers = [_jax("dense autodiff on x @ w", _vag(dense, both), x, w, y, cw)]
+  torch = _torch()
+  if torch is not None:
+    import torch.nn.functional as F
+
+    xt, wt, cwt = (torch.from_numpy(np.array(a)) for a in (x, w, cw))
+    yt = torch.from_numpy(np.array(y)).long()
+
+    def torch_ce(x, w, y, cw):
+      x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+      loss = F.cross_entropy(x @ w, y, weight=cw, label_smoothing=alpha)
+      loss.backward()
+      return loss, x.grad, w.grad
+
+    peers.append(Contender("torch", torch_ce, (xt, wt, yt, cwt)))
+  return _measure(
+    "reduced linear CE (mean) class_weights value_and_grad",
+    f"N={n} H={h} V={v}",
+    _jax("jaxsmx", _vag(ours, both), x, w, y, cw),
+    peers,
+    runs,
+    1.00,
+    memory=True,
+  )
+
+
 GEMMA_2B = (8192, 2304, 256000)  # tokens per batch, H, V (Wijmans et al.)
 
 

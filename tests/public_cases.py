@@ -339,6 +339,26 @@ def _linear_family() -> list[Case]:
           (True, False, True, True),
         )
       )
+  cw = np.linspace(0.5, 3.0, C).astype(np.float32)
+  for reduction in ("none", "mean"):
+    out.append(
+      Case(
+        f"linear_ce[class_weights,where,smoothing,ignore,reduction={reduction}]",
+        lambda x, w, c, m, cw, reduction=reduction: lce(
+          x,
+          w,
+          c,
+          where=m,
+          ignore_index=-100,
+          label_smoothing=0.1,
+          class_weights=cw,
+          reduction=reduction,
+        ),
+        (x, w, np.where(np.arange(B) == 2, -100, c).astype(np.int32), vocab, cw),
+        (0, 1, 4),
+        (True, False, True, False, False),
+      )
+    )
   if _takes(lce, "check_labels"):
     out.append(
       Case(

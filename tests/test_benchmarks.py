@@ -50,6 +50,7 @@ def test_smoke_benchmark_writes_results(tmp_path):
     "integer-label CE class_weights value_and_grad",
     "fused linear CE value_and_grad",
     "reduced linear CE (mean) value_and_grad",
+    "reduced linear CE (mean) class_weights value_and_grad",
     "MLP sgd step, integer-label CE",
     "MLP sgd step, linear CE last layer",
     "eager softmax_cross_entropy_with_integer_labels",

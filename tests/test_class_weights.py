@@ -210,3 +210,126 @@ def test_class_weights_errors_say_what_arrived():
     )
   with pytest.raises(TypeError, match=r"class_weights must be real"):
     ice(z, c, class_weights=w.astype(np.complex64))
+
+
+# ---------------------------------------------------------------------------
+# the fused linear loss
+
+linear = jaxsmx.linear_softmax_cross_entropy
+NL, H, V = 40, 6, 50
+
+
+def _linear_problem(seed=7):
+  r = np.random.default_rng(seed)
+  x = r.normal(size=(NL, H)).astype(np.float32)
+  w = (r.normal(size=(H, V)) * 0.7).astype(np.float32)
+  c = r.integers(0, V, NL).astype(np.int32)
+  c[[1, 8, 9]] = -100
+  cw = r.uniform(0.2, 3.0, V).astype(np.float32)
+  return x, w, c, cw
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("alpha", [0.0, 0.15])
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_linear_matches_torch_weight(reduction, alpha, chunk_size):
+  torch = pytest.importorskip("torch")
+  x, w, c, cw = _linear_problem()
+
+  def ours(x, w):
+    return linear(
+      x,
+      w,
+      c,
+      ignore_index=-100,
+      label_smoothing=alpha,
+      reduction=reduction,
+      class_weights=cw,
+      chunk_size=chunk_size,
+    )
+
+  value, pull = jax.vjp(ours, jnp.asarray(x), jnp.asarray(w))
+  ct = np.random.default_rng(2).normal(size=value.shape).astype(np.float32)
+  dx, dw = pull(jnp.asarray(ct))
+  xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, w))
+  want = torch.nn.functional.cross_entropy(
+    xt @ wt,
+    torch.tensor(c, dtype=torch.long),
+    weight=torch.tensor(cw),
+    ignore_index=-100,
+    label_smoothing=alpha,
+    reduction=reduction,
+  )
+  want.backward(torch.tensor(ct))
+  np.testing.assert_allclose(value, want.detach().numpy(), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _dense(x, w, c, cw, alpha, reduction, where=None, weights=None):
+  """The fused loss by dense autodiff: the integer-label definition above on
+  x @ w, then torch's reduction with per-example weights."""
+  losses = _plain(x @ w, c, cw, alpha, where)
+  omega = jnp.ones(c.shape, x.dtype) if weights is None else weights
+  if reduction == "none":
+    return losses * omega
+  if reduction == "sum":
+    return jnp.sum(losses * omega)
+  counted = c != -100
+  if where is not None:
+    counted = counted & where[jnp.where(counted, c, 0)]
+  return jnp.sum(losses * omega) / jnp.sum(jnp.where(counted, omega * cw[c], 0.0))
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_linear_every_gradient_matches_dense_autodiff(reduction):
+  """x, w, class weights and per-example weights, with a vocabulary mask
+  (a masked label drops its row) and smoothing, in float64."""
+  x, w, c, cw = (np.asarray(a, np.float64) for a in _linear_problem(3))
+  c = c.astype(np.int32)
+  r = np.random.default_rng(4)
+  where = r.random(V) > 0.25
+  c[2] = np.flatnonzero(~where)[0]  # a masked target: dropped
+  omega = r.uniform(0.5, 2.0, NL)
+  kw = dict(ignore_index=-100, label_smoothing=0.2, reduction=reduction)
+  with jax.enable_x64(True):
+
+    def ours(x, w, cw, omega):
+      return linear(x, w, c, where=where, weights=omega, class_weights=cw, **kw)
+
+    def dense(x, w, cw, omega):
+      keep = jnp.where(c == -100, True, where[jnp.where(c == -100, 0, c)])
+      dropped = jnp.where(keep, c, -100)
+      return _dense(x, w, dropped, cw, 0.2, reduction, jnp.asarray(where), omega)
+
+    args = tuple(map(jnp.asarray, (x, w, cw, omega)))
+    got, pull = jax.vjp(ours, *args)
+    want, pull_want = jax.vjp(dense, *args)
+    ct = jnp.asarray(r.normal(size=got.shape))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    for a_, b_ in zip(pull(ct), pull_want(ct), strict=True):
+      np.testing.assert_allclose(a_, b_, rtol=1e-9, atol=1e-12)
+
+
+def test_linear_class_weights_equal_the_integer_label_loss():
+  x, w, c, cw = _linear_problem()
+  kw = dict(ignore_index=-100, label_smoothing=0.1, class_weights=cw)
+  np.testing.assert_allclose(
+    linear(x, w, c, **kw), ice(x @ w, c, **kw), rtol=1e-5, atol=1e-6
+  )
+
+
+def test_linear_mean_with_nothing_counted_is_zero():
+  x, w, c, cw = _linear_problem()
+  c[:] = -100
+  f = lambda x, cw: linear(
+    x, w, c, ignore_index=-100, reduction="mean", class_weights=cw
+  )
+  value, (dx, dcw) = jax.value_and_grad(f, (0, 1))(x, cw)
+  assert value == 0 and not np.any(dx) and not np.any(dcw)
+
+
+def test_linear_class_weights_errors_say_what_arrived():
+  x, w, c, cw = _linear_problem()
+  with pytest.raises(ValueError, match=r"\(50,\) for w \(6, 50\).*got shape \(49,\)"):
+    linear(x, w, c, class_weights=cw[:49])
