@@ -281,6 +281,36 @@ def _cases(jax, jnp, np, jaxsmx, P):
       n_,
     ),
     (
+      "softmax_cross_entropy_with_integer_labels[class_weights,smoothing,ignore]",
+      lambda z, cw, lab: jaxsmx.softmax_cross_entropy_with_integer_labels(
+        z, lab, label_smoothing=0.1, ignore_index=-100, class_weights=cw
+      ),
+      [(z, nc), (np.linspace(0.5, 2.0, c).astype(np.float32), P("model"))],
+      [(labels_ign, n_)],
+      n_,
+    ),
+    *[
+      (
+        f"linear_softmax_cross_entropy[class_weights,where,options,{r},chunk_size=24]",
+        lambda x, w, cw, lab, m, r=r: jaxsmx.linear_softmax_cross_entropy(
+          x,
+          w,
+          lab,
+          where=m,
+          ignore_index=-100,
+          label_smoothing=0.1,
+          z_loss=1e-3,
+          class_weights=cw,
+          reduction=r,
+          chunk_size=24,
+        ),
+        [(x, xs), (w, ws), (np.linspace(0.5, 2.0, v).astype(np.float32), vs)],
+        [(vlab_ign, n_), (vmask, vs)],
+        n_ if r == "none" else P(),
+      )
+      for r in ("none", "mean")
+    ],
+    (
       "linear_softmax_cross_entropy[x [B, T, H] with H sharded,chunk_size=16]",
       lambda x, w, lab: jaxsmx.linear_softmax_cross_entropy(x, w, lab, chunk_size=16),
       [(x3, P("data", None, "model")), (w, ws)],
@@ -388,6 +418,7 @@ def _mismatched_cases(jax, jnp, np, jaxsmx, P):
   )
   lce = jaxsmx.linear_softmax_cross_entropy
   ws = P(None, "model")
+  cw = np.linspace(0.5, 2.0, w.shape[1]).astype(np.float32)
   for reduction in ("none", "sum", "mean"):
     o = n_ if reduction == "none" else P()
     out += [
@@ -402,6 +433,15 @@ def _mismatched_cases(jax, jnp, np, jaxsmx, P):
         f"linear_softmax_cross_entropy[weights replicated,{reduction}]",
         lambda x, w, om, lab, r=reduction: lce(x, w, lab, weights=om, reduction=r),
         [(x, rows), (w, ws), (omega, rep)],
+        [(vlab, n_)],
+        o,
+      ),
+      (
+        f"linear_softmax_cross_entropy[class_weights replicated,{reduction}]",
+        lambda x, w, cw, lab, r=reduction: lce(
+          x, w, lab, class_weights=cw, label_smoothing=0.1, reduction=r
+        ),
+        [(x, rows), (w, ws), (cw, rep)],
         [(vlab, n_)],
         o,
       ),

@@ -358,7 +358,7 @@ def _chunk(chunk_size: object, n: int | None, vocab: int) -> int:
 
 def _linear_ce_prepared(x, w, bias, labels, where, weights, cw, opts):
   """The loss of the checked arguments, labels of any integer dtype."""
-  labels, bias, where, weights = aligned(x, w, labels, bias, where, weights)
+  labels, bias, where, weights, cw = aligned(x, w, labels, bias, where, weights, cw)
   codes = encode(labels, w.shape[1], opts.ignore_index, weights)
   if not isinstance(w.shape[1], int):  # a symbolic V (jax.export)
     w, bias, where, cw = _tiling.pad_vocabulary(w, bias, where, cw, opts.chunk)

@@ -176,19 +176,26 @@ def _reshard(a, spec):
   return jax.sharding.reshard(a, spec)
 
 
-def aligned(x, w, labels, bias, where, weights):
+def aligned(x, w, labels, bias, where, weights, cw=None):
   """Under explicit sharding, the per-row arrays (labels, weights) split as
-  the rows of x, and the per-class ones (bias, where) as the columns of w,
-  whatever their own shardings (replicated, or split over other axes). The
-  transpose of each reshard brings its cotangent back to its own sharding."""
+  the rows of x, and the per-class ones (bias, where, the class weights cw)
+  as the columns of w, whatever their own shardings (replicated, or split
+  over other axes). The transpose of each reshard brings its cotangent back
+  to its own sharding."""
   xs, ws = explicit_sharding(x), explicit_sharding(w)
   if xs is None and ws is None:
-    return labels, bias, where, weights
+    return labels, bias, where, weights, cw
   first = lambda s, d: (*tuple(s), None, None)[d] if s is not None else None
   rows = P(first(xs.spec if xs else None, 0))
   cols = P(first(ws.spec if ws else None, 1))
   move = lambda a, spec: None if a is None else _reshard(a, spec)
-  return move(labels, rows), move(bias, cols), move(where, cols), move(weights, rows)
+  return (
+    move(labels, rows),
+    move(bias, cols),
+    move(where, cols),
+    move(weights, rows),
+    move(cw, cols),
+  )
 
 
 def like(cotangent, primal):
