@@ -23,6 +23,7 @@ from jaxsmx._numerics import (
   masked,
   num_classes,
   ratio,
+  same_varying_axes,
   times_cotangent,
   upcast,
 )
@@ -158,7 +159,17 @@ def softmax_cross_entropy_with_integer_labels(
 def _integer_ce_prepared(logits, labels, where, cw, axes, alpha, ignore_index):
   """Broadcasts the labels to the batch shape, then the loss."""
   labels = _batch_labels(logits, labels, axes)
+  logits, cw = _like_logits(logits, cw)
   return _integer_ce(logits, labels, where, cw, axes, alpha, ignore_index)
+
+
+def _like_logits(logits, cw):
+  """Inside a user's shard_map, the class weights marked as varying like the
+  logits (and the other way round), so that the rule's d/dw, a sum over this
+  device's rows, is summed over the devices by the cast's transpose."""
+  if cw is None:
+    return logits, cw
+  return same_varying_axes(logits, cw)
 
 
 def _batch_labels(logits, labels, axes):
@@ -170,6 +181,7 @@ def _integer_ce_checkify(logits, labels, where, cw, axes, alpha, ignore_index):
   """The loss, then checkify.check on its labels (check_labels=True)."""
   labels = _batch_labels(logits, labels, axes)
   # the check comes after the custom_vjp call: see _checks.report_labels
+  logits, cw = _like_logits(logits, cw)
   out = _integer_ce(logits, labels, where, cw, axes, alpha, ignore_index)
   _report_bad_labels(
     "softmax_cross_entropy_with_integer_labels",

@@ -22,11 +22,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from jaxsmx import _checks
 from jaxsmx._linear import _tiling
 from jaxsmx._linear._sharding import explicit_spec
-from jaxsmx._numerics import is_empty
+from jaxsmx._numerics import explicit_sharding, is_empty
 
 FN = "linear_softmax_cross_entropy"
 
@@ -291,10 +292,14 @@ def chunk_class_weight_part(coef: Coefficients, shift, z, mask):
 
 
 def by_class(values, labels, skip, vocab):
-  """sum_n values_n at each row's label, over the rows not skipped: [V]."""
+  """sum_n values_n at each row's label, over the rows not skipped: [V].
+  Under explicit sharding the sum is replicated (an all-reduce of V values)."""
   index = jnp.where(skip, 0, labels)
   out = jnp.zeros((vocab,), values.dtype)
-  return out.at[index].add(jnp.where(skip, 0.0, values), mode="drop")
+  values = jnp.where(skip, 0.0, values)
+  if explicit_sharding(index) is None:
+    return out.at[index].add(values, mode="drop")
+  return out.at[index].add(values, mode="drop", out_sharding=P())
 
 
 def class_weight_gradient(g, stats, labels, where, vocab, opts, part):
