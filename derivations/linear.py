@@ -478,7 +478,8 @@ def bound_16(setup: Setup, dtype: str, wrt: str, reference):
   r"""The error a right 16-bit backward pass can make, entry by entry.
 
   With :math:`u` the 16-bit unit roundoff and :math:`\epsilon` float32's, the
-  kernel splits the float32 :math:`d` of each chunk into 16-bit parts
+  kernel either multiplies the float32 :math:`d` of each chunk in float32 (a
+  small x, widened) or splits it into 16-bit parts
   :math:`d = h + l + O(u^2 |d|)`, multiplies each exactly in float32, sums
   :math:`K` products (:math:`K` = V for x̄, N for W̄ and b̄) and rounds the
   result to 16 bits:
@@ -607,13 +608,14 @@ def _reduction_cases(by_key) -> list[Case]:
 
 
 def _sixteen_bit_cases(by_key) -> list[Case]:
-  """16-bit x, w and bias: the split backward pass, tolerance from a formula."""
+  """16-bit x, w and bias: the widened and the split backward pass, tolerance
+  from a formula."""
   out = []
   for reduction in ("none", "mean"):
     setup = Setup(rows=8, vocab=11, hidden=4, chunk=4, cancel=True, reduction=reduction)
     option = f"16-bit backward, w with a common part, reduction {reduction}"
     reference = functools.partial(_reference, by_key, setup)
-    path = "backward_16bit" if reduction == "none" else "reduced_chunked"
+    path = "backward_16bit_widened" if reduction == "none" else "reduced_one_pass"
     for dtype in ("bfloat16", "float16"):
       for wrt in ("x", "w", "bias"):
         tol = bound_16(setup, dtype, wrt, reference)
@@ -624,6 +626,14 @@ def _sixteen_bit_cases(by_key) -> list[Case]:
   option = "16-bit backward, H = 65536: dx in two blocks of 32 rows and a tail"
   reference = functools.partial(_reference, by_key, setup)
   (case,) = _cases_of(by_key, option, setup, ("x",), path="dx_rows_loop")
+  tol = bound_16(setup, "bfloat16", "x", reference)
+  out.append(dataclasses.replace(case, dtype="bfloat16", tolerance=tol))
+  # a long x (16.1 MiB in float32) is not widened: d is split, and w's common
+  # part makes dropping the low part fail
+  setup = Setup(rows=66000, vocab=11, hidden=64, chunk=4, cancel=True)
+  option = "16-bit backward, N = 66000: x too long to widen, d split in two"
+  reference = functools.partial(_reference, by_key, setup)
+  (case,) = _cases_of(by_key, option, setup, ("x",), path="backward_16bit")
   tol = bound_16(setup, "bfloat16", "x", reference)
   out.append(dataclasses.replace(case, dtype="bfloat16", tolerance=tol))
   return out
@@ -649,10 +659,12 @@ def _class_weight_cases(by_key) -> list[Case]:
   blocks = Setup(rows=300, vocab=5, reduction="mean", **every)
   option = "class_weights, N = 300, mean"
   out += _cases_of(by_key, option, blocks, path="row_block_tail")
+  # (x or w in float32 beside the other in bfloat16 takes the chunked kernel;
+  # both in bfloat16, with a float32 bias, a small x widened, the one-pass)
   sixteen = Setup(rows=8, vocab=11, chunk=4, reduction="mean", **every)
   option = "class_weights, bfloat16 beside float32, mean"
-  wrts = ("x", "w", "bias")
-  for case in _cases_of(by_key, option, sixteen, wrts, path="reduced_chunked"):
+  for wrt, path in (("x", "reduced_chunked"), ("w", "reduced_chunked"), ("bias", "")):
+    (case,) = _cases_of(by_key, option, sixteen, (wrt,), path=path)
     out.append(dataclasses.replace(case, dtype="float32", other_dtype="bfloat16"))
   return out
 

@@ -101,8 +101,8 @@ def test_every_function_sharded_on_8_simulated_devices():
   assert (
     "shard_map mixed varying axes: checker rejects a rule without the cast" in names
   )
-  # explicit sharding with targets, masks, bias and weights sharded unlike
-  # the logits: every gradient has its primal's sharding
+  # explicit and automatic sharding with targets, masks, bias and weights
+  # sharded unlike the logits: every gradient has its primal's sharding
   for key in (
     "softmax_cross_entropy[labels rows",
     "softmax_cross_entropy[labels replicated",
@@ -115,9 +115,11 @@ def test_every_function_sharded_on_8_simulated_devices():
     "linear_softmax_cross_entropy[bias replicated,mean",
     "linear_softmax_cross_entropy[weights replicated,sum",
   ):
-    assert any(n.startswith(f"explicit mismatched shardings: {key}") for n in names), (
-      key
-    )
+    for mode in ("auto", "explicit"):
+      assert any(n.startswith(f"{mode} mismatched shardings: {key}") for n in names), (
+        mode,
+        key,
+      )
   # the fused loss's reduced modes (once in the test_linear module's own
   # process, now here: one 8-device process for the whole suite)
   for reduction in ("sum", "mean"):

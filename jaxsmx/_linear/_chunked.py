@@ -25,7 +25,10 @@ def _stats_local(x, w, labels, bias, where, cw, *, opts, offset):
   + V) of labels."""
   _, ct = _rows.compute_dtype(x, w, bias)
   n, vocab = x.shape[0], w.shape[1]
-  xc = x if x.dtype == w.dtype else x.astype(ct)  # see _rows.chunk_logits
+  # 16-bit x @ w runs as it is (products exact, sums in float32) unless x is
+  # widened (_tiling.WIDEN_BYTES); see _rows.chunk_logits
+  keep = x.dtype == w.dtype and not _tiling.widened(x, w)
+  xc = x if keep else x.astype(ct)
   lab = labels - offset
 
   def body(carry, start, size):
@@ -79,10 +82,13 @@ def _grads_local(x, w, labels, shift, *coefs, opts, offset):
   *coefs, bias, where, cw = coefs
   coef = _rows.Coefficients(coefs[0], coefs[1], coefs[2] if len(coefs) > 2 else None)
   _, ct = _rows.compute_dtype(x, w, bias)
-  # 16-bit x and w stay 16-bit (docs/internals.md, "16-bit backward")
+  # 16-bit x and w stay 16-bit unless x is small (docs/internals.md, "16-bit
+  # backward"): then float32 products, as for 32-bit inputs
   narrow = x.dtype == w.dtype and jnp.dtype(x.dtype).itemsize == 2
   if narrow:
-    _paths.take("backward_16bit")
+    widen = _tiling.widened(x, w)
+    _paths.take("backward_16bit_widened" if widen else "backward_16bit")
+    narrow = not widen
   xc = x if narrow else x.astype(ct)
   mm = functools.partial(
     lax.dot_general, precision=opts.precision, preferred_element_type=ct

@@ -31,8 +31,10 @@ PATHS = (
   # the backward pass's dx summed in place over blocks of rows (large N H)
   "dx_rows_loop",
   "dx_rows_tail",
-  # the gradient of 16-bit x and w, through 16-bit hi + lo parts
+  # the gradient of 16-bit x and w: through 16-bit hi + lo parts, or with x
+  # widened to float32 (a small x)
   "backward_16bit",
+  "backward_16bit_widened",
 )
 
 _recorders: list[set[str]] = []

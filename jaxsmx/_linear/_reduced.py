@@ -92,11 +92,13 @@ reduced_loss.defvjp(_reduced_fwd, _reduced_bwd)
 
 
 def _one_pass_applies(x, w, bias, weights, cw=None) -> bool:
-  """True where the one-pass kernel applies and pays: 32- or 64-bit x and w
-  (it multiplies by all of w, which a 16-bit w would widen whole), a static
+  """True where the one-pass kernel applies and pays: 32- or 64-bit x and w,
+  or 16-bit ones with a small x (_tiling.widened: float32 products, w widened
+  whole, which the row-block bound below keeps to V <= 32768), a static
   N, row blocks of at least 128 rows (or all rows: shorter blocks make the
   dw traffic dominate), and one device (per-device chunks keep w in place)."""
-  if any(jnp.dtype(a.dtype).itemsize < 4 for a in (x, w)):
+  small_16 = _tiling.widened(x, w)
+  if any(jnp.dtype(a.dtype).itemsize < 4 for a in (x, w)) and not small_16:
     return False
   if not isinstance(x.shape[0], int) or not isinstance(w.shape[1], int):
     return False  # a symbolic batch or vocabulary (jax.export): no static blocks

@@ -27,6 +27,13 @@ SMALL_BYTES = 4 * 2**20
 SYMBOLIC_ROWS = 4096
 SYMBOLIC_CHUNK = 1024
 
+# 16-bit x and w whose x takes at most 16 MiB in float32 are computed with
+# float32 products (x widened once, each chunk of w as it is taken): on
+# XLA:CPU a 16-bit product ran at about half the speed of a float32 one.
+# Above it x stays 16-bit, and so does the backward pass's d, split in two
+# (docs/internals.md, "16-bit backward").
+WIDEN_BYTES = 16 * 2**20
+
 # Row blocks of the one-pass reduced kernel: an [R, V] float32 block of at
 # most 16 MiB and at most 256 rows; below 128 rows per block the chunked
 # kernel is used instead (docs/internals.md, "Row blocks").
@@ -228,3 +235,11 @@ def _take_rows_16(a, start, size):
 def _take_rows_16_jvp(size, primals, tangents):
   a, start = primals
   return _take_rows_16(a, start, size), take_rows(tangents[0], start, size)
+
+
+def widened(x, w) -> bool:
+  """True for 16-bit x and w whose float32 copy of x is small enough to take
+  (WIDEN_BYTES), with a static size."""
+  narrow = x.dtype == w.dtype and jnp.dtype(x.dtype).itemsize == 2
+  size = x.shape[0] * x.shape[1] if all(isinstance(d, int) for d in x.shape) else None
+  return narrow and size is not None and 4 * size <= WIDEN_BYTES
