@@ -207,11 +207,11 @@ def _kl_log_targets(lq, lt, where):
   return _kl_log_targets_fwd(lq, lt, where)[0]
 
 
-def _log_target_parts(lq, lt, where):
-  """(t, zero, log t - log q) with masked entries and zero targets made safe:
-  no -inf + inf is formed where t = 0."""
+def _log_target_parts(lq, lt, where, t=None):
+  """(t, zero, log t - log q, log q) with masked entries and zero targets made
+  safe: no -inf + inf is formed where t = 0. t = exp(log t) unless given."""
   lq, lt = fill_masked(where, lq, 0.0), fill_masked(where, lt, 0.0)
-  t = jnp.exp(lt)
+  t = jnp.exp(lt) if t is None else t
   zero = t == 0
   return t, zero, jnp.where(zero, 0.0, lt) - jnp.where(zero, 0.0, lq), lq
 
@@ -220,20 +220,20 @@ def _kl_log_targets_fwd(lq, lt, where):
   t, zero, gap, lq_ = _log_target_parts(lq, lt, where)
   # 0 where t = 0 (a NaN log q stays NaN), t (log t - log q) elsewhere
   terms = jnp.where(zero, nan_or_zero(lq_), t * gap)
-  # d/dlog t: t (log t + 1 - log q), at t = 0 its limit 0 (+inf if also
-  # log q = -inf: the one-sided derivative); formed here from the one exp
-  at_zero = jnp.where(lq_ == -jnp.inf, jnp.inf, jnp.where(jnp.isnan(lq_), lq_, 0.0))
-  dlt = jnp.where(zero, at_zero, t * (gap + 1.0))
-  # saves t and d/dlog t [..., C]: the bwd is a multiply
-  return class_sum(keep_unmasked(where, terms)), (t, dlt, where)
+  # saves t (its one exp) and both inputs: the bwd forms only the gradients
+  # asked for, d/dlog q from t alone
+  return class_sum(keep_unmasked(where, terms)), (t, lq, lt, where)
 
 
 def _kl_log_targets_bwd(res, g):
-  # d/dlog q: -t;  d/dlog t: saved
-  t, dlt, where = res
-  dlq = -t * g
+  # d/dlog q: -t;  d/dlog t: t (log t + 1 - log q), at t = 0 its limit 0
+  # (+inf if also log q = -inf: the one-sided derivative)
+  t, lq, lt, where = res
+  _, zero, gap, lq_ = _log_target_parts(lq, lt, where, t)
+  at_zero = jnp.where(lq_ == -jnp.inf, jnp.inf, jnp.where(jnp.isnan(lq_), lq_, 0.0))
+  dlt = jnp.where(zero, at_zero, t * (gap + 1.0))
   return (
-    keep_unmasked(where, dlq),
+    keep_unmasked(where, -t * g),
     keep_unmasked(where, times_cotangent(g, dlt)),
     None,
   )
