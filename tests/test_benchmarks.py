@@ -170,7 +170,7 @@ def test_the_cli_selects_rows(monkeypatch, tmp_path, flag):
   if flag == "--low-precision-only":
     assert "small" not in called
     linear, ce = called["16-bit"][:2]
-    assert linear == [(4096, 512, v) for v in vocab]
+    assert linear == [(2048, 512, v) for v in vocab]
     assert ce == [(2048, v) for v in vocab]
   else:
     assert "small" in called and called["16-bit"][:2] == ([], [])
