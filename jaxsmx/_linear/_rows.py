@@ -152,8 +152,10 @@ def _poisoned(values, invalid):
 def chunk_logits(x, w, bias, where, start, size, opts):
   """One chunk's capped, masked logits [N, size]: (w's chunk, z, tanh(u/c) or
   None, the chunk's mask or None). `start` may be traced or static."""
-  # a 16-bit x @ w runs as it is, products exact and sums in float32
-  ct = _checks.compute_dtype(jnp.result_type(x, w))
+  # a 16-bit x @ w runs as it is, products exact and sums in float32; an x
+  # unlike w was cast to the compute dtype (a widened 16-bit x among them:
+  # no promotion here, which strict promotion would refuse)
+  ct = _checks.compute_dtype(x.dtype if x.dtype != w.dtype else w.dtype)
   wc = _tiling.take(w, start, size).astype(x.dtype)
   dims = (((1,), (0,)), ((), ()))
   z = lax.dot_general(x, wc, dims, precision=opts.precision, preferred_element_type=ct)
