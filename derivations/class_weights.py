@@ -371,13 +371,18 @@ def linear_reference(by_key, setup, prob: Problem) -> dict[str, np.ndarray]:
     if mean:
       by_label = np.bincount(prob.ell[counted], omega[counted], cw.shape[0])
       d_cw = d_cw - cot * value_ / total * by_label
-  ubar = r[:, None] * dl_du
+  return linear_gradients(out, r[:, None] * dl_du, x, wm, d_omega, class_weights=d_cw)
+
+
+def linear_gradients(value, ubar, x, w, d_omega, **extra) -> dict:
+  """The fused loss's reference results from the logits' cotangent ubar: x̄ =
+  ū Wᵀ, W̄ = xᵀ ū, b̄ = Σ ū, with the value, d/dω and any extra entries."""
   return {
-    "value": out,
+    "value": value,
     "ubar": ubar,
-    "x": ubar @ wm.T,
+    "x": ubar @ w.T,
     "w": x.T @ ubar,
     "bias": ubar.sum(0),
     "weights": d_omega,
-    "class_weights": d_cw,
+    **extra,
   }

@@ -27,7 +27,7 @@ from .agreement.cases import (
   with_dtypes,
 )
 from .agreement.numeric import LOGITS, Numeric
-from .class_weights import linear_reference
+from .class_weights import linear_gradients, linear_reference
 from .engine import (
   Chain,
   Concrete,
@@ -460,15 +460,7 @@ def _reference(by_key, setup: Setup, prob: Problem) -> dict[str, np.ndarray]:
     # the quotient rule: d/dω_n of Σ ω L / Σ ω = (L_n - [n counts] M) / D
     subtract = mean if setup.reduction == "mean" else 0.0
     d_omega = cot * (losses - counted * subtract) / total
-  ubar = r[:, None] * dl_du
-  return {
-    "value": out,
-    "ubar": ubar,
-    "x": ubar @ w.T,
-    "w": x.T @ ubar,
-    "bias": ubar.sum(0),
-    "weights": d_omega,
-  }
+  return linear_gradients(out, r[:, None] * dl_du, x, w, d_omega)
 
 
 UNIT_ROUNDOFF = {"bfloat16": 2.0**-8, "float16": 2.0**-11, "float32": 2.0**-24}
