@@ -1,8 +1,8 @@
 # Two commands do the main jobs on a fresh machine with python3 and make:
 #   make report   re-derives every gradient and writes derivations/REPORT.md
-#   make test     runs the test suite (notebooks included) on two workers;
-#                 `make test-full` runs the CI tier it leaves out (the
-#                 installed wheel's full jaxsmx-derive run), CI runs both
+#   make test     runs the test suite (notebooks included) on two workers,
+#                 in a few minutes; `make test-full` runs every test and
+#                 every combination of each sweep, CI runs both
 # Each sets up .venv on first use and installs only what it needs:
 # `report` the library itself (jax, sympy), `test` the test and notebook
 # extras too. `make docs` builds the documentation site into docs/_build/html,
@@ -36,13 +36,22 @@ report: $(CORE)
 mutate: $(CORE)
 	$(BIN)/python -m derivations.mutate --out derivations/MUTATIONS.md
 
-# --dist loadgroup: the tests that share an expensive fixture run on one
-# worker (tests/conftest.py), so it is built once
-test: $(VENV)/.stamp-test $(VENV)/.stamp-notebooks
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not full" --durations=10
+# --dist loadfile: a worker takes whole files, so a file's expensive fixture
+# (the derivation report, the wheel) is built once (tests/conftest.py).
+# make test: every test but the `full` tier (the rest of each parameter sweep,
+# the three long notebooks, the installed wheel's whole derivation run), with
+# XLA:CPU's quick compile settings (LLVM at -O0, the classic fusion emitters):
+# most of the suite's time is compiling small programs, and these settings
+# halve it. make test-full: every test, at XLA's default settings, as users
+# run it. CI runs both.
+QUICK_XLA := --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=10
 
-test-full: $(VENV)/.stamp-test
-	$(BIN)/python -m pytest -m full --durations=10
+test: $(VENV)/.stamp-test $(VENV)/.stamp-notebooks
+	XLA_FLAGS="$(QUICK_XLA) $$XLA_FLAGS" $(PYTEST) -m "not full"
+
+test-full: $(VENV)/.stamp-test $(VENV)/.stamp-notebooks
+	$(PYTEST)
 
 bench: $(VENV)/.stamp-test
 	$(BIN)/python -m benchmarks

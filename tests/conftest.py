@@ -14,34 +14,39 @@ import numpy as np
 import pytest
 
 # ---------------------------------------------------------------------------
-# scheduling under pytest-xdist (make test: -n 2 --dist loadgroup)
+# scheduling under pytest-xdist (make test: -n 2 --dist loadfile)
 
-# Fixtures that build something expensive once (the derivation report, a
-# wheel and its venv). A worker builds each fixture it needs, so every test
-# that uses one, directly or through another fixture, is kept on one worker:
-# built once per run, not once per worker.
-SHARED_FIXTURES = ("derivation_report", "wheel")
+# A worker takes whole files, so a module-scoped fixture that builds
+# something expensive (the derivation report in test_derivations.py, a wheel
+# and its venv in test_wheel.py) is built once per run. (--dist loadgroup
+# would allow finer units, but pytest-xdist 3.8 cannot group under pytest 9:
+# it renames node ids through an attribute pytest no longer reads.)
 
-# Tests that take tens of seconds start first, so that the two workers finish
-# together instead of one waiting on a long test picked up last. Names, not
+# The files that take longest start first, so that the two workers finish
+# together instead of one waiting on a long file picked up last. Names, not
 # markers, so that no test file has to carry a scheduling hint; one that no
 # longer exists changes nothing.
 LONG_FIRST = (
-  "tests/test_derivations_cases.py::test_a_sample_of_mutations_is_caught",
-  "tests/test_sharding.py",
-  "tests/test_notebooks.py",
-  "tests/test_benchmarks.py::test_smoke_benchmark_writes_results",
   "tests/test_derivations.py",
-  "tests/test_wheel.py",
+  "tests/test_linear.py",
+  "tests/test_sharding.py",
+  "tests/test_softmax.py",
+  "tests/test_losses.py",
+  "tests/test_export.py",
+  "tests/test_entropy.py",
+  "tests/test_debug_tools.py",
+  "tests/test_sigmoid.py",
+  "tests/test_benchmarks.py",
+  "tests/test_derivations_cases.py",
+  "tests/test_notebooks.py",
 )
 
 
+# tryfirst: pytest's mark plugin deselects `-m "not full"` in its own hook of
+# this name, so the sweeps' marks must be added before it runs
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-  for item in items:
-    for name in SHARED_FIXTURES:
-      if name in item.fixturenames:
-        item.add_marker(pytest.mark.xdist_group(name))
-        break
+  mark_sweeps(items)
 
   def rank(item) -> int:
     for k, prefix in enumerate(LONG_FIRST):
@@ -52,13 +57,49 @@ def pytest_collection_modifyitems(config, items):
   items.sort(key=rank)  # stable: the rest keep their order
 
 
-@pytest.fixture(scope="session")
-def derivation_report():
-  """The full derivation report (every derivation, symbolic and numeric), built
-  once per run for every test that reads it (about a minute on one core)."""
-  from derivations import report
+# ---------------------------------------------------------------------------
+# parameter sweeps: a covering subset in `make test`, the rest in the full tier
 
-  return report.build()
+
+def covering(sizes: dict[str, int]) -> set[tuple[int, ...]]:
+  """A covering subset of the grid of parameter indices: row r takes value
+  r mod n of each parameter with n values, so every value of every parameter
+  appears, in max(n) rows instead of the product of all n."""
+  rows = max(sizes.values(), default=1)
+  return {tuple(r % n for n in sizes.values()) for r in range(rows)}
+
+
+def mark_sweeps(items) -> None:
+  """Marks `full` each item of a test marked `sweep` outside its covering subset.
+
+  A sweep is a test parametrised over several independent settings (cases
+  times transformations, dtypes times reductions) whose cost is mostly XLA
+  compilation, one program per combination. `make test` runs each value of
+  each parameter at least once (:func:`covering`); `make test-full`, which CI
+  runs too, runs every other combination.
+  """
+  sweeps: dict[object, list] = {}
+  for item in items:
+    if item.get_closest_marker("sweep") is not None and hasattr(item, "callspec"):
+      sweeps.setdefault(item.function, []).append(item)
+  for group in sweeps.values():
+    # each parameter's values, numbered in order of first use (by identity:
+    # every item of a parametrisation holds the same value object)
+    names = sorted({k for item in group for k in item.callspec.params})
+    seen: dict[str, dict[int, int]] = {k: {} for k in names}
+    at = []
+    for item in group:
+      values = [id(item.callspec.params.get(k)) for k in names]
+      at.append(
+        tuple(
+          seen[k].setdefault(v, len(seen[k]))
+          for k, v in zip(names, values, strict=True)
+        )
+      )
+    kept = covering({k: len(seen[k]) for k in names})
+    for item, index in zip(group, at, strict=True):
+      if index not in kept:
+        item.add_marker(pytest.mark.full)
 
 
 # ---------------------------------------------------------------------------

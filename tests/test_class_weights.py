@@ -229,6 +229,7 @@ def _linear_problem(seed=7):
   return x, w, c, cw
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 @pytest.mark.parametrize("alpha", [0.0, 0.15])
 @pytest.mark.parametrize("chunk_size", [None, 16])

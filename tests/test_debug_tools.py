@@ -279,6 +279,7 @@ def test_edge_inputs_have_no_nan(case):
   assert _no_nan(_value_and_grad(case)(*case.args))
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("jit", [True, False], ids=["jit", "op-by-op"])
 @pytest.mark.parametrize("case", EDGES, ids=repr)
 def test_debug_nans_stays_quiet(case, jit):
@@ -292,6 +293,7 @@ def test_debug_nans_stays_quiet(case, jit):
         jax.block_until_ready(f(*case.args))
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("what", ["value", "grad"])
 @pytest.mark.parametrize("case", EDGES, ids=repr)
 def test_checkify_float_checks_stay_quiet(case, what):
@@ -331,6 +333,7 @@ def _all_finite(case):
 FINITE = [c for c in CASES + EDGES if _all_finite(c)]
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
 @pytest.mark.parametrize("case", FINITE, ids=repr)
 def test_debug_infs_stays_quiet_on_finite_input(case, jit):

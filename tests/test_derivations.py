@@ -1,7 +1,7 @@
 """The derivation report: every step checks, the report is current, the CLI.
 
-One full build (symbolic and numeric) is shared by the run (the session
-fixture ``derivation_report``); the other tests run small, hand-made
+One full build (symbolic and numeric) is shared by this file's tests (the
+module fixture ``full_report``); the other tests run small, hand-made
 derivations and so stay fast.
 """
 
@@ -44,10 +44,13 @@ delta = sp.KroneckerDelta
 CTX = Context({a: softmax_of(z)})
 
 
-@pytest.fixture
-def full_report(derivation_report) -> rep.Report:
-  # the session's one build (tests/conftest.py), shared with the other files
-  return derivation_report
+@pytest.fixture(scope="module")
+def full_report() -> rep.Report:
+  """The full derivation report (every derivation, symbolic and numeric, and
+  every option, edge and dtype case): about two minutes on one core, so built
+  once, for the tests of this file only (make test's workers take whole
+  files, so one worker builds it)."""
+  return rep.build()
 
 
 def test_every_step_is_verified_symbolically(full_report):
@@ -250,3 +253,16 @@ def test_jaxsmx_does_not_import_sympy():
   assert (
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False).returncode == 0
   )
+
+
+def test_the_cases_reach_every_kernel_path_of_the_fused_loss(full_report):
+  # each case records the paths its trace took; together they are all of them
+  from jaxsmx._linear import PATHS
+
+  fn = "linear_softmax_cross_entropy"
+  fused = [r for r in full_report.cases if r.case.function == fn]
+  taken = set().union(*(r.paths for r in fused))
+  assert taken == set(PATHS), set(PATHS) - taken
+  marked = [r for r in fused if r.case.path]
+  assert {r.case.path for r in marked} >= {"reduced_one_pass", "dx_rows_loop"}
+  assert all(r.case.path in r.paths and r.ok for r in marked)

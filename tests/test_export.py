@@ -49,7 +49,11 @@ def _round_trip(f, specs):
 def _assert_same(got, want):
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     assert g.shape == w.shape and g.dtype == w.dtype
-    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-7)
+    # a few float32 ulps of the largest entry: the restored program may sum
+    # in another order than the one compiled for concrete shapes
+    w64 = np.abs(np.asarray(w, np.float64))
+    atol = 1e-6 * float(np.max(w64[np.isfinite(w64)], initial=1e-1))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=atol)
 
 
 def _sized(case, n, c):
@@ -66,12 +70,9 @@ def _value_and_grad(case):
   return lambda *args: (case.value(*args), case.grad(*args))
 
 
-PARAMS = [
-  pytest.param(case, mode, id=f"{case.name}-{mode}") for case in CASES for mode in MODES
-]
-
-
-@pytest.mark.parametrize(("case", "mode"), PARAMS)
+@pytest.mark.sweep
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_round_trip(case, mode):
   batch, classes = MODES[mode]
   f = _value_and_grad(case)
@@ -92,6 +93,7 @@ def test_round_trip_catches_a_wrong_number():
     _assert_same(restored.call(*case.args), case.value(*case.args))
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("chunk_size", [None, 128])
 @pytest.mark.parametrize("reduction", ["none", "mean"])

@@ -308,6 +308,7 @@ def reduced_problem(options, reduction, weighted, dtype=np.float32, **kw):
   return f, dense, args + ((omega,) if weighted else ())
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
 @pytest.mark.parametrize("case", list(OPTIONS))
@@ -316,6 +317,7 @@ def test_reductions_and_weights_match_dense(case, reduction, weighted):
   assert_matches(f, dense, args, RTOL[np.float32])
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("block", [1, 5, 6])
 @pytest.mark.parametrize("case", ["plain", "all", "where+smoothing+ignore"])
 def test_one_pass_row_blocks_change_nothing(case, block, monkeypatch):
@@ -579,34 +581,44 @@ def test_no_effect_unless_check_labels():
     err.throw()
 
 
+@pytest.mark.sweep
+@pytest.mark.parametrize("vocab", [5, 300, 40000, 70000])
 @pytest.mark.parametrize("x64", [False, True])
-def test_labels_of_every_integer_dtype(x64):
+def test_labels_of_every_integer_dtype(x64, vocab):
   """Every integer dtype, every class count: no wrap-around, no promotion."""
   dtypes = ["int8", "int16", "int32", "uint8", "uint16", "uint32"]
   dtypes += ["int64", "uint64"] if x64 else []
+  value_and_dx = jax.jit(jax.value_and_grad(lambda x, w, t: jnp.sum(lce(x, w, t))))
+  ref_and_dx = jax.jit(
+    jax.value_and_grad(lambda x, w, t: jnp.sum(composition(x, w, t)))
+  )
   with jax.enable_x64(x64):
-    for vocab in (5, 300, 40000, 70000):
-      x, w, _, _, _ = data(n=6, hidden=3, vocab=vocab)
-      for dt in dtypes:
-        info = np.iinfo(dt)
-        top = min(vocab - 1, info.max)
-        want = np.array([0, top // 2, top, 1, top, 0])
-        lab = jnp.asarray(want.astype(dt))
-        ref = composition(x, w, jnp.asarray(want, jnp.int32))
-        got = lce(x, w, lab, check_labels=True)  # eager: no report
-        assert_close(got, ref, 1e-5, f"{dt} V={vocab}")
-        dx = jax.grad(lambda x, w, lab: jnp.sum(lce(x, w, lab)))(x, w, lab)
-        rx = jax.grad(lambda x, w, t: jnp.sum(composition(x, w, t)))(
-          x, w, jnp.asarray(want, jnp.int32)
-        )
-        assert_close(dx, rx, 1e-5, f"dx {dt} V={vocab}")
-        if vocab > info.max:
-          continue  # every value of the dtype is a class
-        bad = jnp.asarray(np.array([0, vocab, 1, 2, 3, 4]).astype(dt))
-        assert np.isnan(lce(x, w, bad)[1]) and not np.isnan(lce(x, w, bad)[0])
-        with pytest.raises(checkify.JaxRuntimeError, match=rf"\[0, {vocab}\)"):
-          lce(x, w, bad, check_labels=True)
-    # the issue's example: uint8 labels [3, 250] with 300 classes
+    x, w, _, _, _ = data(n=6, hidden=3, vocab=vocab)
+    for dt in dtypes:
+      info = np.iinfo(dt)
+      top = min(vocab - 1, info.max)
+      want = np.array([0, top // 2, top, 1, top, 0])
+      lab = jnp.asarray(want.astype(dt))
+      ref = composition(x, w, jnp.asarray(want, jnp.int32))
+      got = lce(x, w, lab, check_labels=True)  # eager: no report
+      assert_close(got, ref, 1e-5, f"{dt} V={vocab}")
+      (_, dx), (_, rx) = (
+        value_and_dx(x, w, lab),
+        ref_and_dx(x, w, want.astype(np.int32)),
+      )
+      assert_close(dx, rx, 1e-5, f"dx {dt} V={vocab}")
+      if vocab > info.max:
+        continue  # every value of the dtype is a class
+      bad = jnp.asarray(np.array([0, vocab, 1, 2, 3, 4]).astype(dt))
+      assert np.isnan(lce(x, w, bad)[1]) and not np.isnan(lce(x, w, bad)[0])
+      with pytest.raises(checkify.JaxRuntimeError, match=rf"\[0, {vocab}\)"):
+        lce(x, w, bad, check_labels=True)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_uint8_labels_with_more_classes_than_int8_holds(x64):
+  # the issue's example: uint8 labels [3, 250] with 300 classes
+  with jax.enable_x64(x64):
     x, w, _, _, _ = data(n=2, hidden=3, vocab=300)
     lab8 = jnp.asarray([3, 250], jnp.uint8)
     ref = composition(x, w, jnp.asarray([3, 250]))

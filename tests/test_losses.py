@@ -544,6 +544,7 @@ def _rel_tol(dtype):
   return TOL[np.dtype(dtype).type]
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_modes_and_dtypes(mode, dtype):
@@ -1269,6 +1270,7 @@ def _label_values(dtype, num_classes):
   return valid, bad
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("x64_on", [False, True], ids=["x32", "x64"])
 @pytest.mark.parametrize("num_classes", CLASS_COUNTS)
 @pytest.mark.parametrize("label_dtype", LABEL_DTYPES)
@@ -1291,6 +1293,7 @@ def test_labels_of_every_integer_dtype(label_dtype, num_classes, x64_on):
   assert np.all(np.isnan(loss[n:])) and np.all(np.isnan(g[n:]))
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("x64_on", [False, True], ids=["x32", "x64"])
 @pytest.mark.parametrize("label_dtype", LABEL_DTYPES)
 def test_check_labels_of_every_integer_dtype(label_dtype, x64_on):

@@ -65,8 +65,18 @@ def execute(path: pathlib.Path, workdir: pathlib.Path) -> nbformat.NotebookNode:
   return nb
 
 
+# the notebooks that take 20 to 40 s each (their own derivations, a training
+# run, a large vocabulary) run in the full tier, which CI runs too; make test
+# executes the others
+LONG = {"02_derivations", "03_training_a_classifier", "04_large_vocabulary"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+@pytest.mark.parametrize(
+  "path",
+  [pytest.param(p, marks=[pytest.mark.full] if p.stem in LONG else []) for p in PATHS],
+  ids=[p.stem for p in PATHS],
+)
 def test_notebook_executes(path, tmp_path):
   # A temporary copy next to the repository layout the notebooks expect:
   # they run from notebooks/ and may import derivations/ from the root.

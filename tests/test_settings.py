@@ -216,10 +216,20 @@ def _assert_same(got, want):
 
 @pytest.mark.parametrize("case", TABLE, ids=repr)
 def test_strict_dtype_promotion_and_rank_promotion_raise(case):
-  want = (case.value(*case.args), case.grad(*case.args))
+  # Tracing under the strictest settings raises on any implicit promotion.
+  # A program traced to the same jaxpr as under the default settings computes
+  # the same numbers, so only a different jaxpr needs running (compiling both
+  # programs is what made this test slow).
+  def f(*args):
+    return case.value(*args), case.grad(*args)
+
+  default = jax.make_jaxpr(f)(*case.args)
   with _strictest():
-    got = (case.value(*case.args), case.grad(*case.args))
-  _assert_same(got, want)
+    strict = jax.make_jaxpr(f)(*case.args)
+    if str(strict) != str(default):
+      got = jax.jit(f)(*case.args)
+  if str(strict) != str(default):
+    _assert_same(got, jax.jit(f)(*case.args))
 
 
 def test_the_strict_check_catches_a_float_times_a_bool():
@@ -283,6 +293,7 @@ REAL_INPUTS = [
 ]
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("x64", [False, True], ids=["x32", "x64"])
 @pytest.mark.parametrize("dtype", ["bool", "uint8", "int32", "int64"])
 @pytest.mark.parametrize("name", REAL_INPUTS)

@@ -46,6 +46,7 @@ def assert_close(got, want, **tol):
 # focal loss against optax
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("alpha", [None, 0.25])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, 3.7])
 def test_focal_matches_optax_soft_labels(gamma, alpha):

@@ -46,6 +46,7 @@ def _expected_empty_value(name: str) -> float:
   return -np.inf if name.startswith("logsumexp") else 0.0
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("case", CASES, ids=repr)
@@ -104,6 +105,7 @@ def _dense(x, w, bias, labels, omega, reduction, alpha):
 REDUCTIONS = ["none", "sum", "mean"]
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("chunk_size", [None, 2])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize(

@@ -122,6 +122,7 @@ def jgrad(f):
 # references
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_matches_jax_nn_and_float64_numpy(name, dtype, transform):
@@ -766,6 +767,7 @@ def lse_args(a_shape, b_shape, *, signed=False, seed=0):
   return a, b
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("case", list(LSE_CASES))
 @pytest.mark.parametrize("return_sign", [False, True])
 def test_logsumexp_matches_jax_nn_and_scipy(case, return_sign):
