@@ -45,7 +45,7 @@ mutate: $(CORE)
 # halve it. make test-full: every test, at XLA's default settings, as users
 # run it. CI runs both.
 QUICK_XLA := --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false
-PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=10
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=10
 
 test: $(VENV)/.stamp-test $(VENV)/.stamp-notebooks
 	XLA_FLAGS="$(QUICK_XLA) $$XLA_FLAGS" $(PYTEST) -m "not full"

@@ -22,23 +22,30 @@ import pytest
 # would allow finer units, but pytest-xdist 3.8 cannot group under pytest 9:
 # it renames node ids through an attribute pytest no longer reads.)
 
-# The files that take longest start first, so that the two workers finish
-# together instead of one waiting on a long file picked up last. Names, not
-# markers, so that no test file has to carry a scheduling hint; one that no
-# longer exists changes nothing.
+# The files that take longest start first (make test passes
+# --no-loadscope-reorder, or xdist would order files by their number of
+# tests), so that the two workers finish together instead of one waiting on
+# a long file picked up last. Names, not markers, so that no test file has to
+# carry a scheduling hint; one that no longer exists changes nothing.
 LONG_FIRST = (
   "tests/test_derivations.py",
   "tests/test_linear.py",
   "tests/test_sharding.py",
-  "tests/test_softmax.py",
   "tests/test_losses.py",
+  "tests/test_softmax.py",
   "tests/test_export.py",
   "tests/test_entropy.py",
-  "tests/test_debug_tools.py",
   "tests/test_sigmoid.py",
+  "tests/test_debug_tools.py",
   "tests/test_benchmarks.py",
-  "tests/test_derivations_cases.py",
   "tests/test_notebooks.py",
+  "tests/test_derivations_cases.py",
+  "tests/test_settings.py",
+  "tests/test_derivations_check.py",
+  "tests/test_optax_suite.py",
+  "tests/test_sizes.py",
+  "tests/test_class_weights.py",
+  "tests/test_wheel.py",
 )
 
 
