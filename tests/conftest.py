@@ -96,13 +96,8 @@ def mark_sweeps(items) -> None:
     seen: dict[str, dict[int, int]] = {k: {} for k in names}
     at = []
     for item in group:
-      values = [id(item.callspec.params.get(k)) for k in names]
-      at.append(
-        tuple(
-          seen[k].setdefault(v, len(seen[k]))
-          for k, v in zip(names, values, strict=True)
-        )
-      )
+      ids = {k: id(item.callspec.params.get(k)) for k in names}
+      at.append(tuple(seen[k].setdefault(ids[k], len(seen[k])) for k in names))
     kept = covering({k: len(seen[k]) for k in names})
     for item, index in zip(group, at, strict=True):
       if index not in kept:
